@@ -1,0 +1,14 @@
+"""kacheryfs: a peer-to-peer, content-addressed file store exposed as a FUSE filesystem."""
+
+from .api import (
+    load_bytes, load_file, load_npy, load_object, load_text,
+    store_file, store_npy, store_object, store_text,
+)
+from .errors import KacheryError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "store_file", "store_text", "store_object", "store_npy",
+    "load_file", "load_bytes", "load_text", "load_object", "load_npy", "KacheryError",
+]

@@ -1,0 +1,195 @@
+"""The ``kacheryfs`` command. Command definitions only; errors print as one line, exit code 1."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from .config import Config
+from .errors import KacheryError, MountError, ObjectNotFound
+from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
+
+storage_option = click.option(
+    "--storage", "storage_dir", type=click.Path(file_okay=False), default=None,
+    help="Storage directory (default: $KACHERY_STORAGE_DIR or ~/kachery-storage).")
+config_option = click.option(
+    "--config-dir", type=click.Path(file_okay=False), default=None,
+    help="Config directory (default: $KACHERY_P2P_CONFIG_DIR or ~/.kachery-p2p).")
+
+
+def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
+    return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="kacheryfs")
+def cli(verbose: int) -> None:
+    """kacheryfs: share files by content hash over a FUSE mount."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@storage_option
+@config_option
+@click.option("--channel", "channels", multiple=True, help="Channel to join (repeatable; used by the network engine).")
+@click.option("--debug", is_flag=True, help="Log every FUSE request.")
+def mount(mountpoint, storage_dir, config_dir, channels, debug):
+    """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
+    from .fs.mount import run_mount
+
+    logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
+    config = _config(storage_dir, config_dir, channels)
+    click.echo(f"kacheryfs: mounting {Path(mountpoint).absolute()} (storage {config.storage_dir}); "
+               "Ctrl-C or `kacheryfs unmount` to stop", err=True)
+    run_mount(config, mountpoint, debug=debug)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--lazy", is_flag=True, help="Detach now even if files are open (umount -l).")
+def unmount(mountpoint, lazy):
+    """Unmount a kacheryfs mount (its daemon then exits)."""
+    from .fs.mount import fusermount_unmount, is_mounted
+
+    if not is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    result = fusermount_unmount(mountpoint, lazy=lazy)
+    if result.returncode != 0:
+        reason = (result.stderr or "").strip().splitlines()[-1:] or ["unknown reason"]
+        hint = " (files open? try --lazy)" if "busy" in reason[0] else ""
+        raise MountError(f"{reason[0]}{hint}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@storage_option
+def store(paths, storage_dir):
+    """Store files; prints one URI per line."""
+    local = LocalStore(_config(storage_dir).storage_dir)
+    for path in paths:
+        click.echo(local.put_file(path).uri(Path(path).name))
+
+
+def _local_path(uri: str, storage_dir) -> Path:
+    parsed = parse_uri(uri)
+    local = LocalStore(_config(storage_dir).storage_dir)
+    if local.info(parsed.sha1) is None:
+        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}")
+    return local.object_path(parsed.sha1)
+
+
+@cli.command()
+@click.argument("uri")
+@click.option("--dest", type=click.Path(dir_okay=False), default=None, help="Write the file here.")
+@storage_option
+def load(uri, dest, storage_dir):
+    """Load a file by URI: writes it to --dest, or prints its local path."""
+    path = _local_path(uri, storage_dir)
+    if dest is None:
+        click.echo(str(path))
+        return
+    try:
+        shutil.copyfile(path, dest)
+    except OSError as exc:
+        raise KacheryError(f"could not write {dest}: {exc.strerror}") from None
+    click.echo(dest)
+
+
+@cli.command()
+@click.argument("uri")
+@storage_option
+def cat(uri, storage_dir):
+    """Write a file's bytes to stdout."""
+    path = _local_path(uri, storage_dir)
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        try:
+            while block := f.read(1 << 20):
+                out.write(block)
+            out.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def uri(path):
+    """Print the URI of a file: from the mount's xattr, or by hashing a local file (nothing stored)."""
+    try:
+        click.echo(os.getxattr(path, "user.kachery.uri").decode())
+        return
+    except FileNotFoundError:
+        raise ObjectNotFound(f"no such file: {path}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise KacheryError(f"{path}: {exc.strerror}") from None
+    hasher = ContentHasher()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                hasher.update(block)
+    except OSError as exc:
+        raise KacheryError(f"{path}: {exc.strerror}") from None
+    digest = hasher.digest()
+    manifest = Manifest.from_digest(digest).manifest_sha1 if digest.size > CHUNK_SIZE else None
+    click.echo(format_uri(digest.sha1, Path(path).name, manifest))
+
+
+@cli.command()
+@storage_option
+@config_option
+def status(storage_dir, config_dir):
+    """Show the storage directory, what it holds, and running mounts."""
+    from .fs.mount import live_mounts
+
+    config = _config(storage_dir, config_dir)
+    local = LocalStore(config.storage_dir)
+    count, total = local.index.object_totals()
+    usage = local.disk_usage()
+    click.echo(f"storage:  {config.storage_dir}")
+    click.echo(f"objects:  {count} ({_human(total)})")
+    click.echo(f"names:    {len(local.list_names())} under store/")
+    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
+    mounts = live_mounts(config)
+    if not mounts:
+        click.echo("mounts:   none")
+    for info in mounts:
+        click.echo(f"mount:    {info['mountpoint']} (pid {info['pid']}, storage {info['storage_dir']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="kacheryfs", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KacheryError as exc:
+        click.echo(f"kacheryfs: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

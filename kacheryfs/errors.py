@@ -1,0 +1,97 @@
+"""Every error kacheryfs raises on purpose.
+
+Each class's docstring is the message a user sees; ``errno`` is what the FUSE layer returns.
+The CLI prints ``str(error)`` as one line and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class KacheryError(Exception):
+    """kacheryfs failed."""
+
+    errno: int = _errno.EIO
+
+    def __init__(self, detail: str | None = None):
+        self.detail = detail
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        headline = (self.__doc__ or "").strip().splitlines()[0]
+        return f"{headline}: {self.detail}" if self.detail else headline
+
+
+class InvalidURI(KacheryError):
+    """Not a valid kachery URI (expected sha1://<40 hex>[/name][?manifest=<40 hex>])"""
+
+    errno = _errno.EINVAL
+
+
+class InvalidName(KacheryError):
+    """Invalid file name (no '/', no NUL, not '.' or '..', at most 255 bytes)"""
+
+    errno = _errno.EINVAL
+
+
+class NameTooLong(InvalidName):
+    """File name longer than 255 bytes"""
+
+    errno = _errno.ENAMETOOLONG
+
+
+class NotFound(KacheryError):
+    """Not found"""
+
+    errno = _errno.ENOENT
+
+
+class ObjectNotFound(NotFound):
+    """No object with this hash is in the local store"""
+
+
+class ReadOnly(KacheryError):
+    """Read-only: content under sha1/ is immutable"""
+
+    errno = _errno.EROFS
+
+
+class NotPermitted(KacheryError):
+    """Operation not permitted here"""
+
+    errno = _errno.EACCES
+
+
+class StorageFull(KacheryError):
+    """No space left in the storage directory; nothing was committed"""
+
+    errno = _errno.ENOSPC
+
+
+class StoreFailed(KacheryError):
+    """Could not commit the file to the store; nothing was committed"""
+
+    errno = _errno.EIO
+
+
+class CorruptObject(KacheryError):
+    """Stored bytes do not match their hash"""
+
+    errno = _errno.EIO
+
+
+class MountError(KacheryError):
+    """Could not mount"""
+
+    errno = _errno.EIO
+
+
+def from_os_error(exc: OSError, context: str) -> KacheryError:
+    """Translate an OSError met while writing into the store into a user-facing error."""
+    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        return StorageFull(context)
+    err = StoreFailed(f"{context}: {exc.strerror or exc}")
+    if exc.errno:
+        err.errno = exc.errno
+    return err

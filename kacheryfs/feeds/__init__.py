@@ -1,0 +1,1 @@
+"""Signed append-only logs (see docs/architecture.md; arriving after the network engine)."""

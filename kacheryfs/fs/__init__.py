@@ -1,0 +1,1 @@
+"""The FUSE filesystem: the virtual tree (pure) and its thin pyfuse3 adapter."""

@@ -1,0 +1,60 @@
+"""One-pass hashing of a byte stream: the whole-file SHA-1 and the SHA-1 of every fixed-size chunk."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+# 1 MiB: see docs/architecture.md ("Chunk size"). Changing it changes every manifest hash.
+CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Digest:
+    sha1: str
+    size: int
+    chunk_sha1s: tuple[str, ...]
+    chunk_size: int = CHUNK_SIZE
+
+
+class ContentHasher:
+    """Feed bytes in order with ``update``; ``digest`` gives the whole and per-chunk SHA-1s."""
+
+    def __init__(self, chunk_size: int = CHUNK_SIZE):
+        self.chunk_size = chunk_size
+        self._whole = hashlib.sha1()
+        self._chunk = hashlib.sha1()
+        self._chunk_fill = 0
+        self._chunks: list[str] = []
+        self.size = 0
+
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self._whole.update(view)
+        self.size += len(view)
+        while len(view):
+            room = self.chunk_size - self._chunk_fill
+            piece = view[:room]
+            self._chunk.update(piece)
+            self._chunk_fill += len(piece)
+            view = view[len(piece):]
+            if self._chunk_fill == self.chunk_size:
+                self._chunks.append(self._chunk.hexdigest())
+                self._chunk = hashlib.sha1()
+                self._chunk_fill = 0
+
+    def digest(self) -> Digest:
+        chunks = list(self._chunks)
+        if self._chunk_fill or not chunks:
+            chunks.append(self._chunk.hexdigest())
+        return Digest(self._whole.hexdigest(), self.size, tuple(chunks), self.chunk_size)
+
+
+def hash_bytes(data: bytes) -> Digest:
+    hasher = ContentHasher()
+    hasher.update(data)
+    return hasher.digest()
+
+
+def sha1_hex(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()

@@ -1,0 +1,148 @@
+"""SQLite index (WAL) of what this store holds: objects, the names under store/, and a stat cache.
+
+One connection per LocalStore, shared between the trio thread and worker threads under a lock.
+Several processes (a mount, the CLI, Python scripts) may use the same index at once: WAL plus a
+busy timeout lets them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    sha1 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    manifest_sha1 TEXT,
+    pinned INTEGER NOT NULL DEFAULT 1,   -- 1: stored here; 0: a cached copy (evictable)
+    last_access REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    sha1 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    manifest_sha1 TEXT,
+    mtime_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stat_cache (
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    sha1 TEXT NOT NULL,
+    manifest_sha1 TEXT,
+    PRIMARY KEY (dev, ino)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    sha1: str
+    size: int
+    manifest_sha1: str | None
+    pinned: bool
+    last_access: float
+
+
+@dataclass(frozen=True)
+class NameRecord:
+    name: str
+    sha1: str
+    size: int
+    manifest_sha1: str | None
+    mtime_ns: int
+
+
+class Index:
+    def __init__(self, path: Path):
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # objects
+    def add_object(self, sha1: str, size: int, manifest_sha1: str | None, pinned: bool = True) -> None:
+        # A pinned record stays pinned when the same content arrives again as a cached copy.
+        self._run(
+            "INSERT INTO objects (sha1, size, manifest_sha1, pinned, last_access) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(sha1) DO UPDATE SET pinned = max(pinned, excluded.pinned), "
+            "manifest_sha1 = coalesce(excluded.manifest_sha1, manifest_sha1), last_access = excluded.last_access",
+            (sha1, size, manifest_sha1, int(pinned), time.time()),
+        )
+
+    def get_object(self, sha1: str) -> ObjectRecord | None:
+        rows = self._run("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects WHERE sha1=?", (sha1,))
+        return ObjectRecord(*rows[0][:3], bool(rows[0][3]), rows[0][4]) if rows else None
+
+    def remove_object(self, sha1: str) -> None:
+        self._run("DELETE FROM objects WHERE sha1=?", (sha1,))
+
+    def all_objects(self) -> list[ObjectRecord]:
+        rows = self._run("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects ORDER BY sha1")
+        return [ObjectRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    def object_totals(self) -> tuple[int, int]:
+        count, total = self._run("SELECT count(*), coalesce(sum(size), 0) FROM objects")[0]
+        return count, total
+
+    def touch(self, sha1: str) -> None:
+        self._run("UPDATE objects SET last_access=? WHERE sha1=?", (time.time(), sha1))
+
+    # names under store/
+    def set_name(self, name: str, sha1: str, size: int, manifest_sha1: str | None, mtime_ns: int) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO names (name, sha1, size, manifest_sha1, mtime_ns) VALUES (?,?,?,?,?)",
+            (name, sha1, size, manifest_sha1, mtime_ns),
+        )
+
+    def get_name(self, name: str) -> NameRecord | None:
+        rows = self._run("SELECT name, sha1, size, manifest_sha1, mtime_ns FROM names WHERE name=?", (name,))
+        return NameRecord(*rows[0]) if rows else None
+
+    def remove_name(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM names WHERE name=?", (name,)).rowcount > 0
+
+    def rename(self, old: str, new: str) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM names WHERE name=?", (new,))
+                moved = self._db.execute("UPDATE names SET name=? WHERE name=?", (new, old)).rowcount > 0
+                self._db.execute("COMMIT")
+                return moved
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def all_names(self) -> list[NameRecord]:
+        return [NameRecord(*r) for r in self._run("SELECT name, sha1, size, manifest_sha1, mtime_ns FROM names ORDER BY name")]
+
+    # stat cache: (device, inode, size, mtime_ns) + a fingerprint of head and tail -> content hash
+    def get_stat(self, dev: int, ino: int, size: int, mtime_ns: int) -> tuple[str, str, str | None] | None:
+        rows = self._run(
+            "SELECT fingerprint, sha1, manifest_sha1 FROM stat_cache WHERE dev=? AND ino=? AND size=? AND mtime_ns=?",
+            (dev, ino, size, mtime_ns),
+        )
+        return rows[0] if rows else None
+
+    def put_stat(self, dev: int, ino: int, size: int, mtime_ns: int, fingerprint: str, sha1: str, manifest_sha1: str | None) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?)",
+            (dev, ino, size, mtime_ns, fingerprint, sha1, manifest_sha1),
+        )

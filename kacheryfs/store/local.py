@@ -1,0 +1,353 @@
+"""The local content-addressed store: ``<root>/sha1/ab/cd/ef/<sha1>``, as kachery-p2p laid it out.
+
+Objects are written to ``<root>/tmp/`` while being hashed, fsynced, and renamed into place, so a
+reader never sees a half-written object and a crash leaves only temp files (removed at next start).
+Files larger than one chunk also get a manifest object (see manifest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from ..errors import KacheryError, ObjectNotFound, StoreFailed, from_os_error
+from .hashing import CHUNK_SIZE, ContentHasher, Digest
+from .index import Index, NameRecord, ObjectRecord
+from .manifest import Manifest
+from .uri import format_uri, is_sha1_hex
+
+log = logging.getLogger(__name__)
+
+COPY_BLOCK = 1 << 20
+FINGERPRINT_BLOCK = 64 << 10
+INDEX_FILE = "kacheryfs-index.sqlite3"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    sha1: str
+    size: int
+    manifest_sha1: str | None = None
+
+    def uri(self, name: str = "") -> str:
+        return format_uri(self.sha1, name, self.manifest_sha1)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ObjectWriter:
+    """A temp file that becomes an object on ``commit``.
+
+    Bytes written in order are hashed as they arrive (one pass). Any out-of-order write or
+    truncate marks the running hash stale and ``commit`` re-reads the file instead.
+    """
+
+    def __init__(self, store: "LocalStore", pinned: bool = True):
+        self._store = store
+        self.pinned = pinned
+        self.path = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.part"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._hasher: ContentHasher | None = ContentHasher()
+        self.size = 0
+        self.closed = False
+
+    # writing
+    def write(self, data) -> int:
+        return self.pwrite(self.size, data)
+
+    def pwrite(self, offset: int, data) -> int:
+        try:
+            written = os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            raise from_os_error(exc, "writing") from None
+        if written != len(data):  # a short write: treat the file as unhashed from here on
+            self._hasher = None
+        elif self._hasher is not None and offset == self._hasher.size:
+            self._hasher.update(data)
+        else:
+            self._hasher = None
+        self.size = max(self.size, offset + written)
+        return written
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise from_os_error(exc, "truncating") from None
+        if self._hasher is None or size != self._hasher.size:
+            self._hasher = None
+        self.size = size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def mark_modified(self) -> None:
+        """Bytes changed behind our back (an mmap write): re-hash on commit."""
+        self._hasher = None
+        self.size = os.fstat(self.fd).st_size
+
+    # finishing
+    def _digest(self) -> Digest:
+        if self._hasher is not None and self._hasher.size == self.size:
+            return self._hasher.digest()
+        hasher = ContentHasher()
+        offset = 0
+        while True:
+            block = os.pread(self.fd, COPY_BLOCK, offset)
+            if not block:
+                break
+            hasher.update(block)
+            offset += len(block)
+        return hasher.digest()
+
+    def commit(self) -> StoredObject:
+        """fsync, move into place and index. Blocking (fsync): call it from a worker thread."""
+        if self.closed:
+            raise StoreFailed("writer already closed")
+        try:
+            self.size = os.fstat(self.fd).st_size
+            digest = self._digest()
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.closed = True
+            return self._store._install(self.path, digest, self.pinned)
+        except KacheryError:
+            self.abort()
+            raise
+        except OSError as exc:
+            self.abort()
+            raise from_os_error(exc, "committing") from None
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "ObjectWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.closed or exc_type is not None:
+            self.abort()
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.objects_dir = self.root / "sha1"
+        self.tmp_dir = self.root / "tmp"
+        try:
+            for d in (self.root, self.objects_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self.index = Index(self.root / INDEX_FILE)
+        except OSError as exc:
+            raise from_os_error(exc, f"opening storage directory {self.root}") from None
+
+    def close(self) -> None:
+        self.index.close()
+
+    # layout
+    def object_path(self, sha1: str) -> Path:
+        return self.objects_dir / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
+
+    def has(self, sha1: str) -> bool:
+        return self.object_path(sha1).exists()
+
+    def info(self, sha1: str) -> ObjectRecord | None:
+        """The index record of an object held here (None if not held)."""
+        record = self.index.get_object(sha1)
+        if record is not None:
+            return record
+        # An object that reached the disk before a crash but not the index: adopt it.
+        path = self.object_path(sha1)
+        if is_sha1_hex(sha1) and path.exists():
+            self.index.add_object(sha1, path.stat().st_size, None, True)
+            return self.index.get_object(sha1)
+        return None
+
+    def require(self, sha1: str) -> ObjectRecord:
+        record = self.info(sha1)
+        if record is None:
+            raise ObjectNotFound(sha1)
+        return record
+
+    def list_objects(self) -> list[ObjectRecord]:
+        return self.index.all_objects()
+
+    # writing
+    def writer(self, pinned: bool = True) -> ObjectWriter:
+        try:
+            return ObjectWriter(self, pinned)
+        except OSError as exc:
+            raise from_os_error(exc, "creating a temp file") from None
+
+    def _install(self, temp_path: Path, digest: Digest, pinned: bool) -> StoredObject:
+        dest = self.object_path(digest.sha1)
+        if dest.exists():
+            os.unlink(temp_path)  # same content is already here
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(temp_path, 0o444)  # objects are immutable
+            os.rename(temp_path, dest)
+            _fsync_dir(dest.parent)
+        manifest_sha1 = None
+        if digest.size > digest.chunk_size:
+            manifest = Manifest.from_digest(digest)
+            manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
+        self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
+        return StoredObject(digest.sha1, digest.size, manifest_sha1)
+
+    def put_bytes(self, data: bytes, pinned: bool = True) -> StoredObject:
+        with self.writer(pinned) as w:
+            w.write(data)
+            return w.commit()
+
+    def put_file(self, path: str | os.PathLike) -> StoredObject:
+        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as src:
+                st = os.fstat(src.fileno())
+                cached = self._from_stat_cache(src, st)
+                if cached is not None:
+                    return cached
+                with self.writer() as w:
+                    while block := src.read(COPY_BLOCK):
+                        w.write(block)
+                    obj = w.commit()
+                self.index.put_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                    _fingerprint(src, st.st_size), obj.sha1, obj.manifest_sha1)
+                return obj
+        except KacheryError:
+            raise
+        except IsADirectoryError:
+            raise StoreFailed(f"{path} is a directory") from None
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no such file: {path}") from None
+        except OSError as exc:
+            raise from_os_error(exc, str(path)) from None
+
+    def _from_stat_cache(self, src, st: os.stat_result) -> StoredObject | None:
+        hit = self.index.get_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if hit is None:
+            return None
+        fingerprint, sha1, manifest_sha1 = hit
+        if fingerprint != _fingerprint(src, st.st_size) or not self.has(sha1):
+            return None
+        self.index.add_object(sha1, st.st_size, manifest_sha1, True)
+        return StoredObject(sha1, st.st_size, manifest_sha1)
+
+    # reading
+    def read_bytes(self, sha1: str) -> bytes:
+        self.require(sha1)
+        return self.object_path(sha1).read_bytes()
+
+    def manifest_of(self, sha1: str) -> Manifest | None:
+        record = self.require(sha1)
+        if record.manifest_sha1 is None:
+            return None
+        return Manifest.from_bytes(self.read_bytes(record.manifest_sha1), record.manifest_sha1)
+
+    # names under store/
+    def set_name(self, name: str, obj: StoredObject) -> NameRecord:
+        record = NameRecord(name, obj.sha1, obj.size, obj.manifest_sha1, time.time_ns())
+        self.index.set_name(*(getattr(record, f) for f in ("name", "sha1", "size", "manifest_sha1", "mtime_ns")))
+        return record
+
+    def get_name(self, name: str) -> NameRecord | None:
+        return self.index.get_name(name)
+
+    def list_names(self) -> list[NameRecord]:
+        return self.index.all_names()
+
+    def remove_name(self, name: str) -> bool:
+        return self.index.remove_name(name)
+
+    def rename(self, old: str, new: str) -> bool:
+        return self.index.rename(old, new)
+
+    # start-up housekeeping
+    def reconcile(self) -> dict[str, int]:
+        """Remove temp files of dead writers and make the index agree with the objects on disk."""
+        removed_tmp = 0
+        for entry in os.scandir(self.tmp_dir):
+            pid_text = entry.name.split("-", 1)[0]
+            if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
+                try:
+                    os.unlink(entry.path)
+                    removed_tmp += 1
+                except OSError:
+                    pass
+        on_disk: dict[str, int] = {}
+        for dirpath, _dirs, files in os.walk(self.objects_dir):
+            for name in files:
+                if is_sha1_hex(name):
+                    on_disk[name] = os.stat(os.path.join(dirpath, name)).st_size
+        dropped = added = 0
+        for record in self.index.all_objects():
+            if record.sha1 not in on_disk:
+                self.index.remove_object(record.sha1)
+                dropped += 1
+        for sha1, size in on_disk.items():
+            if self.index.get_object(sha1) is None:
+                self.index.add_object(sha1, size, None, True)
+                added += 1
+        if removed_tmp or dropped or added:
+            log.info("reconciled store: %d temp files removed, %d index rows dropped, %d added",
+                     removed_tmp, dropped, added)
+        return {"tmp_removed": removed_tmp, "index_dropped": dropped, "index_added": added}
+
+    def disk_usage(self) -> shutil._ntuple_diskusage:
+        return shutil.disk_usage(self.root)
+
+
+def _fingerprint(src, size: int) -> str:
+    """xxh3 of the head and tail blocks: catches edits that keep size and mtime (rare, cheap)."""
+    h = xxhash.xxh3_128()
+    h.update(size.to_bytes(8, "little"))
+    h.update(os.pread(src.fileno(), FINGERPRINT_BLOCK, 0))
+    if size > FINGERPRINT_BLOCK:
+        h.update(os.pread(src.fileno(), FINGERPRINT_BLOCK, max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK)))
+    return h.hexdigest()
+
+
+def open_mmap(path: Path) -> mmap.mmap | None:
+    """A read-only map of an object (None for an empty file, which cannot be mapped)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+__all__ = ["LocalStore", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
