@@ -53,7 +53,7 @@ def clean_stale_mount(mountpoint: Path) -> bool:
     if str(mountpoint) not in _fuse_mounts():
         return False
     try:
-        os.stat(mountpoint)
+        os.listdir(mountpoint)  # not stat(): the kernel may answer that from its attribute cache
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
             log.warning("cleaning up stale mount at %s", mountpoint)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import StorageFull, StoreFailed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -39,6 +42,17 @@ CREATE TABLE IF NOT EXISTS stat_cache (
     PRIMARY KEY (dev, ino)
 );
 """
+
+
+@contextmanager
+def _index_errors():
+    """SQLite errors become store errors: a full disk must read as one, not as a crash."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "full" in str(exc):
+            raise StorageFull("the index could not be updated") from None
+        raise StoreFailed(f"index: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ class Index:
             self._db.close()
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, _index_errors():
             return self._db.execute(sql, args).fetchall()
 
     # objects
@@ -115,11 +129,11 @@ class Index:
         return NameRecord(*rows[0]) if rows else None
 
     def remove_name(self, name: str) -> bool:
-        with self._lock:
+        with self._lock, _index_errors():
             return self._db.execute("DELETE FROM names WHERE name=?", (name,)).rowcount > 0
 
     def rename(self, old: str, new: str) -> bool:
-        with self._lock:
+        with self._lock, _index_errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM names WHERE name=?", (new,))

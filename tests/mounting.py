@@ -1,0 +1,107 @@
+"""Real mounts for tests: the daemon always runs in a subprocess (never a thread of the test
+process: a close() here could wait on a flush the daemon cannot serve), and is always unmounted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KACHERYFS = str(Path(sys.executable).parent / "kacheryfs")
+
+
+def fuse_mounted(mountpoint: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(mountpoint) and line.split()[2].startswith("fuse") for line in f)
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def cli_env(storage: Path, config: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["KACHERY_STORAGE_DIR"] = str(storage)
+    env["KACHERY_P2P_CONFIG_DIR"] = str(config)
+    return env
+
+
+class Mount:
+    def __init__(self, root: Path, storage: Path | None = None):
+        self.root = root
+        self.mountpoint = root / "mnt"
+        self.storage = storage or root / "storage"
+        self.config = root / "config"
+        self.log_path = root / "mount.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return cli_env(self.storage, self.config)
+
+    def start(self, timeout: float = 20.0) -> "Mount":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [KACHERYFS, "-v", "mount", str(self.mountpoint)], env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mount exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                if fuse_mounted(self.mountpoint) and (self.mountpoint / "store").is_dir():
+                    return self
+            except OSError:  # a stale mount the new daemon has not cleaned up yet
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"mount not ready after {timeout}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def path(self, *parts: str) -> Path:
+        return self.mountpoint.joinpath(*parts)
+
+    def kill9(self) -> None:
+        """Kill the daemon and its auto_unmount helper: leaves a stale (ENOTCONN) mount."""
+        assert self.proc is not None
+        helpers = children_of(self.proc.pid)  # fusermount3 runs in a session of its own
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in helpers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                subprocess.run([KACHERYFS, "unmount", str(self.mountpoint)], env=self.env,
+                               capture_output=True, timeout=30)
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=10)
+        finally:
+            if fuse_mounted(self.mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            if hasattr(self, "log"):
+                self.log.close()
