@@ -44,21 +44,70 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def network_options(fn):
+    """The node's flags, shared by mount, daemon and bootstrap."""
+    options = [
+        click.option("--channel", "channels", multiple=True, metavar="NAME",
+                     help="Channel to join (repeatable). Files this node stores are shared on all of them."),
+        click.option("--channel-secret-file", "secret_files", multiple=True, metavar="[NAME=]FILE",
+                     help="Makes a channel private: members must know the secret in FILE."),
+        click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT|none",
+                     help="Where to accept peers; 'none' accepts no inbound connections."),
+        click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
+                     help="A rendezvous node to find channel peers through (repeatable)."),
+        click.option("--find-timeout", default=3.0, show_default=True, type=float,
+                     help="Seconds to wait for peers to answer who holds a file."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout) -> Config:
+    return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
+                           channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
+                           find_timeout=find_timeout)
+
+
 @cli.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @storage_option
 @config_option
-@click.option("--channel", "channels", multiple=True, help="Channel to join (repeatable; used by the network engine).")
+@network_options
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-def mount(mountpoint, storage_dir, config_dir, channels, debug):
+def mount(mountpoint, storage_dir, config_dir, debug, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
     from .fs.mount import run_mount
 
     logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
-    config = _config(storage_dir, config_dir, channels)
+    config = _net_config(storage_dir, config_dir, **net)
     click.echo(f"kacheryfs: mounting {Path(mountpoint).absolute()} (storage {config.storage_dir}); "
                "Ctrl-C or `kacheryfs unmount` to stop", err=True)
     run_mount(config, mountpoint, debug=debug)
+
+
+@cli.command()
+@storage_option
+@config_option
+@network_options
+def daemon(storage_dir, config_dir, **net):
+    """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
+    from .net.daemon import run_daemon
+
+    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    run_daemon(_net_config(storage_dir, config_dir, **net))
+
+
+@cli.command()
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept nodes.")
+@storage_option
+@config_option
+def bootstrap(listen, storage_dir, config_dir):
+    """Run a rendezvous node: keeps a registry of channel hashes -> nodes; knows no channel names."""
+    from .net.daemon import run_daemon
+
+    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    run_daemon(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen), bootstrap_mode=True)
 
 
 @cli.command()

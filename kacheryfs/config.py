@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import KacheryError
 
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
 DEFAULT_API_PORT = 20431
+DEFAULT_LISTEN = "0.0.0.0:0"
+DEFAULT_FIND_TIMEOUT = 3.0
+
+
+class ConfigError(KacheryError):
+    """Invalid configuration"""
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,10 @@ class Config:
     config_dir: Path
     api_port: int = DEFAULT_API_PORT
     channels: tuple[str, ...] = field(default_factory=tuple)
+    channel_secret_files: tuple[tuple[str, Path], ...] = ()  # (channel name, file holding its secret)
+    listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
+    bootstraps: tuple[str, ...] = ()
+    find_timeout: float = DEFAULT_FIND_TIMEOUT
 
     @classmethod
     def from_env(
@@ -25,6 +38,10 @@ class Config:
         config_dir: str | os.PathLike | None = None,
         channels: tuple[str, ...] | list[str] = (),
         environ: dict[str, str] | None = None,
+        channel_secret_files: tuple[str, ...] | list[str] = (),
+        listen: str | None = DEFAULT_LISTEN,
+        bootstraps: tuple[str, ...] | list[str] = (),
+        find_timeout: float = DEFAULT_FIND_TIMEOUT,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -34,15 +51,61 @@ class Config:
         try:
             port = int(port_text)
         except ValueError:
-            port = DEFAULT_API_PORT
+            raise ConfigError(f"KACHERY_P2P_API_PORT={port_text!r} is not a port number") from None
         return cls(
             storage_dir=Path(storage).expanduser().absolute(),
             config_dir=Path(config).expanduser().absolute(),
             api_port=port,
-            channels=tuple(channels),
+            channels=tuple(dict.fromkeys(channels)),
+            channel_secret_files=_pair_secret_files(tuple(channels), tuple(channel_secret_files)),
+            listen=None if (listen or "").lower() == "none" else listen,
+            bootstraps=tuple(bootstraps),
+            find_timeout=find_timeout,
         )
 
     @property
     def mounts_dir(self) -> Path:
         """Where running mounts register themselves (one JSON file per daemon pid)."""
         return self.config_dir / "mounts"
+
+    def channel_keys(self) -> dict[str, tuple[str, bytes]]:
+        """channel id -> (name, key) for every channel joined; private ones read their secret file."""
+        from .crypto import channel_id, channel_key
+
+        secrets = dict(self.channel_secret_files)
+        out = {}
+        for name in self.channels:
+            secret = _read_secret(secrets[name]) if name in secrets else None
+            key = channel_key(name, secret)
+            out[channel_id(key)] = (name, key)
+        return out
+
+
+def _pair_secret_files(channels: tuple[str, ...], specs: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    """``NAME=FILE``, or just ``FILE`` when exactly one channel is given."""
+    pairs = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            if len(channels) != 1:
+                raise ConfigError("with several --channel, write --channel-secret-file NAME=FILE")
+            name, path = channels[0], spec
+        if name not in channels:
+            raise ConfigError(f"--channel-secret-file names channel {name!r}, which is not joined")
+        pairs.append((name, Path(path).expanduser()))
+    return tuple(pairs)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read channel secret file {path}: {exc.strerror}") from None
+    if not data:
+        raise ConfigError(f"channel secret file {path} is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        import logging
+
+        logging.getLogger(__name__).warning("channel secret file %s is readable by others (chmod 600 it)", path)
+    return data

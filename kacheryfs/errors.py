@@ -81,6 +81,18 @@ class CorruptObject(KacheryError):
     errno = _errno.EIO
 
 
+class CorruptChunk(KacheryError):
+    """A downloaded chunk does not match its hash in the manifest; it was not stored"""
+
+    errno = _errno.EIO
+
+
+class ChunkNotPresent(KacheryError):
+    """This part of the file has not been downloaded yet"""
+
+    errno = _errno.EIO
+
+
 class MountError(KacheryError):
     """Could not mount"""
 

@@ -119,8 +119,14 @@ def live_mounts(config: Config) -> list[dict]:
     return out
 
 
-async def _serve(tree: VirtualTree) -> None:
+async def _serve(tree: VirtualTree, node) -> None:
     async with trio.open_nursery() as nursery:
+        if node is not None:
+            from ..net.node import NetworkFetcher
+
+            await nursery.start(node.run)
+            tree.fetcher = NetworkFetcher(node)
+
         async def on_signals():
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
@@ -135,7 +141,7 @@ async def _serve(tree: VirtualTree) -> None:
 
 
 def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False,
-              ready_message: bool = True) -> None:
+              ready_message: bool = True, network: bool = True) -> None:
     """Mount and serve in the foreground until a signal or `kacheryfs unmount`; always unmounts."""
     mountpoint = Path(mountpoint).expanduser().absolute()
     clean_stale_mount(mountpoint)
@@ -145,6 +151,11 @@ def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False
     store = LocalStore(config.storage_dir)
     store.reconcile()
     tree = VirtualTree(store)
+    node = None
+    if network:
+        from ..net.node import build_node
+
+        node = build_node(config, store)
     options = set(pyfuse3.default_options)
     options |= {"fsname=kacheryfs", "subtype=kacheryfs", "auto_unmount"}
     if debug:
@@ -159,7 +170,7 @@ def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False
         registration = MountRegistration(config, mountpoint)
         if ready_message:
             log.info("mounted %s (storage %s)", mountpoint, config.storage_dir)
-        trio.run(_serve, tree)
+        trio.run(_serve, tree, node)
     finally:
         if registration is not None:
             registration.remove()

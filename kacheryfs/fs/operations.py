@@ -64,7 +64,7 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        return _entry(self.tree.lookup(parent_inode, os.fsdecode(name)))
+        return _entry(await self.tree.lookup_or_locate(parent_inode, os.fsdecode(name)))
 
     async def forget(self, inode_list):
         for ino, count in inode_list:
@@ -96,7 +96,7 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode, flags, ctx):
-        fh, keep_cache = self.tree.open(inode, flags)
+        fh, keep_cache = await self.tree.open_or_fetch(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @_fuse_errors

@@ -17,6 +17,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -109,9 +110,19 @@ class DirHandle:
     entries: list[tuple[str, Attr]]
 
 
+class Fetcher(Protocol):
+    """The network side, injected (None on a node without network)."""
+
+    async def locate(self, sha1: str) -> int | None: ...
+    async def fetch(self, sha1: str) -> None: ...
+    async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None: ...
+
+
 class VirtualTree:
-    def __init__(self, store: LocalStore):
+    def __init__(self, store: LocalStore, fetcher: Fetcher | None = None):
         self.store = store
+        self.fetcher = fetcher
+        self.remote_sizes: dict[str, int] = {}  # sha1 -> size, for objects found on peers, not yet here
         self.inodes = InodeTable()
         self.names: dict[str, NameRecord] = {r.name: r for r in store.list_names()}
         self.drafts: dict[int, Draft] = {}
@@ -150,7 +161,12 @@ class VirtualTree:
             raise NotFound(f"inode {ino}")
         kind, name = key
         if kind == "sha1":
-            return self._object_attr(ino, self.store.require(name).size)
+            record = self.store.info(name)
+            if record is None and name in self.remote_sizes:
+                return self._object_attr(ino, self.remote_sizes[name])
+            if record is None:
+                raise NotFound(name)
+            return self._object_attr(ino, record.size)
         return self._store_attr(ino, name)
 
     # ---- lookup -------------------------------------------------------------------------------
@@ -181,6 +197,30 @@ class VirtualTree:
         if attr.ino >= 16:
             self.inodes.remember(attr.ino)
         return attr
+
+    async def lookup_or_locate(self, parent: int, name: str) -> Attr:
+        """lookup, and for a hash not held here, ask the channel's peers (bounded wait)."""
+        try:
+            return self.lookup(parent, name)
+        except NotFound:
+            if parent != SHA1_DIR_INO or self.fetcher is None or not is_sha1_hex(name):
+                raise
+        size = await self.fetcher.locate(name)
+        if size is None:
+            raise NotFound(f"{name} is not held by this node or its channel peers")
+        self.remote_sizes[name] = size
+        attr = self._object_attr(self.inodes.ino_for(("sha1", name)), size)
+        self.inodes.remember(attr.ino)
+        return attr
+
+    async def open_or_fetch(self, ino: int, flags: int) -> tuple[int, bool]:
+        """open, fetching a remote object first (whole, verified) if it is not held yet."""
+        key = self.inodes.key_of(ino)
+        if key is not None and key[0] == "sha1" and self.fetcher is not None and self.store.info(key[1]) is None:
+            if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+                raise ReadOnly(key[1])
+            await self.fetcher.fetch(key[1])
+        return self.open(ino, flags)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -373,6 +413,8 @@ class VirtualTree:
             key = self.inodes.key_of(ino)
             if not draft.orphaned and key is not None:
                 self.names[key[1]] = self.store.set_name(key[1], obj)
+            if self.fetcher is not None:
+                await self.fetcher.announce(obj.sha1, obj.size, obj.manifest_sha1)
             return obj
 
     async def release(self, fh: int) -> None:

@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS names (
     manifest_sha1 TEXT,
     mtime_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS object_channels (  -- the channels a cached copy came from
+    sha1 TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    PRIMARY KEY (sha1, channel_id)
+);
 CREATE TABLE IF NOT EXISTS stat_cache (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
@@ -116,6 +121,14 @@ class Index:
 
     def touch(self, sha1: str) -> None:
         self._run("UPDATE objects SET last_access=? WHERE sha1=?", (time.time(), sha1))
+
+    def add_channels(self, sha1: str, channel_ids) -> None:
+        with self._lock, _index_errors():
+            self._db.executemany("INSERT OR IGNORE INTO object_channels VALUES (?, ?)",
+                                 [(sha1, c) for c in channel_ids])
+
+    def channels_of(self, sha1: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self._run("SELECT channel_id FROM object_channels WHERE sha1=?", (sha1,)))
 
     # names under store/
     def set_name(self, name: str, sha1: str, size: int, manifest_sha1: str | None, mtime_ns: int) -> None:

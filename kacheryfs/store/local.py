@@ -167,6 +167,9 @@ class LocalStore:
         self.root = Path(root)
         self.objects_dir = self.root / "sha1"
         self.tmp_dir = self.root / "tmp"
+        # Downloads in progress (partial.py). Kept out of tmp/ on purpose: reconcile() empties tmp/
+        # of dead processes' files, but a partial download must survive a restart to be resumed.
+        self.partial_dir = self.root / "partial"
         try:
             for d in (self.root, self.objects_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -227,6 +230,17 @@ class LocalStore:
             manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
         self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
         return StoredObject(digest.sha1, digest.size, manifest_sha1)
+
+    def install_verified(self, path: Path, digest: Digest, pinned: bool) -> StoredObject:
+        """Move a file into the store as an object (a finished download, say).
+
+        The caller vouches that the file's bytes match ``digest``, are fsynced, and that it sits on
+        the store's filesystem; the file is consumed (renamed, or unlinked if the object exists).
+        """
+        try:
+            return self._install(Path(path), digest, pinned)
+        except OSError as exc:
+            raise from_os_error(exc, "installing a downloaded object") from None
 
     def put_bytes(self, data: bytes, pinned: bool = True) -> StoredObject:
         with self.writer(pinned) as w:

@@ -1,0 +1,175 @@
+"""Keys and the exact bytes that get signed, MACed and encrypted. The only module importing nacl.
+
+- Node keys: ed25519; a node id is the public key in hex.
+- Session keys: ephemeral X25519 per connection, BLAKE2b key derivation over the transcript.
+- Frames: AEGIS-256 (libsodium; ~6 GB/s here with AES instructions, against ~1.3 GB/s for
+  ChaCha20-Poly1305), with a per-direction counter as the nonce, so frames cannot be replayed,
+  dropped or reordered without the next decryption failing.
+- Channels: a channel key derived from its name (and secret, for a private channel); peers prove
+  knowledge of it with a keyed MAC over the session transcript, so it never travels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.bindings as sodium
+import nacl.exceptions
+import nacl.signing
+
+from .errors import KacheryError
+
+HANDSHAKE_DOMAIN = b"kacheryfs/handshake/v1"
+CHANNEL_KEY_DOMAIN = b"kacheryfs/channel-key/v1"
+CHANNEL_ID_DOMAIN = b"kacheryfs/channel-id/v1"
+CHANNEL_PROOF_DOMAIN = b"kacheryfs/channel-proof/v1"
+SESSION_KEY_DOMAIN = b"kacheryfs/session-keys/v1"
+AEAD_KEY_BYTES = 32
+AEAD_TAG_BYTES = 32
+AEAD_NONCE_BYTES = 32
+NODE_KEY_FILE = "node-key.ed25519"
+
+
+class CryptoError(KacheryError):
+    """Authentication failed"""
+
+
+def blake2b(data: bytes, *, key: bytes = b"", size: int = 32) -> bytes:
+    return hashlib.blake2b(data, key=key, digest_size=size).digest()
+
+
+def _tagged(*parts: bytes) -> bytes:
+    """Length-prefixed concatenation: no two different part lists give the same bytes."""
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+# ---- node identity ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeKey:
+    signing_key: nacl.signing.SigningKey
+
+    @classmethod
+    def generate(cls) -> "NodeKey":
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def load_or_create(cls, config_dir: Path) -> "NodeKey":
+        """The node key in the config dir (mode 0600, dir 0700), created on first start."""
+        config_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config_dir, 0o700)
+        path = config_dir / NODE_KEY_FILE
+        try:
+            seed = bytes.fromhex(path.read_text().strip())
+            if len(seed) != 32:
+                raise ValueError("wrong length")
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return cls(nacl.signing.SigningKey(seed))
+        except FileNotFoundError:
+            key = cls.generate()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(bytes(key.signing_key).hex() + "\n")
+            return key
+        except ValueError as exc:
+            raise KacheryError(f"node key file {path} is corrupt ({exc}); move it away to make a new identity") from None
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def node_id(self) -> str:
+        return self.public.hex()
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+
+def verify_signature(public: bytes, message: bytes, signature: bytes) -> None:
+    try:
+        nacl.signing.VerifyKey(public).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        raise CryptoError("bad signature") from None
+
+
+# ---- session key agreement -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ephemeral:
+    secret: bytes
+    public: bytes
+
+    @classmethod
+    def generate(cls) -> "Ephemeral":
+        secret = os.urandom(32)
+        return cls(secret, sodium.crypto_scalarmult_base(secret))
+
+    def shared(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 32:
+            raise CryptoError("bad ephemeral key length")
+        try:
+            out = sodium.crypto_scalarmult(self.secret, peer_public)
+        except Exception:
+            raise CryptoError("bad ephemeral key") from None
+        if out == bytes(32):  # a low-order point: reject (contributory behaviour)
+            raise CryptoError("degenerate ephemeral key")
+        return out
+
+
+def transcript_hash(initiator_eph: bytes, responder_eph: bytes) -> bytes:
+    return blake2b(_tagged(HANDSHAKE_DOMAIN, initiator_eph, responder_eph))
+
+
+def session_keys(shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """(initiator->responder key, responder->initiator key)."""
+    okm = blake2b(_tagged(SESSION_KEY_DOMAIN, transcript), key=shared, size=64)
+    return okm[:32], okm[32:]
+
+
+def auth_message(transcript: bytes, role: bytes, node_public: bytes) -> bytes:
+    """What a node signs to prove it holds its key in this session: the transcript, its role, its id."""
+    return _tagged(HANDSHAKE_DOMAIN, b"auth", transcript, role, node_public)
+
+
+# ---- channels --------------------------------------------------------------------------------
+def channel_key(name: str, secret: bytes | None = None) -> bytes:
+    """Open channel: known by its name. Private channel: by name and secret."""
+    return blake2b(_tagged(CHANNEL_KEY_DOMAIN, name.encode(), secret or b""))
+
+
+def channel_id(key: bytes) -> str:
+    """What the bootstrap sees: a hash that reveals neither name nor key."""
+    return blake2b(_tagged(CHANNEL_ID_DOMAIN), key=key, size=16).hex()
+
+
+def channel_proof(key: bytes, transcript: bytes, role: bytes, node_public: bytes) -> bytes:
+    """A MAC only holders of the channel key can make, valid only for this session and sender."""
+    return blake2b(_tagged(CHANNEL_PROOF_DOMAIN, transcript, role, node_public), key=key, size=32)
+
+
+# ---- frame encryption ------------------------------------------------------------------------
+class FrameCipher:
+    """One direction of a session: AEGIS-256 with a counter nonce."""
+
+    def __init__(self, key: bytes):
+        if len(key) != AEAD_KEY_BYTES:
+            raise ValueError("key must be 32 bytes")
+        self._key = key
+        self._counter = 0
+
+    def _nonce(self) -> bytes:
+        nonce = self._counter.to_bytes(AEAD_NONCE_BYTES, "little")
+        self._counter += 1
+        return nonce
+
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        return sodium.crypto_aead_aegis256_encrypt(plaintext, aad, self._nonce(), self._key)
+
+    def decrypt(self, ciphertext: bytes, aad: bytes = b"") -> bytes:
+        try:
+            return sodium.crypto_aead_aegis256_decrypt(ciphertext, aad, self._nonce(), self._key)
+        except Exception:
+            raise CryptoError("frame failed authentication") from None

@@ -1,0 +1,33 @@
+"""Running a node without FUSE: `kacheryfs daemon` and `kacheryfs bootstrap`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from ..config import Config
+from ..store import LocalStore
+from .node import build_node
+
+log = logging.getLogger(__name__)
+
+
+async def _run(node) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
+
+
+def run_daemon(config: Config, bootstrap_mode: bool = False) -> None:
+    store = LocalStore(config.storage_dir)
+    store.reconcile()
+    try:
+        trio.run(_run, build_node(config, store, bootstrap_mode=bootstrap_mode))
+    finally:
+        store.close()

@@ -1,0 +1,399 @@
+"""A kacheryfs node: listens, dials, serves what it holds to channel members, finds and fetches.
+
+Every task lives in the node's nursery. Serving rules are checked on the serving side: a request
+is answered only for a peer that proved a channel through which this node shares the object.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import trio
+
+from ..crypto import NodeKey
+from ..errors import KacheryError
+from ..protocol import Connection, ProtocolError
+from ..protocol.connection import INITIATOR, RESPONDER
+from ..protocol.messages import (
+    Announce, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message,
+    PeersRequest, PeersResponse, Ping, Pong, Register,
+)
+from ..store import LocalStore
+from .session import PeerGone, PeerSession, handshake
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+FIND_TIMEOUT = 3.0
+FIND_GRACE = 0.05  # after the first "found", wait this long for more providers
+FIND_CACHE_SECONDS = 5.0
+PEER_POLL_SECONDS = 1.0
+MAX_BACKOFF = 30.0
+SERVE_LIMIT_PER_PEER = 32
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise KacheryError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Provider:
+    session: PeerSession
+    size: int
+    manifest_sha1: str | None
+
+
+@dataclass
+class NodeCounters:
+    served_bytes: Counter = field(default_factory=Counter)  # peer id -> bytes of content sent
+    refused: Counter = field(default_factory=Counter)  # peer id -> requests refused
+    fetched_bytes: int = 0  # content bytes received from peers (verified or not)
+
+
+class Node:
+    def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
+                 listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
+                 bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT):
+        self.key = key
+        self.store = store
+        self.channel_keys = dict(channel_keys)
+        self.listen = listen
+        self.bootstraps = bootstraps
+        self.bootstrap_mode = bootstrap_mode
+        self.find_timeout = find_timeout
+        self.listen_addrs: list[str] = []
+        self.sessions: dict[str, PeerSession] = {}
+        self.counters = NodeCounters()
+        self.registry: dict[str, dict[str, tuple[list[str], float]]] = defaultdict(dict)
+        self._dialing: set[str] = set()
+        self._find_cache: dict[str, tuple[float, list[Provider]]] = {}
+        self._limiter = trio.CapacityLimiter(4)
+        self._nursery: trio.Nursery | None = None
+        self.peers_changed = trio.Event()
+
+    @property
+    def node_id(self) -> str:
+        return self.key.node_id
+
+    # ---- running ------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.listen is not None:
+                host, port = self.listen
+                listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle_inbound, port, host=host))
+                for listener in listeners:
+                    bound_host, bound_port = listener.socket.getsockname()[:2]
+                    self.listen_addrs.append(f"{bound_host}:{bound_port}")
+                log.info("node %s listening on %s", self.node_id[:12], ", ".join(self.listen_addrs))
+            for host, port in self.bootstraps:
+                nursery.start_soon(self._bootstrap_loop, host, port)
+            task_status.started(self)
+
+    def cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _conn(self, role: bytes, expected_peer: str | None = None) -> Connection:
+        return Connection(role, self.key, self.channel_keys, addrs=tuple(self.listen_addrs),
+                          expected_peer=expected_peer, agent="kacheryfs-bootstrap" if self.bootstrap_mode else "kacheryfs")
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        try:
+            remote = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            remote = "?"
+        conn = self._conn(RESPONDER)
+        try:
+            info = await handshake(stream, conn)
+        except (ProtocolError, PeerGone, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            log.warning("rejected connection from %s: %r", remote, exc)
+            await trio.aclose_forcefully(stream)
+            return
+        await self._run_session(PeerSession(stream, conn, info, "inbound", remote))
+
+    async def connect(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+        conn = self._conn(INITIATOR, expected_peer)
+        try:
+            info = await handshake(stream, conn)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        session = PeerSession(stream, conn, info, "outbound", f"{host}:{port}")
+        self._nursery.start_soon(self._run_session, session)
+        return session
+
+    async def _run_session(self, session: PeerSession) -> None:
+        primary = session.peer_id not in self.sessions or self.sessions[session.peer_id].closed.is_set()
+        if primary:
+            self.sessions[session.peer_id] = session
+            self._wake_peers()
+        log.info("connected %r, shared channels: %d", session, len(session.channel_ids))
+        limiter = trio.CapacityLimiter(SERVE_LIMIT_PER_PEER)
+        try:
+            async with trio.open_nursery() as handlers:
+                async def on_message(sess: PeerSession, msg: Message) -> None:
+                    token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER requests at once
+                    await limiter.acquire_on_behalf_of(token)
+                    handlers.start_soon(self._handle_message, sess, msg, limiter, token)
+
+                await session.receive_loop(on_message)
+                handlers.cancel_scope.cancel()
+        finally:
+            if self.sessions.get(session.peer_id) is session:
+                del self.sessions[session.peer_id]
+                self._wake_peers()
+            log.info("disconnected %r", session)
+
+    def _wake_peers(self) -> None:
+        self.peers_changed.set()
+        self.peers_changed = trio.Event()
+
+    # ---- serving ------------------------------------------------------------------------------
+    def may_serve(self, session: PeerSession, sha1: str) -> bool:
+        """Stored objects are shared on all our channels; cached copies on the channels they came from."""
+        if not session.channel_ids:
+            return False
+        record = self.store.info(sha1)
+        if record is None:
+            return False
+        if record.pinned:
+            return True
+        return bool(session.channel_ids & self.store.index.channels_of(sha1))
+
+    async def _handle_message(self, session: PeerSession, msg: Message, limiter: trio.CapacityLimiter,
+                              token: object) -> None:
+        try:
+            reply = await self._answer(session, msg)
+            if reply is not None:
+                await session.send(reply)
+        except PeerGone:
+            pass
+        except KacheryError as exc:
+            log.warning("request %s from %r failed: %s", type(msg).__name__, session, exc)
+        finally:
+            limiter.release_on_behalf_of(token)
+
+    async def _answer(self, session: PeerSession, msg: Message) -> Message | None:
+        if isinstance(msg, FindRequest):
+            if not self.may_serve(session, msg.sha1):
+                if not session.channel_ids:
+                    self.counters.refused[session.peer_id] += 1
+                    log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
+                return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
+            record = self.store.info(msg.sha1)
+            return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
+                                manifest_sha1=record.manifest_sha1)
+        if isinstance(msg, ChunkRequest):
+            if not self.may_serve(session, msg.sha1):
+                self.counters.refused[session.peer_id] += 1
+                log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
+                return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+            data = await trio.to_thread.run_sync(self._read_range, msg.sha1, msg.offset, msg.length,
+                                                 limiter=self._limiter)
+            self.counters.served_bytes[session.peer_id] += len(data)
+            log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
+            return ChunkData(req=msg.req, payload=data)
+        if isinstance(msg, Announce):
+            self._find_cache.pop(msg.sha1, None)
+            return None
+        if isinstance(msg, Ping):
+            return Pong(req=msg.req)
+        if isinstance(msg, Register) and self.bootstrap_mode:
+            observed_host = session.remote.rpartition(":")[0]
+            addrs = list(msg.addrs)
+            for addr in msg.addrs:  # a node listening on 0.0.0.0 is reachable at the address we saw
+                host, _, port = addr.rpartition(":")
+                if host in ("0.0.0.0", "::") and observed_host:
+                    addrs.insert(0, f"{observed_host}:{port}")
+            for cid in msg.channel_ids:
+                self.registry[cid][session.peer_id] = (addrs, time.monotonic())
+            return None
+        if isinstance(msg, PeersRequest) and self.bootstrap_mode:
+            peers = []
+            for cid in msg.channel_ids[:256]:
+                for node, (addrs, _seen) in self.registry.get(cid, {}).items():
+                    if node != session.peer_id and node in self.sessions:
+                        peers.append({"node": node, "addrs": addrs, "channel_id": cid})
+            return PeersResponse(req=msg.req, peers=peers[:512])
+        if hasattr(msg, "req"):
+            return ErrorResponse(req=msg.req, code="unsupported", message=type(msg).__name__)
+        return None
+
+    def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
+        with open(self.store.object_path(sha1), "rb") as f:
+            return os.pread(f.fileno(), length, offset)
+
+    # ---- discovery through bootstraps ---------------------------------------------------------
+    async def _bootstrap_loop(self, host: str, port: int) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                session = await self.connect(host, port)
+                backoff = 0.5
+                log.info("registered with bootstrap %s:%d", host, port)
+                while not session.closed.is_set():
+                    await session.send(Register(channel_ids=sorted(self.channel_keys), addrs=self.listen_addrs))
+                    reply = await session.request(PeersRequest(req=session.next_req(),
+                                                               channel_ids=sorted(self.channel_keys)), 10)
+                    for peer in reply.peers if isinstance(reply, PeersResponse) else []:
+                        self._maybe_dial(peer)
+                    with trio.move_on_after(PEER_POLL_SECONDS):
+                        await session.closed.wait()
+            except (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                log.info("bootstrap %s:%d unreachable (%r); retrying in %.1fs", host, port,
+                         exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _maybe_dial(self, peer: dict) -> None:
+        node = peer.get("node")
+        if not isinstance(node, str) or node == self.node_id or node in self.sessions or node in self._dialing:
+            return
+        addrs = [a for a in peer.get("addrs", []) if isinstance(a, str)]
+        self._dialing.add(node)
+        self._nursery.start_soon(self._dial, node, addrs)
+
+    async def _dial(self, node: str, addrs: list[str]) -> None:
+        try:
+            for addr in addrs:
+                try:
+                    host, port = parse_hostport(addr)
+                    await self.connect(host, port, expected_peer=node)
+                    return
+                except (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    log.info("could not reach %s at %s: %s", node[:12], addr, exc or type(exc).__name__)
+        finally:
+            self._dialing.discard(node)
+
+    # ---- finding ------------------------------------------------------------------------------
+    def channel_peers(self) -> list[PeerSession]:
+        return [s for s in self.sessions.values() if s.channel_ids and not s.closed.is_set()]
+
+    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
+        """Ask every channel peer at once; first answers win, bounded wait; cached briefly."""
+        cached = self._find_cache.get(sha1)
+        if cached and time.monotonic() - cached[0] < FIND_CACHE_SECONDS and \
+                all(not p.session.closed.is_set() for p in cached[1]):
+            return cached[1]
+        timeout = self.find_timeout if timeout is None else timeout
+        if not self.channel_keys:
+            return []  # in no channel: nobody to ask
+        found: list[Provider] = []
+        first = trio.Event()
+        asked: set[str] = set()
+
+        async def ask(session: PeerSession) -> None:
+            try:
+                reply = await session.request(FindRequest(req=session.next_req(), sha1=sha1), timeout)
+            except (KacheryError, trio.TooSlowError):
+                return
+            if isinstance(reply, FindResponse) and reply.found and reply.sha1 == sha1:
+                found.append(Provider(session, reply.size, reply.manifest_sha1))
+                first.set()
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def watch_new_peers():
+                    while True:  # peers that connect while we wait are asked too
+                        for session in self.channel_peers():
+                            if session.peer_id not in asked:
+                                asked.add(session.peer_id)
+                                nursery.start_soon(ask, session)
+                        await self.peers_changed.wait()
+
+                nursery.start_soon(watch_new_peers)
+                await first.wait()
+                await trio.sleep(FIND_GRACE)
+                nursery.cancel_scope.cancel()
+        if found:
+            self._find_cache[sha1] = (time.monotonic(), found)
+        return found
+
+    async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
+        for session in self.channel_peers():
+            try:
+                await session.send(Announce(sha1=sha1, size=size, manifest_sha1=manifest_sha1))
+            except PeerGone:
+                pass
+
+    async def ping(self, session: PeerSession) -> float:
+        start = time.monotonic()
+        await session.request(Ping(req=session.next_req()), 10)
+        return time.monotonic() - start
+
+    def status(self) -> dict:
+        return {
+            "node_id": self.node_id,
+            "listen": self.listen_addrs,
+            "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction,
+                       "channels": len(s.channel_ids), "sent": s.stats.bytes_sent,
+                       "received": s.stats.bytes_received,
+                       "seconds": math.floor(time.monotonic() - s.stats.started)}
+                      for s in self.sessions.values()],
+            "served_bytes": dict(self.counters.served_bytes),
+            "fetched_bytes": self.counters.fetched_bytes,
+        }
+
+
+class NetworkFetcher:
+    """What the filesystem and API need from the network, with concurrent fetches of one object merged."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self._running: dict[str, trio.Event] = {}
+        self._errors: dict[str, KacheryError] = {}
+
+    async def locate(self, sha1: str) -> int | None:
+        """The size of ``sha1`` if a channel peer holds it (bounded wait), else None."""
+        providers = await self.node.find(sha1)
+        return providers[0].size if providers else None
+
+    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
+        if self.node.store.info(sha1) is not None:
+            return
+        done = self._running.get(sha1)
+        if done is None:
+            done = self._running[sha1] = trio.Event()
+            self._errors.pop(sha1, None)
+            try:
+                from .transfer import fetch
+
+                await fetch(self.node, sha1, manifest_sha1, progress)
+            except KacheryError as exc:
+                self._errors[sha1] = exc
+                raise
+            finally:
+                del self._running[sha1]
+                done.set()
+            return
+        await done.wait()
+        if sha1 in self._errors:
+            raise self._errors[sha1]
+
+    async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
+        if self.node._nursery is not None:  # in the background: a slow peer must not delay close()
+            self.node._nursery.start_soon(self.node.announce, sha1, size, manifest_sha1)
+
+
+def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> Node:
+    """A node from the configuration: its key, channels, listen address and bootstraps."""
+    key = NodeKey.load_or_create(config.config_dir)
+    channels = config.channel_keys()
+    for cid, (name, _key) in channels.items():
+        log.info("channel %s (id %s)", name, cid)
+    listen = parse_hostport(config.listen) if config.listen else None
+    return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
+                bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
+                bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout)

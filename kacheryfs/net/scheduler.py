@@ -1,0 +1,313 @@
+"""Which chunk to request from which peer: a pure, I/O-free scheduler for one file's download.
+
+The transfer engine owns the sockets and the clock; it tells the scheduler what happened
+(``on_chunk_ok``, ``on_chunk_failed``, ``remove_peer``, ...) with the current time ``now`` and asks
+``next_requests(peer, now)`` what to send. Being pure, it is tested with a fake clock and random
+event orders (tests/test_scheduler.py).
+
+Policy:
+- Each peer has a window of requests in flight. It starts at ``initial_window``, grows like TCP
+  (slow start: +1 per verified chunk, doubling per round trip; then +1/window per chunk) and halves
+  on a failure or timeout. A peer that answers faster frees its window sooner and grows it faster,
+  so it gets more of the file.
+- The window is capped near the peer's bandwidth-delay product, measured: twice what it delivers
+  in its best round trip, plus two chunks (as BBR sizes its window). That keeps the pipe full and
+  leaves room to probe upward, while a window deeper than that adds no throughput, only requests
+  queued at the peer: they delay the end of the download and, past ``request_timeout``, expire.
+  So a peer gets more in flight when it is faster or farther away, and the slow ones stay shallow.
+- Queued chunks go out lowest index first (sequential readers, read-ahead), after any chunks a
+  reader is waiting on (``prioritize``). A chunk that failed or timed out at a peer is given to the
+  other peers first.
+- Endgame: once every remaining chunk is in flight, a peer with a free window may re-request the
+  chunks another peer is slowest to deliver (latest expected arrival, from that peer's queue
+  position and rate), at most one duplicate per chunk and only where this peer expects to be
+  sooner, so a fast peer does not race a fast one for nothing. The first verified copy wins.
+  Outside the endgame a chunk is never in flight twice.
+- A peer that sent bad bytes (``drop_peer``) is banned for this file: never asked again, even if
+  added back.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterable
+
+# Window cap: _RTT_GAIN round trips' worth of the peer's delivery rate, plus _SLACK_CHUNKS.
+_RTT_GAIN = 2.0
+_SLACK_CHUNKS = 2.0
+_RATE_EWMA = 0.3  # weight of a new delivery-rate sample
+
+
+@dataclass
+class _Peer:
+    window: float
+    ssthresh: float
+    in_flight: dict[int, float] = field(default_factory=dict)  # chunk -> time requested
+    rate: float | None = None  # bytes/s, EWMA of delivery-rate samples
+    last_ok: float | None = None
+    min_rtt: float | None = None  # fastest request -> verified seen
+    chunks_ok: int = 0
+    bytes_ok: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    window: int
+    in_flight: int
+    chunks_ok: int
+    bytes_ok: int
+    failures: int
+    rate: float | None
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    needed: int
+    verified: int
+    queued: int
+    in_flight: int
+    requests: int
+    duplicates: int  # endgame re-requests issued
+    peers: dict[str, PeerStats]
+    dropped: frozenset[str]
+
+
+class ChunkScheduler:
+    def __init__(self, num_chunks: int, needed: Iterable[int], *, initial_window: int = 4,
+                 max_window: int = 64, request_timeout: float = 10.0):
+        if not 1 <= initial_window <= max_window:
+            raise ValueError("need 1 <= initial_window <= max_window")
+        self.num_chunks = num_chunks
+        self.needed = frozenset(needed)
+        if any(not 0 <= c < num_chunks for c in self.needed):
+            raise ValueError("needed chunk out of range")
+        self.initial_window = initial_window
+        self.max_window = max_window
+        self.request_timeout = request_timeout
+        self._queue: list[int] = sorted(self.needed)  # waiting, ascending; disjoint from in flight
+        self._urgent: dict[int, None] = {}  # chunks readers wait on, oldest first (ordered set)
+        self._holders: dict[int, list[str]] = {}  # chunk -> peers it is in flight at (1, or 2 in endgame)
+        self._failed_at: dict[int, set[str]] = {}  # chunk -> peers that failed or timed out on it
+        self._verified: set[int] = set()
+        self._peers: dict[str, _Peer] = {}
+        self._banned: dict[str, str] = {}  # peer -> reason
+        self._chunk_bytes = 1  # largest chunk seen, for turning a byte rate into a chunk count
+        self._requests = 0
+        self._duplicates = 0
+
+    # --- peers
+
+    def add_peer(self, peer: str) -> None:
+        if peer in self._banned or peer in self._peers:
+            return
+        self._peers[peer] = _Peer(window=float(self.initial_window), ssthresh=float(self.max_window))
+
+    def remove_peer(self, peer: str) -> list[int]:
+        """The peer is gone: its in-flight chunks go back to the queue; returns those re-queued."""
+        state = self._peers.pop(peer, None)
+        if state is None:
+            return []
+        requeued = []
+        for chunk in state.in_flight:
+            if self._release(chunk, peer):
+                requeued.append(chunk)
+        return requeued
+
+    def drop_peer(self, peer: str, reason: str) -> None:
+        """The peer sent bad bytes: forget it for this file and never ask it again."""
+        self.remove_peer(peer)
+        self._banned[peer] = reason
+
+    @property
+    def peers(self) -> list[str]:
+        return list(self._peers)
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        return dict(self._banned)
+
+    def window(self, peer: str) -> int:
+        state = self._peers.get(peer)
+        return int(state.window) if state else 0
+
+    # --- what to ask for
+
+    def prioritize(self, chunks: Iterable[int]) -> None:
+        """A reader waits on these: they go out before anything else still queued."""
+        for chunk in chunks:
+            if chunk in self.needed and chunk not in self._verified:
+                self._urgent.setdefault(chunk, None)
+
+    def next_requests(self, peer: str, now: float) -> list[int]:
+        """Chunks to request from ``peer`` now; each is recorded as in flight there."""
+        state = self._peers.get(peer)
+        if state is None:
+            return []
+        free = int(state.window) - len(state.in_flight)
+        picked: list[int] = []
+        if free <= 0:
+            return picked
+        # 1. chunks readers wait on, 2. the queue in order
+        for chunk in list(self._urgent):
+            if len(picked) == free:
+                break
+            if chunk not in self._holders and self._eligible(chunk, peer):
+                picked.append(chunk)
+        if len(picked) < free:
+            chosen = set(picked)
+            for chunk in self._queue:
+                if len(picked) == free:
+                    break
+                if chunk not in chosen and self._eligible(chunk, peer):
+                    picked.append(chunk)
+        for chunk in picked:
+            self._queue.pop(bisect.bisect_left(self._queue, chunk))
+        # 3. endgame: nothing left to queue, so race the chunks other peers will deliver last
+        if not self._queue and len(picked) < free:
+            candidates = sorted(
+                ((-self._eta(other_state, rank), chunk)
+                 for other, other_state in self._peers.items() if other != peer
+                 for rank, chunk in enumerate(other_state.in_flight)  # dicts keep request order
+                 if len(self._holders[chunk]) == 1 and peer not in self._failed_at.get(chunk, ())),
+            )
+            for neg_eta, chunk in candidates[:free - len(picked)]:
+                mine = 0.0 if state.rate is None else self._eta(state, len(state.in_flight) + len(picked))
+                if mine >= -neg_eta:
+                    break  # the holder should deliver it before we could
+                picked.append(chunk)
+                self._duplicates += 1
+        for chunk in picked:
+            state.in_flight[chunk] = now
+            self._holders.setdefault(chunk, []).append(peer)
+        self._requests += len(picked)
+        return picked
+
+    def _eta(self, state: _Peer, rank: int) -> float:
+        """Roughly when the peer delivers the request ``rank`` places back in its queue (unknown: never)."""
+        return float("inf") if state.rate is None else (rank + 1) * self._chunk_bytes / state.rate
+
+    def _eligible(self, chunk: int, peer: str) -> bool:
+        # A peer that failed this chunk gets it again only once every usable peer has failed it.
+        failed = self._failed_at.get(chunk)
+        return not failed or peer not in failed or failed.issuperset(self._peers)
+
+    # --- what happened
+
+    def on_chunk_ok(self, peer: str, chunk: int, nbytes: int, now: float) -> list[str]:
+        """The chunk arrived from ``peer`` and verified. Harmless for a late duplicate.
+
+        Returns the other peers still working on this chunk (an endgame duplicate), which the
+        caller may cancel; they are no longer counted as in flight.
+        """
+        state = self._peers.get(peer)
+        if state is not None:
+            sent = state.in_flight.pop(chunk, None)
+            if sent is not None:
+                self._holders[chunk].remove(peer)
+                self._grow(state, nbytes, sent, now)
+            state.chunks_ok += 1
+            state.bytes_ok += nbytes
+        if chunk not in self.needed or chunk in self._verified:
+            return []
+        self._verified.add(chunk)
+        self._urgent.pop(chunk, None)
+        self._failed_at.pop(chunk, None)
+        others = self._holders.pop(chunk, [])
+        for other in others:
+            del self._peers[other].in_flight[chunk]
+        i = bisect.bisect_left(self._queue, chunk)
+        if i < len(self._queue) and self._queue[i] == chunk:
+            self._queue.pop(i)  # it had timed out here and been re-queued: now it is in anyway
+        return others
+
+    def _grow(self, state: _Peer, nbytes: int, sent: float, now: float) -> None:
+        self._chunk_bytes = max(self._chunk_bytes, nbytes)
+        # Delivery rate: bytes over the time since the later of (last delivery, this request).
+        since = sent if state.last_ok is None else max(state.last_ok, sent)
+        sample = nbytes / max(now - since, 1e-6)
+        state.rate = sample if state.rate is None else (1 - _RATE_EWMA) * state.rate + _RATE_EWMA * sample
+        state.last_ok = now
+        state.min_rtt = now - sent if state.min_rtt is None else min(state.min_rtt, now - sent)
+        state.window += 1.0 if state.window < state.ssthresh else 1.0 / state.window
+        cap = state.rate * _RTT_GAIN * state.min_rtt / self._chunk_bytes + _SLACK_CHUNKS
+        state.window = max(1.0, min(state.window, float(self.max_window), cap))
+
+    def on_chunk_failed(self, peer: str, chunk: int, now: float) -> None:
+        """The peer refused or errored on this chunk: re-queue it (others first) and shrink the window."""
+        state = self._peers.get(peer)
+        if state is None or chunk not in state.in_flight:
+            return  # stale: already expired, re-queued and penalized
+        del state.in_flight[chunk]
+        state.failures += 1
+        self._shrink(state)
+        self._failed_at.setdefault(chunk, set()).add(peer)
+        self._release(chunk, peer)
+
+    def expired(self, now: float) -> list[tuple[str, int]]:
+        """Requests older than ``request_timeout`` are re-queued for other peers; each late peer's
+        window halves (once per call, as one loss event). Returns (peer, chunk) pairs to log."""
+        out: list[tuple[str, int]] = []
+        for peer, state in self._peers.items():
+            late = [c for c, sent in state.in_flight.items() if now - sent >= self.request_timeout]
+            if not late:
+                continue
+            state.failures += len(late)
+            self._shrink(state)
+            for chunk in late:
+                del state.in_flight[chunk]
+                self._failed_at.setdefault(chunk, set()).add(peer)
+                self._release(chunk, peer)
+                out.append((peer, chunk))
+        return out
+
+    def _shrink(self, state: _Peer) -> None:
+        state.ssthresh = max(state.window / 2, 1.0)
+        state.window = state.ssthresh
+
+    def _release(self, chunk: int, peer: str) -> bool:
+        """``peer`` no longer holds ``chunk``; queue it unless verified or in flight elsewhere."""
+        holders = self._holders.get(chunk)
+        if holders is not None:
+            holders.remove(peer)
+            if holders:
+                return False
+            del self._holders[chunk]
+        if chunk in self._verified:
+            return False
+        bisect.insort(self._queue, chunk)
+        return True
+
+    # --- status
+
+    def done(self) -> bool:
+        return len(self._verified) == len(self.needed)
+
+    def stalled(self) -> bool:
+        """Chunks remain but there is no peer left to ask."""
+        return not self.done() and not self._peers
+
+    def is_verified(self, chunk: int) -> bool:
+        return chunk in self._verified
+
+    @property
+    def in_flight(self) -> dict[str, list[int]]:
+        return {peer: list(state.in_flight) for peer, state in self._peers.items()}
+
+    @property
+    def queued(self) -> list[int]:
+        return list(self._queue)
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            needed=len(self.needed), verified=len(self._verified), queued=len(self._queue),
+            in_flight=len(self._holders), requests=self._requests, duplicates=self._duplicates,
+            peers={p: PeerStats(int(s.window), len(s.in_flight), s.chunks_ok, s.bytes_ok, s.failures, s.rate)
+                   for p, s in self._peers.items()},
+            dropped=frozenset(self._banned),
+        )
+
+
+__all__ = ["ChunkScheduler", "PeerStats", "SchedulerStats"]

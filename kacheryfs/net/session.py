@@ -1,0 +1,147 @@
+"""One authenticated, encrypted connection to a peer, driven over a trio stream."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import KacheryError
+from ..protocol import Connection, HandshakeComplete, MessageReceived, ProtocolError
+from ..protocol.connection import ConnectionClosed
+from ..protocol.messages import ErrorResponse, Message
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+RECEIVE_SIZE = 256 << 10
+
+
+class PeerGone(KacheryError):
+    """The peer disconnected"""
+
+
+class RequestFailed(KacheryError):
+    """The peer could not answer"""
+
+
+@dataclass
+class TransferStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+async def handshake(stream: trio.abc.Stream, conn: Connection, timeout: float = HANDSHAKE_TIMEOUT) -> HandshakeComplete:
+    """Run the handshake; raises ProtocolError, PeerGone, or trio.TooSlowError."""
+    with trio.fail_after(timeout):
+        while True:
+            event = conn.next_event()
+            out = conn.data_to_send()  # whatever processing that input produced goes out first
+            if out:
+                await stream.send_all(out)
+            if isinstance(event, HandshakeComplete):
+                return event
+            if isinstance(event, ConnectionClosed):
+                raise PeerGone("closed during the handshake")
+            conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+
+
+class PeerSession:
+    """Requests with ids, answered out of order; a receive loop hands other messages to ``on_message``."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, info: HandshakeComplete,
+                 direction: str, remote: str):
+        self.stream = stream
+        self.conn = conn
+        self.peer_id = info.peer_id
+        self.channel_ids = info.channel_ids
+        self.addrs = info.addrs
+        self.agent = info.agent
+        self.direction = direction  # "inbound" / "outbound"
+        self.remote = remote
+        self.stats = TransferStats()
+        self._send_lock = trio.Lock()
+        self._req_ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel] = {}
+        self.closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<peer {self.peer_id[:12]} {self.direction} {self.remote}>"
+
+    def next_req(self) -> int:
+        return next(self._req_ids)
+
+    async def send(self, msg: Message) -> None:
+        if self.closed.is_set():
+            raise PeerGone(self.peer_id[:12])
+        async with self._send_lock:
+            data = self.conn.send(msg)
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self.closed.set()
+                raise PeerGone(self.peer_id[:12]) from None
+            self.stats.bytes_sent += len(data)
+
+    async def request(self, msg: Message, timeout: float) -> Message:
+        """Send a request (its ``req`` must come from next_req) and wait for the matching answer."""
+        send, receive = trio.open_memory_channel(1)
+        self._pending[msg.req] = send
+        try:
+            await self.send(msg)
+            with trio.fail_after(timeout):
+                try:
+                    reply = await receive.receive()
+                except trio.EndOfChannel:
+                    raise PeerGone(self.peer_id[:12]) from None
+        finally:
+            self._pending.pop(msg.req, None)
+        if isinstance(reply, ErrorResponse):
+            raise RequestFailed(f"{reply.code}: {reply.message}")
+        return reply
+
+    async def receive_loop(self, on_message) -> None:
+        """Until the peer goes: replies go to their waiting request, the rest to ``on_message``."""
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is None:
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        data = b""
+                    self.stats.bytes_received += len(data)
+                    self.conn.receive_data(data)
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    return
+                assert isinstance(event, MessageReceived)
+                msg = event.message
+                req = getattr(msg, "req", None)
+                waiter = self._pending.get(req) if req is not None and _is_reply(msg) else None
+                if waiter is not None:
+                    try:
+                        waiter.send_nowait(msg)
+                    except trio.WouldBlock:
+                        pass
+                else:
+                    await on_message(self, msg)
+        except ProtocolError as exc:
+            log.warning("dropping %r: %s", self, exc)
+        finally:
+            self.closed.set()
+            for waiter in self._pending.values():
+                waiter.close()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+
+
+def _is_reply(msg: Message) -> bool:
+    from ..protocol import messages as m
+
+    return isinstance(msg, (m.FindResponse, m.ChunkData, m.ErrorResponse, m.PeersResponse, m.Pong))

@@ -1,0 +1,244 @@
+"""Application messages: frozen dataclasses with a byte encoding.
+
+Plaintext layout (inside an encrypted frame):
+    u8 type | u32 header length (big-endian) | header: UTF-8 JSON object | payload: the rest
+Only CHUNK_DATA carries a payload. Unknown types and malformed headers raise RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field, fields
+from typing import ClassVar
+
+from ..errors import KacheryError
+
+
+class RemoteProtocolError(KacheryError):
+    """The peer broke the protocol"""
+
+
+class LocalProtocolError(KacheryError):
+    """Tried to send something the protocol does not allow"""
+
+
+MESSAGE_TYPES: dict[int, type["Message"]] = {}
+
+
+def message(code: int):
+    def register(cls):
+        cls.TYPE = code
+        MESSAGE_TYPES[code] = cls
+        return dataclass(frozen=True)(cls)
+    return register
+
+
+class Message:
+    TYPE: ClassVar[int]
+    HAS_PAYLOAD: ClassVar[bool] = False
+
+    def encode(self) -> bytes:
+        header = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "payload"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        payload = getattr(self, "payload", b"") if self.HAS_PAYLOAD else b""
+        return bytes([self.TYPE]) + len(raw).to_bytes(4, "big") + raw + payload
+
+    def encode_parts(self) -> list[bytes]:
+        """Like encode, but the payload stays a separate buffer (no copy of a 1 MiB chunk)."""
+        if not self.HAS_PAYLOAD:
+            return [self.encode()]
+        header = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "payload"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        return [bytes([self.TYPE]) + len(raw).to_bytes(4, "big") + raw, self.payload]
+
+
+_FIELD_TYPES = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict}
+
+
+def decode_message(data: bytes) -> Message:
+    if len(data) < 5:
+        raise RemoteProtocolError("message shorter than its header")
+    cls = MESSAGE_TYPES.get(data[0])
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {data[0]}")
+    size = int.from_bytes(data[1:5], "big")
+    if 5 + size > len(data):
+        raise RemoteProtocolError("message header length exceeds the frame")
+    try:
+        header = json.loads(data[5:5 + size])
+    except (ValueError, UnicodeDecodeError):
+        raise RemoteProtocolError("message header is not JSON") from None
+    if not isinstance(header, dict):
+        raise RemoteProtocolError("message header is not an object")
+    payload = bytes(data[5 + size:])
+    if payload and not cls.HAS_PAYLOAD:
+        raise RemoteProtocolError(f"{cls.__name__} carries no payload")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name == "payload":
+            continue
+        if f.name not in header:
+            if f.default is not MISSING or f.default_factory is not MISSING:  # has a default
+                continue
+            raise RemoteProtocolError(f"{cls.__name__} lacks {f.name!r}")
+        value = header[f.name]
+        expected = f.type if isinstance(f.type, str) else f.type.__name__
+        base = expected.split("|")[0].strip().split("[")[0]
+        optional = "None" in expected
+        if value is None and optional:
+            kwargs[f.name] = None
+            continue
+        want = _FIELD_TYPES.get(base)
+        if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise RemoteProtocolError(f"{cls.__name__}.{f.name} has the wrong type")
+        kwargs[f.name] = value
+    if cls.HAS_PAYLOAD:
+        kwargs["payload"] = payload
+    try:
+        msg = cls(**kwargs)
+        msg.validate()
+    except (TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"bad {cls.__name__}: {exc}") from None
+    return msg
+
+
+def _check_hex(value: str, n: int, what: str) -> None:
+    if len(value) != n or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"{what} must be {n} lowercase hex digits")
+
+
+class _Validating(Message):
+    def validate(self) -> None:
+        for name in ("sha1", "manifest_sha1"):
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                _check_hex(value, 40, name)
+        for name in ("req", "offset", "length", "size"):
+            value = getattr(self, name, None)
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"{name} is negative")
+
+
+@message(1)
+class Auth(_Validating):
+    """Handshake: who I am (signed) and which channels I can prove."""
+    node: str
+    signature: str
+    proofs: list = field(default_factory=list)
+    addrs: list = field(default_factory=list)
+    agent: str = "kacheryfs"
+
+    def validate(self) -> None:
+        _check_hex(self.node, 64, "node")
+        _check_hex(self.signature, 128, "signature")
+        if len(self.proofs) > 256 or len(self.addrs) > 32:
+            raise ValueError("too many proofs or addresses")
+        for p in self.proofs:
+            if not isinstance(p, str):
+                raise ValueError("proof must be hex")
+            _check_hex(p, 64, "proof")
+        if not all(isinstance(a, str) and len(a) < 300 for a in self.addrs):
+            raise ValueError("bad address")
+
+
+@message(2)
+class FindRequest(_Validating):
+    req: int
+    sha1: str
+
+
+@message(3)
+class FindResponse(_Validating):
+    req: int
+    sha1: str
+    found: bool
+    size: int = 0
+    manifest_sha1: str | None = None
+
+
+@message(4)
+class ChunkRequest(_Validating):
+    """Bytes [offset, offset+length) of an object; length at most MAX_CHUNK_REQUEST."""
+    req: int
+    sha1: str
+    offset: int
+    length: int
+
+    def validate(self) -> None:
+        super().validate()
+        if self.length > MAX_CHUNK_REQUEST:
+            raise ValueError("chunk request too long")
+
+
+@message(5)
+class ChunkData(_Validating):
+    req: int
+    HAS_PAYLOAD = True
+    payload: bytes = b""
+
+
+@message(6)
+class ErrorResponse(_Validating):
+    req: int
+    code: str
+    message: str = ""
+
+
+@message(7)
+class Announce(_Validating):
+    sha1: str
+    size: int
+    manifest_sha1: str | None = None
+
+
+@message(8)
+class Register(_Validating):
+    """To a bootstrap: the channel ids (hashes) I am in and where I listen."""
+    channel_ids: list
+    addrs: list
+
+    def validate(self) -> None:
+        if len(self.channel_ids) > 256 or len(self.addrs) > 32:
+            raise ValueError("too many channel ids or addresses")
+        for c in self.channel_ids:
+            if not isinstance(c, str):
+                raise ValueError("channel id must be hex")
+            _check_hex(c, 32, "channel id")
+        if not all(isinstance(a, str) and len(a) < 300 for a in self.addrs):
+            raise ValueError("bad address")
+
+
+@message(9)
+class PeersRequest(_Validating):
+    req: int
+    channel_ids: list
+
+
+@message(10)
+class PeersResponse(_Validating):
+    req: int
+    peers: list  # [{"node": hex, "addrs": [...], "channel_ids": [...]}]
+
+
+@message(11)
+class Ping(_Validating):
+    req: int
+
+
+@message(12)
+class Pong(_Validating):
+    req: int
+
+
+@message(13)
+class Goodbye(_Validating):
+    reason: str = ""
+
+
+MAX_CHUNK_REQUEST = 4 << 20
+
+__all__ = [
+    "Message", "decode_message", "RemoteProtocolError", "LocalProtocolError", "MAX_CHUNK_REQUEST",
+    "Auth", "FindRequest", "FindResponse", "ChunkRequest", "ChunkData", "ErrorResponse", "Announce",
+    "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
+]

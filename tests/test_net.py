@@ -1,0 +1,225 @@
+"""Nodes talking over real loopback TCP inside one trio run (no mounts)."""
+
+import hashlib
+import logging
+
+import pytest
+import trio
+
+from kacheryfs.crypto import NodeKey, channel_id, channel_key
+from kacheryfs.errors import ObjectNotFound
+from kacheryfs.net.node import NetworkFetcher, Node
+from kacheryfs.protocol.messages import ChunkRequest, ErrorResponse, FindRequest
+from kacheryfs.store import CHUNK_SIZE, LocalStore
+
+from .conftest import random_bytes
+
+LOCAL = ("127.0.0.1", 0)
+
+
+def chans(*names, secret=None):
+    out = {}
+    for name in names:
+        key = channel_key(name, secret)
+        out[channel_id(key)] = key
+    return out
+
+
+class Cluster:
+    def __init__(self, tmp_path, nursery):
+        self.tmp_path = tmp_path
+        self.nursery = nursery
+        self.nodes = []
+
+    async def node(self, name, channels, *, bootstrap=None, node_cls=Node, bootstrap_mode=False, listen=LOCAL,
+                   find_timeout=2.0):
+        store = LocalStore(self.tmp_path / name)
+        bootstraps = (tuple(bootstrap),) if bootstrap else ()
+        node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
+                        bootstrap_mode=bootstrap_mode, find_timeout=find_timeout)
+        await self.nursery.start(node.run)
+        node.name = name
+        self.nodes.append(node)
+        return node
+
+
+def addr_of(node):
+    host, port = node.listen_addrs[0].rsplit(":", 1)
+    return host, int(port)
+
+
+async def wait_for(predicate, timeout=10):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+@pytest.fixture
+async def cluster(tmp_path, nursery):
+    c = Cluster(tmp_path, nursery)
+    yield c
+    for node in c.nodes:
+        node.cancel()
+        node.store.close()
+
+
+async def test_bootstrap_channel_members_share_outsiders_get_nothing(cluster, caplog):
+    caplog.set_level(logging.INFO)
+    boot = await cluster.node("boot", {}, bootstrap_mode=True)
+    a = await cluster.node("a", chans("x"), bootstrap=addr_of(boot))
+    b = await cluster.node("b", chans("x"), bootstrap=addr_of(boot))
+    c = await cluster.node("c", chans("y"), bootstrap=addr_of(boot))
+    data = random_bytes(3 * CHUNK_SIZE + 123)
+    obj = a.store.put_bytes(data)
+    small = a.store.put_bytes(b"small file")
+    await wait_for(lambda: a.node_id in b.sessions)
+    fb = NetworkFetcher(b)
+    assert await fb.locate(obj.sha1) == len(data)
+    await fb.fetch(obj.sha1)
+    assert b.store.read_bytes(obj.sha1) == data
+    assert not b.store.info(obj.sha1).pinned  # a cached copy...
+    assert b.store.index.channels_of(obj.sha1) == {channel_id(channel_key("x"))}  # ...re-served on x only
+    await fb.fetch(small.sha1)
+    assert b.store.read_bytes(small.sha1) == b"small file"
+    fc = NetworkFetcher(c)
+    with trio.fail_after(5):
+        assert await fc.locate(obj.sha1) is None
+    with pytest.raises(ObjectNotFound):
+        await fc.fetch(obj.sha1)
+    assert a.node_id not in c.sessions  # the bootstrap never introduced them
+    assert c.node_id not in a.counters.served_bytes
+    assert a.counters.served_bytes[b.node_id] >= len(data)
+
+
+async def test_serving_side_refuses_non_members(cluster):
+    a = await cluster.node("a", chans("x"))
+    c = await cluster.node("c", chans("y"))
+    obj = a.store.put_bytes(random_bytes(1000))
+    session = await c.connect(*addr_of(a), expected_peer=a.node_id)  # C dials A directly
+    reply = await session.request(FindRequest(req=session.next_req(), sha1=obj.sha1), 5)
+    assert reply.found is False
+    with pytest.raises(Exception, match="not-found"):
+        await session.request(ChunkRequest(req=session.next_req(), sha1=obj.sha1, offset=0, length=1000), 5)
+    assert a.counters.served_bytes[c.node_id] == 0
+    assert a.counters.refused[c.node_id] >= 1
+
+
+async def test_private_channel_wrong_secret_gets_nothing(cluster):
+    a = await cluster.node("a", chans("lab", secret=b"right"))
+    good = await cluster.node("good", chans("lab", secret=b"right"))
+    bad = await cluster.node("bad", chans("lab", secret=b"wrong"))
+    obj = a.store.put_bytes(b"private data")
+    await good.connect(*addr_of(a))
+    await bad.connect(*addr_of(a))
+    await NetworkFetcher(good).fetch(obj.sha1)
+    assert good.store.read_bytes(obj.sha1) == b"private data"
+    assert await NetworkFetcher(bad).locate(obj.sha1) is None
+    assert a.counters.served_bytes[bad.node_id] == 0
+
+
+class LyingNode(Node):
+    """Serves every chunk with one byte flipped."""
+
+    def _read_range(self, sha1, offset, length):
+        data = bytearray(super()._read_range(sha1, offset, length))
+        if data:
+            data[len(data) // 2] ^= 0xFF
+        return bytes(data)
+
+
+async def test_lying_peer_is_dropped_reader_gets_correct_bytes(cluster, caplog):
+    caplog.set_level(logging.WARNING)
+    data = random_bytes(8 * CHUNK_SIZE + 5, seed=3)
+    honest = await cluster.node("honest", chans("x"))
+    liar = await cluster.node("liar", chans("x"), node_cls=LyingNode)
+    reader = await cluster.node("reader", chans("x"))
+    obj = honest.store.put_bytes(data)
+    assert liar.store.put_bytes(data) == obj
+    await reader.connect(*addr_of(honest))
+    await reader.connect(*addr_of(liar))
+    await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert any("corrupt chunk" in r.message and liar.node_id[:12] in r.message for r in caplog.records)
+    assert liar.counters.served_bytes[reader.node_id] <= 4 * CHUNK_SIZE + 4096  # one window at most
+
+
+async def test_only_liars_means_failure_and_nothing_stored(cluster):
+    data = random_bytes(2 * CHUNK_SIZE + 5, seed=4)
+    liar = await cluster.node("liar", chans("x"), node_cls=LyingNode)
+    reader = await cluster.node("reader", chans("x"))
+    obj = liar.store.put_bytes(data)
+    await reader.connect(*addr_of(liar))
+    with pytest.raises(Exception, match="Could not fetch"):
+        await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.info(obj.sha1) is None
+
+
+async def test_garbage_connections_do_not_hurt_the_node(cluster, caplog):
+    caplog.set_level(logging.WARNING)
+    a = await cluster.node("a", chans("x"))
+    b = await cluster.node("b", chans("x"))
+    obj = a.store.put_bytes(b"still served")
+    host, port = addr_of(a)
+    for garbage in (b"GET / HTTP/1.0\r\n\r\n" + b"x" * 64, b"KACHFS01" + b"\0" * 32 + b"\xff" * 100):
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(garbage)
+        with trio.fail_after(5):
+            try:
+                while await stream.receive_some(4096):
+                    pass
+            except trio.BrokenResourceError:
+                pass  # reset: the node hung up on us
+        await stream.aclose()
+    await wait_for(lambda: sum("rejected connection" in r.message for r in caplog.records) >= 2)
+    await b.connect(host, port)
+    await NetworkFetcher(b).fetch(obj.sha1)
+    assert b.store.read_bytes(obj.sha1) == b"still served"
+
+
+async def test_provider_killed_mid_transfer(cluster):
+    data = random_bytes(40 * CHUNK_SIZE, seed=5)
+    p1 = await cluster.node("p1", chans("x"))
+    p2 = await cluster.node("p2", chans("x"))
+    reader = await cluster.node("reader", chans("x"))
+    obj = p1.store.put_bytes(data)
+    p2.store.put_bytes(data)
+    await reader.connect(*addr_of(p1))
+    await reader.connect(*addr_of(p2))
+
+    async def kill_p1_midway():
+        await wait_for(lambda: p1.counters.served_bytes[reader.node_id] >= 5 * CHUNK_SIZE)
+        p1.cancel()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(kill_p1_midway)
+        await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert 0 < p1.counters.served_bytes[reader.node_id] < len(data)
+
+
+async def test_resume_after_the_only_provider_returns(cluster, tmp_path):
+    data = random_bytes(30 * CHUNK_SIZE, seed=6)
+    p1 = await cluster.node("p1", chans("x"))
+    reader = await cluster.node("reader", chans("x"), find_timeout=1.0)
+    obj = p1.store.put_bytes(data)
+    await reader.connect(*addr_of(p1))
+
+    async def kill_midway():
+        await wait_for(lambda: p1.counters.served_bytes[reader.node_id] >= 8 * CHUNK_SIZE)
+        p1.cancel()
+
+    with pytest.raises(Exception):
+        async with trio.open_nursery() as n:
+            n.start_soon(kill_midway)
+            await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.info(obj.sha1) is None
+    kept = list((reader.store.root / "partial").glob("*.part"))
+    assert kept, "verified chunks are kept for resuming"
+    # the provider comes back (same store, new process-equivalent)
+    p1_again = await cluster.node("p1", chans("x"))
+    await reader.connect(*addr_of(p1_again))
+    before = p1_again.counters.served_bytes[reader.node_id]
+    await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert p1_again.counters.served_bytes[reader.node_id] - before < len(data)  # resumed, not restarted
+    assert hashlib.sha1(reader.store.read_bytes(obj.sha1)).hexdigest() == obj.sha1
