@@ -52,10 +52,11 @@ class Mount:
     def env(self) -> dict[str, str]:
         return cli_env(self.storage, self.config)
 
-    def start(self, timeout: float = 20.0) -> "Mount":
+    def start(self, *args: str, timeout: float = 20.0) -> "Mount":
+        """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [KACHERYFS, "-v", "mount", str(self.mountpoint)], env=self.env,
+            [KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -105,3 +106,53 @@ class Mount:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             if hasattr(self, "log"):
                 self.log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """`kacheryfs bootstrap` or `kacheryfs daemon` in a subprocess, always stopped."""
+
+    def __init__(self, root: Path, *args: str):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.args = args
+        self.log_path = root / "daemon.log"
+        self.env = cli_env(root / "storage", root / "config")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([KACHERYFS, "-v", *self.args], env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.read_log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited:\n{self.read_log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{text!r} not in the log after {timeout}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if hasattr(self, "log"):
+            self.log.close()

@@ -1,0 +1,82 @@
+"""Several real daemons with real mounts, talking over 127.0.0.1."""
+
+import errno
+import hashlib
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from .mounting import Daemon, Mount, free_port, fuse_mounted
+
+LOCAL = ["--listen", "127.0.0.1:0"]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    started = []
+
+    def mount(name, *args):
+        m = Mount(tmp_path / name)
+        (tmp_path / name).mkdir(exist_ok=True)
+        started.append(m)
+        return m.start(*args)
+
+    def daemon(name, *args):
+        d = Daemon(tmp_path / name, *args)
+        started.append(d)
+        return d.start()
+
+    try:
+        yield mount, daemon
+    finally:
+        for thing in reversed(started):
+            thing.stop()
+
+
+def node_id_of(m) -> str:
+    text = m.read_log()
+    found = re.search(r"node ([0-9a-f]{12}) listening", text)
+    assert found, text
+    return found.group(1)
+
+
+@pytest.mark.timeout(120)
+def test_channel_members_read_through_their_mounts(stack):
+    mount, daemon = stack
+    port = free_port()
+    boot = daemon("boot", "bootstrap", "--listen", f"127.0.0.1:{port}")
+    boot.wait_log("listening on")
+    via = ["--bootstrap", f"127.0.0.1:{port}"]
+    a = mount("a", "--channel", "x", *LOCAL, *via)
+    b = mount("b", "--channel", "x", *LOCAL, *via)
+    c = mount("c", "--channel", "y", *LOCAL, *via, "--find-timeout", "2")
+
+    arr = np.random.default_rng(0).standard_normal((1000, 1000))  # 8 MB: several chunks
+    np.save(a.path("store", "arr.npy"), arr)
+    a.path("store", "note.txt").write_text("hello from A\n")
+    arr_sha1 = os.getxattr(a.path("store", "arr.npy"), "user.kachery.uri").decode()[7:47]
+    note_sha1 = hashlib.sha1(b"hello from A\n").hexdigest()
+
+    deadline = time.monotonic() + 20  # until the bootstrap has introduced A and B
+    while "connected" not in b.read_log() or node_id_of(a) not in b.read_log():
+        assert time.monotonic() < deadline, b.read_log()
+        time.sleep(0.1)
+    out = subprocess.run(["cat", str(b.path("sha1", note_sha1))], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"hello from A\n"
+    assert np.array_equal(np.load(b.path("sha1", arr_sha1)), arr)
+    assert np.array_equal(np.load(b.path("sha1", arr_sha1), mmap_mode="r")[10:20], arr[10:20])
+
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        open(c.path("sha1", note_sha1), "rb")
+    assert info.value.errno == errno.ENOENT
+    assert time.monotonic() - start < 10
+    c_id = node_id_of(c)
+    assert c_id not in a.read_log()  # A never even talked to C, let alone sent it bytes
+    for m in (a, b, c):
+        assert fuse_mounted(m.mountpoint) and m.proc.poll() is None
