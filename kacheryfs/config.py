@@ -30,6 +30,7 @@ class Config:
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
+    discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
 
     @classmethod
     def from_env(
@@ -61,6 +62,7 @@ class Config:
             listen=None if (listen or "").lower() == "none" else listen,
             bootstraps=tuple(bootstraps),
             find_timeout=find_timeout,
+            discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
         )
 
     @property

@@ -36,6 +36,8 @@ def cli_env(storage: Path, config: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["KACHERY_STORAGE_DIR"] = str(storage)
     env["KACHERY_P2P_CONFIG_DIR"] = str(config)
+    # same-machine discovery stays inside the test: nodes of one test share <test tmp>/discovery
+    env.setdefault("KACHERYFS_DISCOVERY_DIR", str(storage.parent.parent / "discovery"))
     return env
 
 

@@ -39,7 +39,7 @@ def stack(tmp_path):
 
 def node_id_of(m) -> str:
     text = m.read_log()
-    found = re.search(r"node ([0-9a-f]{12}) listening", text)
+    found = re.search(r"node ([0-9a-f]{12}) (listening|is)", text)
     assert found, text
     return found.group(1)
 
@@ -80,3 +80,43 @@ def test_channel_members_read_through_their_mounts(stack):
     assert c_id not in a.read_log()  # A never even talked to C, let alone sent it bytes
     for m in (a, b, c):
         assert fuse_mounted(m.mountpoint) and m.proc.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_same_machine_discovery_without_bootstrap(stack):
+    mount, _daemon = stack
+    a = mount("a", "--channel", "x", *LOCAL)
+    b = mount("b", "--channel", "x", *LOCAL)
+    c = mount("c", "--channel", "y", *LOCAL, "--find-timeout", "2")
+    a.path("store", "data.bin").write_bytes(b"\x01\x02" * 3_000_000)  # 6 MB
+    sha1 = hashlib.sha1(b"\x01\x02" * 3_000_000).hexdigest()
+    deadline = time.monotonic() + 20
+    while node_id_of(a) not in b.read_log():
+        assert time.monotonic() < deadline, b.read_log()
+        time.sleep(0.1)
+    assert b.path("sha1", sha1).read_bytes() == b"\x01\x02" * 3_000_000
+    with pytest.raises(OSError) as info:
+        c.path("sha1", sha1).stat()
+    assert info.value.errno == errno.ENOENT
+    assert node_id_of(c) not in a.read_log()
+
+
+@pytest.mark.timeout(120)
+def test_relay_through_bootstrap_for_unreachable_nodes(stack):
+    mount, daemon = stack
+    port = free_port()
+    boot = daemon("boot", "bootstrap", "--listen", f"127.0.0.1:{port}")
+    boot.wait_log("listening on")
+    via = ["--bootstrap", f"127.0.0.1:{port}", "--listen", "none"]
+    a = mount("a", "--channel", "x", *via)
+    b = mount("b", "--channel", "x", *via)
+    payload = np.arange(2_000_000, dtype=np.int64)  # 16 MB
+    np.save(a.path("store", "r.npy"), payload)
+    sha1 = os.getxattr(a.path("store", "r.npy"), "user.kachery.uri").decode()[7:47]
+    boot.wait_log("relaying")
+    deadline = time.monotonic() + 20
+    while node_id_of(a) not in b.read_log():
+        assert time.monotonic() < deadline, b.read_log()
+        time.sleep(0.1)
+    assert np.array_equal(np.load(b.path("sha1", sha1)), payload)
+    assert "relay:" in b.read_log()

@@ -223,3 +223,21 @@ async def test_resume_after_the_only_provider_returns(cluster, tmp_path):
     assert reader.store.read_bytes(obj.sha1) == data
     assert p1_again.counters.served_bytes[reader.node_id] - before < len(data)  # resumed, not restarted
     assert hashlib.sha1(reader.store.read_bytes(obj.sha1)).hexdigest() == obj.sha1
+
+
+async def test_relay_when_neither_side_accepts_connections(cluster, caplog):
+    caplog.set_level(logging.INFO)
+    boot = await cluster.node("boot", {}, bootstrap_mode=True)
+    a = await cluster.node("a", chans("x"), bootstrap=addr_of(boot), listen=None)
+    b = await cluster.node("b", chans("x"), bootstrap=addr_of(boot), listen=None)
+    data = random_bytes(5 * CHUNK_SIZE + 7, seed=9)
+    obj = a.store.put_bytes(data)
+    await wait_for(lambda: a.node_id in b.sessions and b.node_id in a.sessions)
+    assert {b.sessions[a.node_id].direction, a.sessions[b.node_id].direction} <= {"relayed", "inbound"}
+    assert b.sessions[a.node_id].remote.startswith("relay:")
+    await NetworkFetcher(b).fetch(obj.sha1)
+    assert b.store.read_bytes(obj.sha1) == data
+    assert any("relaying" in r.message for r in caplog.records)
+    circuit = next(iter(boot.relay_table.circuits.values()))
+    assert circuit.bytes > len(data)  # the bytes went through the bootstrap, encrypted end to end
+    assert a.counters.served_bytes[b.node_id] >= len(data)

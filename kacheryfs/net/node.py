@@ -13,6 +13,7 @@ import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -22,8 +23,10 @@ from ..protocol import Connection, ProtocolError
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import (
     Announce, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message,
-    PeersRequest, PeersResponse, Ping, Pong, Register,
+    PeersRequest, PeersResponse, Ping, Pong, Register, RelayClose, RelayData, RelayIncoming,
+    RelayOpen, RelayOpened,
 )
+from .relay import RelayStream, RelayTable
 from ..store import LocalStore
 from .session import PeerGone, PeerSession, handshake
 
@@ -62,7 +65,8 @@ class NodeCounters:
 class Node:
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
-                 bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT):
+                 bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT,
+                 discovery_dir: Path | None = None):
         self.key = key
         self.store = store
         self.channel_keys = dict(channel_keys)
@@ -70,11 +74,15 @@ class Node:
         self.bootstraps = bootstraps
         self.bootstrap_mode = bootstrap_mode
         self.find_timeout = find_timeout
+        self.discovery_dir = discovery_dir
         self.listen_addrs: list[str] = []
         self.sessions: dict[str, PeerSession] = {}
         self.counters = NodeCounters()
         self.registry: dict[str, dict[str, tuple[list[str], float]]] = defaultdict(dict)
         self._dialing: set[str] = set()
+        self.relay_table = RelayTable()  # bootstrap side: circuits between two registered nodes
+        self._relay_streams: dict[tuple[int, int], RelayStream] = {}  # (id(relay session), circuit)
+        self.bootstrap_sessions: list[PeerSession] = []
         self._find_cache: dict[str, tuple[float, list[Provider]]] = {}
         self._limiter = trio.CapacityLimiter(4)
         self._nursery: trio.Nursery | None = None
@@ -95,8 +103,12 @@ class Node:
                     bound_host, bound_port = listener.socket.getsockname()[:2]
                     self.listen_addrs.append(f"{bound_host}:{bound_port}")
                 log.info("node %s listening on %s", self.node_id[:12], ", ".join(self.listen_addrs))
+            else:
+                log.info("node %s is not accepting connections (--listen none)", self.node_id[:12])
             for host, port in self.bootstraps:
                 nursery.start_soon(self._bootstrap_loop, host, port)
+            if self.discovery_dir is not None and self.channel_keys and not self.bootstrap_mode:
+                nursery.start_soon(self._local_discovery_loop)
             task_status.started(self)
 
     def cancel(self) -> None:
@@ -112,6 +124,9 @@ class Node:
             remote = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
             remote = "?"
+        await self._accept(stream, remote)
+
+    async def _accept(self, stream: trio.abc.Stream, remote: str) -> None:
         conn = self._conn(RESPONDER)
         try:
             info = await handshake(stream, conn)
@@ -144,6 +159,9 @@ class Node:
         try:
             async with trio.open_nursery() as handlers:
                 async def on_message(sess: PeerSession, msg: Message) -> None:
+                    if isinstance(msg, (RelayData, RelayClose, RelayIncoming)):
+                        await self._relay_message(sess, msg)  # inline: circuit bytes stay in order
+                        return
                     token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER requests at once
                     await limiter.acquire_on_behalf_of(token)
                     handlers.start_soon(self._handle_message, sess, msg, limiter, token)
@@ -154,7 +172,65 @@ class Node:
             if self.sessions.get(session.peer_id) is session:
                 del self.sessions[session.peer_id]
                 self._wake_peers()
+            for circuit, other in self.relay_table.drop_session(session):
+                self._nursery.start_soon(self._send_quietly, other, RelayClose(circuit=circuit, reason="peer left"))
+            for key in [k for k in self._relay_streams if k[0] == id(session)]:
+                self._relay_streams.pop(key).remote_closed()
             log.info("disconnected %r", session)
+
+    async def _send_quietly(self, session: PeerSession, msg: Message) -> None:
+        try:
+            await session.send(msg)
+        except PeerGone:
+            pass
+
+    # ---- relay ----------------------------------------------------------------------------------
+    async def _relay_message(self, session: PeerSession, msg: Message) -> None:
+        if self.bootstrap_mode:  # forward between the two ends of a circuit
+            if isinstance(msg, RelayData):
+                other = self.relay_table.route(session, msg.circuit, len(msg.payload))
+                if other is None:
+                    await self._send_quietly(session, RelayClose(circuit=msg.circuit, reason="no such circuit"))
+                else:
+                    await self._send_quietly(other, msg)
+            elif isinstance(msg, RelayClose):
+                circuit = self.relay_table.close(msg.circuit)
+                if circuit is not None and session in circuit.ends:
+                    await self._send_quietly(circuit.other(session), msg)
+            return
+        key = (id(session), msg.circuit)
+        if isinstance(msg, RelayIncoming):
+            if session not in self.bootstrap_sessions:
+                return  # only our own bootstraps may relay to us
+            stream = self._relay_streams[key] = RelayStream(session, msg.circuit, self._forget_stream)
+            self._nursery.start_soon(self._accept, stream, f"relay:{session.remote}")
+        elif isinstance(msg, RelayData):
+            stream = self._relay_streams.get(key)
+            if stream is not None:
+                stream.feed(msg.payload)
+        elif isinstance(msg, RelayClose):
+            stream = self._relay_streams.pop(key, None)
+            if stream is not None:
+                stream.remote_closed()
+
+    def _forget_stream(self, stream: RelayStream) -> None:
+        self._relay_streams.pop((id(stream.relay), stream.circuit), None)
+
+    async def connect_via_relay(self, relay: PeerSession, node: str) -> PeerSession:
+        reply = await relay.request(RelayOpen(req=relay.next_req(), target=node), 10)
+        if not isinstance(reply, RelayOpened):
+            raise KacheryError("relay refused")
+        stream = self._relay_streams[(id(relay), reply.circuit)] = RelayStream(relay, reply.circuit, self._forget_stream)
+        conn = self._conn(INITIATOR, node)
+        try:
+            info = await handshake(stream, conn)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        session = PeerSession(stream, conn, info, "relayed", f"relay:{relay.remote}")
+        self._nursery.start_soon(self._run_session, session)
+        return session
 
     def _wake_peers(self) -> None:
         self.peers_changed.set()
@@ -220,6 +296,16 @@ class Node:
             for cid in msg.channel_ids:
                 self.registry[cid][session.peer_id] = (addrs, time.monotonic())
             return None
+        if isinstance(msg, RelayOpen) and self.bootstrap_mode:
+            target = self.sessions.get(msg.target)
+            if target is None or target.closed.is_set():
+                return ErrorResponse(req=msg.req, code="unreachable", message="target not connected here")
+            circuit = self.relay_table.open(session, target)
+            if circuit is None:
+                return ErrorResponse(req=msg.req, code="busy", message="too many circuits")
+            await target.send(RelayIncoming(circuit=circuit, peer=session.peer_id))
+            log.info("relaying %s <-> %s (circuit %d)", session.peer_id[:12], msg.target[:12], circuit)
+            return RelayOpened(req=msg.req, circuit=circuit)
         if isinstance(msg, PeersRequest) and self.bootstrap_mode:
             peers = []
             for cid in msg.channel_ids[:256]:
@@ -243,37 +329,68 @@ class Node:
                 session = await self.connect(host, port)
                 backoff = 0.5
                 log.info("registered with bootstrap %s:%d", host, port)
+                self.bootstrap_sessions.append(session)
                 while not session.closed.is_set():
                     await session.send(Register(channel_ids=sorted(self.channel_keys), addrs=self.listen_addrs))
                     reply = await session.request(PeersRequest(req=session.next_req(),
                                                                channel_ids=sorted(self.channel_keys)), 10)
                     for peer in reply.peers if isinstance(reply, PeersResponse) else []:
-                        self._maybe_dial(peer)
+                        self._maybe_dial(peer, via=session)
                     with trio.move_on_after(PEER_POLL_SECONDS):
                         await session.closed.wait()
             except (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.info("bootstrap %s:%d unreachable (%r); retrying in %.1fs", host, port,
                          exc, backoff)
+            finally:
+                self.bootstrap_sessions[:] = [s for s in self.bootstrap_sessions if not s.closed.is_set()]
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _maybe_dial(self, peer: dict) -> None:
+    async def _local_discovery_loop(self) -> None:
+        from . import local_discovery as ld
+
+        ld.ensure_dir(self.discovery_dir)
+        addrs = ld.loopback_addrs(self.listen_addrs)
+        try:
+            while True:
+                if addrs:  # a node that accepts no connections can only dial
+                    await trio.to_thread.run_sync(ld.publish, self.discovery_dir, list(self.channel_keys),
+                                                  self.node_id, addrs)
+                peers = await trio.to_thread.run_sync(ld.scan, self.discovery_dir, list(self.channel_keys),
+                                                      self.node_id)
+                for peer in peers:
+                    self._maybe_dial(peer)
+                await trio.sleep(PEER_POLL_SECONDS)
+        finally:
+            ld.withdraw(self.discovery_dir, list(self.channel_keys), self.node_id)
+
+    def _maybe_dial(self, peer: dict, via: PeerSession | None = None) -> None:
         node = peer.get("node")
         if not isinstance(node, str) or node == self.node_id or node in self.sessions or node in self._dialing:
             return
         addrs = [a for a in peer.get("addrs", []) if isinstance(a, str)]
+        if not addrs and (via is None or self.listen_addrs or self.node_id > node):
+            # It accepts no connections: if we do, it dials us; if neither does, the smaller id
+            # opens the relay circuit, so one circuit is made, not two.
+            return
         self._dialing.add(node)
-        self._nursery.start_soon(self._dial, node, addrs)
+        self._nursery.start_soon(self._dial, node, addrs, via)
 
-    async def _dial(self, node: str, addrs: list[str]) -> None:
+    async def _dial(self, node: str, addrs: list[str], via: PeerSession | None) -> None:
+        errors = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError)
         try:
             for addr in addrs:
                 try:
                     host, port = parse_hostport(addr)
                     await self.connect(host, port, expected_peer=node)
                     return
-                except (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                    log.info("could not reach %s at %s: %s", node[:12], addr, exc or type(exc).__name__)
+                except errors as exc:
+                    log.info("could not reach %s at %s: %r", node[:12], addr, exc)
+            if via is not None and not via.closed.is_set():
+                try:
+                    await self.connect_via_relay(via, node)
+                except errors as exc:
+                    log.info("could not reach %s through the relay: %r", node[:12], exc)
         finally:
             self._dialing.discard(node)
 
@@ -396,4 +513,5 @@ def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> No
     listen = parse_hostport(config.listen) if config.listen else None
     return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
-                bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout)
+                bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout,
+                discovery_dir=config.discovery_dir if not config.bootstraps else None)

@@ -235,10 +235,49 @@ class Goodbye(_Validating):
     reason: str = ""
 
 
+@message(14)
+class RelayOpen(_Validating):
+    """To a bootstrap: open a circuit to ``target`` (a node registered there)."""
+    req: int
+    target: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_hex(self.target, 64, "target")
+
+
+@message(15)
+class RelayOpened(_Validating):
+    req: int
+    circuit: int
+
+
+@message(16)
+class RelayIncoming(_Validating):
+    """From a bootstrap: ``peer`` opened circuit ``circuit`` to you; a handshake follows inside it."""
+    circuit: int
+    peer: str
+
+
+@message(17)
+class RelayData(_Validating):
+    """Bytes of an end-to-end encrypted session, carried through the relay."""
+    circuit: int
+    HAS_PAYLOAD = True
+    payload: bytes = b""
+
+
+@message(18)
+class RelayClose(_Validating):
+    circuit: int
+    reason: str = ""
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
     "Message", "decode_message", "RemoteProtocolError", "LocalProtocolError", "MAX_CHUNK_REQUEST",
     "Auth", "FindRequest", "FindResponse", "ChunkRequest", "ChunkData", "ErrorResponse", "Announce",
     "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
+    "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
 ]
