@@ -120,3 +120,44 @@ def test_relay_through_bootstrap_for_unreachable_nodes(stack):
         time.sleep(0.1)
     assert np.array_equal(np.load(b.path("sha1", sha1)), payload)
     assert "relay:" in b.read_log()
+
+
+def fetched_bytes(m) -> int:
+    import json
+
+    return json.loads(os.getxattr(m.mountpoint, "user.kachery.stats"))["fetched_bytes"]
+
+
+@pytest.mark.timeout(180)
+def test_lazy_mmap_slice_fetches_only_what_it_touches(stack):
+    from kacheryfs.store import CHUNK_SIZE
+
+    mount, _daemon = stack
+    a = mount("a", "--channel", "x", *LOCAL)
+    b = mount("b", "--channel", "x", *LOCAL)
+    n = 200_000_000 // 8
+    arr = np.arange(n, dtype=np.float64)
+    np.save(a.path("store", "big.npy"), arr)
+    sha1 = os.getxattr(a.path("store", "big.npy"), "user.kachery.uri").decode()[7:47]
+    deadline = time.monotonic() + 20
+    while node_id_of(a) not in b.read_log():
+        assert time.monotonic() < deadline, b.read_log()
+        time.sleep(0.1)
+    before = fetched_bytes(b)
+    mapped = np.load(b.path("sha1", sha1), mmap_mode="r")
+    i = 17_000_000  # ~136 MB into the file
+    assert np.array_equal(mapped[i:i + 1000], arr[i:i + 1000])
+    del mapped
+    fetched = fetched_bytes(b) - before
+    manifest_bytes = 200 * 43 + 200  # the manifest object itself
+    # chunk 0 (the .npy header), the chunk(s) under the slice, and the kernel's read-ahead
+    assert fetched <= 5 * CHUNK_SIZE + manifest_bytes, fetched
+    assert fetched >= 2 * CHUNK_SIZE
+    # a sequential read of the whole file still gives identical bytes (read-ahead grows to bulk)
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(b.path("sha1", sha1), "rb") as f:
+        while block := f.read(4 << 20):
+            h.update(block)
+    assert h.hexdigest() == sha1

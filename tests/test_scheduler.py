@@ -7,6 +7,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -344,3 +345,20 @@ def test_random_event_orders_keep_invariants(num_chunks, needed_mask, window, op
         now += 0.1
         check_invariants(s, needed, verified, banned)
     assert s.done() and verified == needed
+
+
+def test_want_grows_what_is_needed():
+    s = ChunkScheduler(10, [])
+    assert s.done() and not s.stalled()
+    s.add_peer("p")
+    assert s.next_requests("p", 0.0) == []
+    s.want([7, 2])
+    s.want([2])
+    s.prioritize([7])
+    assert s.next_requests("p", 0.0) == [7, 2]
+    assert not s.done()
+    s.on_chunk_ok("p", 7, 100, 0.1)
+    s.on_chunk_ok("p", 2, 100, 0.2)
+    assert s.done()
+    with pytest.raises(ValueError):
+        s.want([10])

@@ -106,7 +106,7 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def read(self, fh, off, size):
-        return self.tree.read(fh, off, size)
+        return await self.tree.aread(fh, off, size)
 
     @_fuse_errors
     async def write(self, fh, off, buf):

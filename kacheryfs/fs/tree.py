@@ -12,6 +12,7 @@ without a mount. fs/operations.py adapts them to pyfuse3.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -31,6 +32,7 @@ from .inodes import FEEDS_DIR_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeT
 log = logging.getLogger(__name__)
 
 URI_XATTR = "user.kachery.uri"
+STATS_XATTR = "user.kachery.stats"  # on the mount's root: the node's peers and transfer counters
 IMMUTABLE_TIMEOUT = 24 * 3600.0  # content under sha1/ never changes
 MUTABLE_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20  # st_blksize: cp sizes its buffer from it, so writes arrive 1 MiB at a time
@@ -105,6 +107,12 @@ class DraftHandle:
 
 
 @dataclass
+class RemoteHandle:
+    ino: int
+    reader: object  # net.node.RemoteReader
+
+
+@dataclass
 class DirHandle:
     ino: int
     entries: list[tuple[str, Attr]]
@@ -115,6 +123,8 @@ class Fetcher(Protocol):
 
     async def locate(self, sha1: str) -> int | None: ...
     async def fetch(self, sha1: str) -> None: ...
+    async def open_remote(self, sha1: str): ...  # a reader with async read(offset, size), close(); or None
+    def stats(self) -> dict: ...
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None: ...
 
 
@@ -214,13 +224,23 @@ class VirtualTree:
         return attr
 
     async def open_or_fetch(self, ino: int, flags: int) -> tuple[int, bool]:
-        """open, fetching a remote object first (whole, verified) if it is not held yet."""
+        """open; an object not held here is read lazily from peers (small ones are fetched whole)."""
         key = self.inodes.key_of(ino)
         if key is not None and key[0] == "sha1" and self.fetcher is not None and self.store.info(key[1]) is None:
             if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
                 raise ReadOnly(key[1])
-            await self.fetcher.fetch(key[1])
+            reader = await self.fetcher.open_remote(key[1])
+            if reader is not None:
+                self.inodes.opened(ino)
+                return self._new_handle(RemoteHandle(ino, reader)), True
         return self.open(ino, flags)
+
+    async def aread(self, fh: int, offset: int, size: int):
+        """read, waiting for remote chunks where the handle is a lazy remote reader."""
+        handle = self.handles.get(fh)
+        if isinstance(handle, RemoteHandle):
+            return await handle.reader.read(offset, size)
+        return self.read(fh, offset, size)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -419,8 +439,8 @@ class VirtualTree:
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
-        if isinstance(handle, ObjectReader):
-            handle.close()
+        if isinstance(handle, (ObjectReader, RemoteHandle)):
+            (handle.reader if isinstance(handle, RemoteHandle) else handle).close()
             self.inodes.closed(handle.ino)
             return
         if not isinstance(handle, DraftHandle):
@@ -535,6 +555,8 @@ class VirtualTree:
         return format_uri(record.sha1, name, record.manifest_sha1) if record else None
 
     def getxattr(self, ino: int, name: str) -> bytes:
+        if name == STATS_XATTR and ino == ROOT_INO and self.fetcher is not None:
+            return json.dumps(self.fetcher.stats()).encode()
         if name == URI_XATTR:
             uri = self.uri_of(ino)
             if uri is not None:

@@ -80,7 +80,7 @@ class ChunkScheduler:
         if not 1 <= initial_window <= max_window:
             raise ValueError("need 1 <= initial_window <= max_window")
         self.num_chunks = num_chunks
-        self.needed = frozenset(needed)
+        self.needed = set(needed)  # grows with want(): a lazy reader asks for chunks as it goes
         if any(not 0 <= c < num_chunks for c in self.needed):
             raise ValueError("needed chunk out of range")
         self.initial_window = initial_window
@@ -133,6 +133,15 @@ class ChunkScheduler:
         return int(state.window) if state else 0
 
     # --- what to ask for
+
+    def want(self, chunks: Iterable[int]) -> None:
+        """Add chunks to what is needed (lazy reads, read-ahead); already-needed ones are ignored."""
+        for chunk in chunks:
+            if not 0 <= chunk < self.num_chunks:
+                raise ValueError("chunk out of range")
+            if chunk not in self.needed:
+                self.needed.add(chunk)
+                bisect.insort(self._queue, chunk)
 
     def prioritize(self, chunks: Iterable[int]) -> None:
         """A reader waits on these: they go out before anything else still queued."""

@@ -19,7 +19,8 @@ import trio
 from ..errors import CorruptObject, KacheryError, ObjectNotFound
 from ..protocol.messages import ChunkData, ChunkRequest
 from ..store import CHUNK_SIZE, Manifest, StoredObject
-from ..store.partial import CorruptChunk, PartialObject
+from ..errors import CorruptChunk
+from ..store.partial import PartialObject
 from .scheduler import ChunkScheduler
 from .session import PeerGone, RequestFailed
 
@@ -66,25 +67,39 @@ async def fetch_small(node, providers, sha1: str, size: int) -> bytes:
     raise FetchFailed(sha1)
 
 
-async def fetch(node, sha1: str, manifest_sha1: str | None = None, progress: Progress | None = None) -> StoredObject:
-    """Fetch ``sha1`` into the local store as a cached copy (re-served on the channels it came from)."""
+async def locate_manifest(node, sha1: str, manifest_sha1: str | None = None):
+    """(providers, manifest or None for a one-chunk object); raises ObjectNotFound / FetchFailed."""
     providers = await node.find(sha1)
     if not providers:
         raise ObjectNotFound(f"{sha1} was not found on any peer of this node's channels")
     size = providers[0].size
-    channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
     if size <= CHUNK_SIZE:
+        return providers, None
+    return providers, await _get_manifest(node, providers, sha1, size, manifest_sha1)
+
+
+async def fetch(node, sha1: str, manifest_sha1: str | None = None, progress: Progress | None = None) -> StoredObject:
+    """Fetch ``sha1`` whole into the local store as a cached copy (re-served on the channels it came from)."""
+    providers, manifest = await locate_manifest(node, sha1, manifest_sha1)
+    channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
+    if manifest is None:
+        size = providers[0].size
         data = await fetch_small(node, providers, sha1, size)
         obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
         node.store.index.add_channels(sha1, channel_ids)
         if progress:
             progress(size, size)
         return obj
-    manifest = await _get_manifest(node, providers, sha1, size, manifest_sha1)
-    obj = await _fetch_chunks(node, providers, manifest, progress)
-    node.store.index.add_channels(sha1, channel_ids)
-    node.store.index.add_channels(manifest.manifest_sha1, channel_ids)
-    return obj
+    download = await Download.start(node, manifest, providers, progress)
+    try:
+        download.want(range(len(manifest.chunk_sha1s)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download.run)
+            obj = await download.wait_complete()
+            nursery.cancel_scope.cancel()
+        return obj
+    finally:
+        download.close()
 
 
 async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
@@ -110,66 +125,132 @@ async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: st
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
         await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
+        node.store.index.add_channels(candidate, frozenset().union(*(p.session.channel_ids for p in providers)))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
 
-async def _fetch_chunks(node, providers, manifest: Manifest, progress: Progress | None) -> StoredObject:
-    partial = await trio.to_thread.run_sync(PartialObject.open, node.store, manifest)
-    try:
-        scheduler = ChunkScheduler(len(manifest.chunk_sha1s), partial.missing_chunks())
-        by_peer = {p.session.peer_id: p for p in providers}
-        for peer in by_peer:
-            scheduler.add_peer(peer)
-        changed = trio.Event()
-        limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
-        started = time.monotonic()
+class Download:
+    """One large object coming from several providers, chunk by chunk, each verified on arrival.
 
-        def wake() -> None:
-            nonlocal changed
-            changed.set()
-            changed = trio.Event()
+    ``want`` says which chunks are needed (all of them for ``kacheryfs load``; those a reader touches,
+    plus read-ahead, for a lazy read through the mount). ``run`` keeps every provider's window full
+    until the object is complete, then installs it in the store.
+    """
 
-        async def get_chunk(peer: str, index: int) -> None:
-            start, end = manifest.chunk_range(index)
-            try:
-                data = await _request_range(by_peer[peer], manifest.sha1, start, end - start, node)
-                if not partial.has_chunk(index):
-                    await trio.to_thread.run_sync(partial.write_chunk, index, data, limiter=limiter)
-                scheduler.on_chunk_ok(peer, index, len(data), trio.current_time())
-                if progress:
-                    progress(partial.present_bytes(), manifest.size)
-            except CorruptChunk:
-                log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
-                            peer[:12], index, manifest.sha1[:12])
-                scheduler.drop_peer(peer, "corrupt chunk")
-            except PeerGone:
-                scheduler.remove_peer(peer)
-            except (KacheryError, trio.TooSlowError):
-                scheduler.on_chunk_failed(peer, index, trio.current_time())
-            finally:
-                wake()
+    def __init__(self, node, manifest: Manifest, partial: PartialObject, providers, progress: Progress | None):
+        self.node = node
+        self.manifest = manifest
+        self.partial = partial
+        self.progress = progress
+        self.by_peer = {p.session.peer_id: p for p in providers}
+        self.channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
+        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [])
+        for peer in self.by_peer:
+            self.scheduler.add_peer(peer)
+        self.result: StoredObject | None = None
+        self.error: KacheryError | None = None
+        self._changed = trio.Event()
+        self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
+        self.started = time.monotonic()
 
-        async with trio.open_nursery() as nursery:
-            while not scheduler.done():
-                now = trio.current_time()
-                for peer, index in scheduler.expired(now):
-                    log.info("chunk %d of %s from %s timed out", index, manifest.sha1[:12], peer[:12])
-                for peer in list(scheduler.peers):
-                    if by_peer[peer].session.closed.is_set():
-                        scheduler.remove_peer(peer)
-                        continue
-                    for index in scheduler.next_requests(peer, now):
-                        nursery.start_soon(get_chunk, peer, index)
-                if scheduler.stalled():
-                    raise FetchFailed(f"all providers of {manifest.sha1[:12]} failed or left "
-                                      f"({partial.present_bytes()} of {manifest.size} bytes kept for resuming)")
-                with trio.move_on_after(1.0):
-                    await changed.wait()
-        obj = await trio.to_thread.run_sync(partial.finish)
-        elapsed = time.monotonic() - started
-        log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", manifest.sha1[:12], manifest.size,
-                 elapsed, manifest.size / max(elapsed, 1e-6) / 1e6, len(by_peer))
-        return obj
-    finally:
-        partial.close()
+    @classmethod
+    async def start(cls, node, manifest: Manifest, providers, progress: Progress | None = None) -> "Download":
+        partial = await trio.to_thread.run_sync(PartialObject.open, node.store, manifest)
+        return cls(node, manifest, partial, providers, progress)
+
+    def close(self) -> None:
+        self.partial.close()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def want(self, chunks, urgent: bool = False) -> None:
+        missing = [c for c in chunks if not self.partial.has_chunk(c)]
+        if missing:
+            self.scheduler.want(missing)
+            if urgent:
+                self.scheduler.prioritize(missing)
+            self._wake()
+        # chunks already on disk from an earlier (resumed) download count as verified
+        for c in chunks:
+            if self.partial.has_chunk(c) and not self.scheduler.is_verified(c):
+                self.scheduler.want([c])
+                self.scheduler.on_chunk_ok("", c, 0, trio.current_time())
+
+    async def wait_chunks(self, chunks) -> None:
+        """Until every chunk in ``chunks`` is verified and on disk (or the download failed)."""
+        chunks = list(chunks)
+        self.want(chunks, urgent=True)
+        while not all(self.partial.has_chunk(c) for c in chunks):
+            if self.error is not None:
+                raise self.error
+            await self._changed.wait()
+
+    async def wait_complete(self) -> StoredObject:
+        while self.result is None:
+            if self.error is not None:
+                raise self.error
+            await self._changed.wait()
+        return self.result
+
+    async def read(self, offset: int, size: int) -> bytes:
+        chunks = self.manifest.chunks_covering(offset, size)
+        await self.wait_chunks(chunks)
+        if size <= (256 << 10):
+            return self.partial.read(offset, size)
+        return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
+
+    async def _get_chunk(self, peer: str, index: int) -> None:
+        start, end = self.manifest.chunk_range(index)
+        try:
+            data = await _request_range(self.by_peer[peer], self.manifest.sha1, start, end - start, self.node)
+            if not self.partial.has_chunk(index):
+                await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+            self.scheduler.on_chunk_ok(peer, index, len(data), trio.current_time())
+            if self.progress:
+                self.progress(self.partial.present_bytes(), self.manifest.size)
+        except CorruptChunk:
+            log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
+                        peer[:12], index, self.manifest.sha1[:12])
+            self.scheduler.drop_peer(peer, "corrupt chunk")
+        except PeerGone:
+            self.scheduler.remove_peer(peer)
+        except (KacheryError, trio.TooSlowError):
+            self.scheduler.on_chunk_failed(peer, index, trio.current_time())
+        finally:
+            self._wake()
+
+    async def run(self) -> None:
+        """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
+        Failures end up in ``self.error`` for the waiters."""
+        scheduler = self.scheduler
+        try:
+            async with trio.open_nursery() as nursery:
+                while not self.partial.is_complete():
+                    now = trio.current_time()
+                    for peer, index in scheduler.expired(now):
+                        log.info("chunk %d of %s from %s timed out", index, self.manifest.sha1[:12], peer[:12])
+                    for peer in scheduler.peers:
+                        if self.by_peer[peer].session.closed.is_set():
+                            scheduler.remove_peer(peer)
+                            continue
+                        for index in scheduler.next_requests(peer, now):
+                            nursery.start_soon(self._get_chunk, peer, index)
+                    if scheduler.stalled():
+                        raise FetchFailed(
+                            f"all providers of {self.manifest.sha1[:12]} failed or left "
+                            f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)")
+                    with trio.move_on_after(1.0):
+                        await self._changed.wait()
+                nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            self.result = await trio.to_thread.run_sync(self.partial.finish)
+            self.node.store.index.add_channels(self.manifest.sha1, self.channel_ids)
+            elapsed = time.monotonic() - self.started
+            log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
+                     self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))
+        except KacheryError as exc:
+            self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
+        finally:
+            self._wake()
