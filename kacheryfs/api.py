@@ -73,10 +73,16 @@ class _WriterFile(io.RawIOBase):
 
 def load_file(uri: str, *, storage_dir=None) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it)."""
+    from .api_client import NoDaemon, daemon_load
+
     parsed = parse_uri(uri)
     store = _store(storage_dir)
     if store.info(parsed.sha1) is None:
-        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}")
+        try:  # fetch from channel peers through the running daemon
+            return daemon_load(Config.from_env(storage_dir=storage_dir).config_dir, str(parsed))
+        except NoDaemon:
+            raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}, and no kacheryfs "
+                                 "daemon is running to fetch it") from None
     store.index.touch(parsed.sha1)
     return str(store.object_path(parsed.sha1))
 

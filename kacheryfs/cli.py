@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -136,21 +137,59 @@ def store(paths, storage_dir):
         click.echo(local.put_file(path).uri(Path(path).name))
 
 
-def _local_path(uri: str, storage_dir) -> Path:
+class Progress:
+    """A one-line progress display on stderr (only on a terminal): bytes, rate, ETA."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        pct = 100 * done / total if total else 100
+        click.echo(f"\r{self.label}: {pct:5.1f}%  {_human(done)} / {_human(total)}  "
+                   f"{_human(rate)}/s  ETA {eta:4.0f}s ", nl=False, err=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo(err=True)
+
+
+def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
+    """The object's path in the local store; fetched through the running daemon if need be."""
+    from .api_client import NoDaemon, daemon_load
+
+    config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
-    local = LocalStore(_config(storage_dir).storage_dir)
-    if local.info(parsed.sha1) is None:
-        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}")
-    return local.object_path(parsed.sha1)
+    local = LocalStore(config.storage_dir)
+    if local.info(parsed.sha1) is not None:
+        return local.object_path(parsed.sha1)
+    progress = Progress(parsed.name or parsed.sha1[:12])
+    try:
+        path = Path(daemon_load(config.config_dir, str(parsed), progress))
+    except NoDaemon:
+        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
+                             "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+    finally:
+        progress.close()
+    return path
 
 
 @cli.command()
 @click.argument("uri")
 @click.option("--dest", type=click.Path(dir_okay=False), default=None, help="Write the file here.")
 @storage_option
-def load(uri, dest, storage_dir):
-    """Load a file by URI: writes it to --dest, or prints its local path."""
-    path = _local_path(uri, storage_dir)
+@config_option
+def load(uri, dest, storage_dir, config_dir):
+    """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path."""
+    path = _local_path(uri, storage_dir, config_dir)
     if dest is None:
         click.echo(str(path))
         return
@@ -164,9 +203,10 @@ def load(uri, dest, storage_dir):
 @cli.command()
 @click.argument("uri")
 @storage_option
-def cat(uri, storage_dir):
-    """Write a file's bytes to stdout."""
-    path = _local_path(uri, storage_dir)
+@config_option
+def cat(uri, storage_dir, config_dir):
+    """Write a file's bytes to stdout (fetched from channel peers if need be)."""
+    path = _local_path(uri, storage_dir, config_dir)
     out = sys.stdout.buffer
     with open(path, "rb") as f:
         try:
@@ -221,6 +261,37 @@ def status(storage_dir, config_dir):
         click.echo("mounts:   none")
     for info in mounts:
         click.echo(f"mount:    {info['mountpoint']} (pid {info['pid']}, storage {info['storage_dir']})")
+    from .api_client import NoDaemon, call
+
+    try:
+        node = call(config.config_dir, "status")["status"]
+    except NoDaemon:
+        click.echo("daemon:   not running")
+        return
+    click.echo(f"node id:  {node['node_id']}")
+    click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
+    click.echo(f"channels: {node['channels']}")
+    click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
+    click.echo(f"peers:    {len(node['peers'])}")
+    for p in node["peers"]:
+        rate_in = p["received"] / max(p["seconds"], 1)
+        click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
+                   f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
+
+
+@cli.command()
+@click.argument("uri")
+@config_option
+def find(uri, config_dir):
+    """List the channel peers that hold a file (asks the running daemon)."""
+    from .api_client import call
+
+    parsed = parse_uri(uri)
+    providers = call(_config(None, config_dir).config_dir, "find", uri=str(parsed))["providers"]
+    if not providers:
+        raise ObjectNotFound(f"no peer in this node's channels holds {parsed.sha1}")
+    for p in providers:
+        click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

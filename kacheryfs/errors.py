@@ -10,7 +10,7 @@ import errno as _errno
 
 
 class KacheryError(Exception):
-    """kacheryfs failed."""
+    """kacheryfs failed"""
 
     errno: int = _errno.EIO
 
@@ -20,6 +20,8 @@ class KacheryError(Exception):
 
     def message(self) -> str:
         headline = (self.__doc__ or "").strip().splitlines()[0]
+        if type(self) is KacheryError and self.detail:
+            return self.detail  # the generic headline adds nothing to a specific message
         return f"{headline}: {self.detail}" if self.detail else headline
 
 

@@ -161,3 +161,45 @@ def test_lazy_mmap_slice_fetches_only_what_it_touches(stack):
         while block := f.read(4 << 20):
             h.update(block)
     assert h.hexdigest() == sha1
+
+
+@pytest.mark.timeout(120)
+def test_cli_and_python_fetch_through_the_daemon(stack, monkeypatch):
+    from .mounting import KACHERYFS
+
+    mount, daemon = stack
+    a = mount("a", "--channel", "x", *LOCAL)
+    b = daemon("b", "daemon", "--channel", "x", *LOCAL)  # a node without a mount
+    b.wait_log("listening on")
+    arr = np.random.default_rng(5).standard_normal((700, 1000))  # 5.6 MB
+    np.save(a.path("store", "w.npy"), arr)
+    uri = os.getxattr(a.path("store", "w.npy"), "user.kachery.uri").decode()
+    a.path("store", "t.txt").write_text("text via the daemon")
+    text_uri = os.getxattr(a.path("store", "t.txt"), "user.kachery.uri").decode()
+    deadline = time.monotonic() + 20
+    while node_id_of(a) not in b.read_log():
+        assert time.monotonic() < deadline, b.read_log()
+        time.sleep(0.1)
+
+    def cli(*args):
+        return subprocess.run([KACHERYFS, *args], env=b.env, capture_output=True, text=True, timeout=60)
+
+    found = cli("find", uri)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith(node_id_of(a)) or node_id_of(a) in found.stdout
+    dest = b.root / "w.npy"
+    loaded = cli("load", uri, "--dest", str(dest))
+    assert loaded.returncode == 0, loaded.stderr
+    assert np.array_equal(np.load(dest), arr)
+    status = cli("status")
+    assert "node id:" in status.stdout and node_id_of(a) in status.stdout and "fetched:" in status.stdout
+    missing = cli("load", "sha1://" + "0" * 40 + "/nothing")
+    assert missing.returncode == 1 and "not found on any peer" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    import kacheryfs as kfs
+
+    monkeypatch.setenv("KACHERY_STORAGE_DIR", b.env["KACHERY_STORAGE_DIR"])
+    monkeypatch.setenv("KACHERY_P2P_CONFIG_DIR", b.env["KACHERY_P2P_CONFIG_DIR"])
+    assert kfs.load_text(text_uri) == "text via the daemon"
+    assert np.array_equal(kfs.load_npy(uri, mmap_mode="r")[3:5], arr[3:5])

@@ -119,13 +119,16 @@ def live_mounts(config: Config) -> list[dict]:
     return out
 
 
-async def _serve(tree: VirtualTree, node) -> None:
+async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
         if node is not None:
+            from ..net.api_server import ApiServer
             from ..net.node import NetworkFetcher
 
             await nursery.start(node.run)
             tree.fetcher = NetworkFetcher(node)
+            api = ApiServer(node, tree.fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
+            await nursery.start(api.serve)
 
         async def on_signals():
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -153,8 +156,10 @@ def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False
     tree = VirtualTree(store)
     node = None
     if network:
+        from ..net.api_server import _claim, socket_path
         from ..net.node import build_node
 
+        _claim(socket_path(config.config_dir))  # one daemon per config dir, checked before mounting
         node = build_node(config, store)
     options = set(pyfuse3.default_options)
     options |= {"fsname=kacheryfs", "subtype=kacheryfs", "auto_unmount"}
@@ -170,7 +175,7 @@ def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False
         registration = MountRegistration(config, mountpoint)
         if ready_message:
             log.info("mounted %s (storage %s)", mountpoint, config.storage_dir)
-        trio.run(_serve, tree, node)
+        trio.run(_serve, tree, node, config, mountpoint)
     finally:
         if registration is not None:
             registration.remove()

@@ -14,9 +14,14 @@ from .node import build_node
 log = logging.getLogger(__name__)
 
 
-async def _run(node) -> None:
+async def _run(node, config: Config) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        if not node.bootstrap_mode:
+            from .api_server import ApiServer
+            from .node import NetworkFetcher
+
+            await nursery.start(ApiServer(node, NetworkFetcher(node), config.config_dir).serve)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
@@ -28,6 +33,6 @@ def run_daemon(config: Config, bootstrap_mode: bool = False) -> None:
     store = LocalStore(config.storage_dir)
     store.reconcile()
     try:
-        trio.run(_run, build_node(config, store, bootstrap_mode=bootstrap_mode))
+        trio.run(_run, build_node(config, store, bootstrap_mode=bootstrap_mode), config)
     finally:
         store.close()

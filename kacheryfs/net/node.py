@@ -258,6 +258,8 @@ class Node:
             pass
         except KacheryError as exc:
             log.warning("request %s from %r failed: %s", type(msg).__name__, session, exc)
+        except Exception:  # a bug in serving one request must not take the node down
+            log.exception("request %s from %r crashed", type(msg).__name__, session)
         finally:
             limiter.release_on_behalf_of(token)
 
@@ -498,7 +500,10 @@ class RemoteReader:
         try:
             return await download.read(offset, size)
         except KacheryError:
-            if download.result is not None:  # finished (and moved into the store) while we waited
+            # The partial file may have just been completed and moved into the store under us.
+            with trio.move_on_after(30):
+                await download.settled.wait()
+            if download.result is not None:
                 return await trio.to_thread.run_sync(self.fetcher.node._read_range, self.sha1, offset, size)
             raise
 

@@ -95,9 +95,11 @@ async def fetch(node, sha1: str, manifest_sha1: str | None = None, progress: Pro
         download.want(range(len(manifest.chunk_sha1s)))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(download.run)
-            obj = await download.wait_complete()
+            # run() keeps its errors in download.error; waiting in a loop here, rather than raising
+            # from the nursery body, gives callers a KacheryError and not an ExceptionGroup.
+            await download.settled.wait()
             nursery.cancel_scope.cancel()
-        return obj
+        return await download.wait_complete()
     finally:
         download.close()
 
@@ -151,6 +153,7 @@ class Download:
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
         self._changed = trio.Event()
+        self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
         self.started = time.monotonic()
 
@@ -253,4 +256,5 @@ class Download:
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
         finally:
+            self.settled.set()
             self._wake()

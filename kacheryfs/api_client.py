@@ -1,0 +1,59 @@
+"""Talking to the running daemon's local API (a Unix socket in the config dir)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from .errors import KacheryError
+
+SOCKET_NAME = "api.sock"
+
+
+class NoDaemon(KacheryError):
+    """No kacheryfs daemon is running for this config directory (start `kacheryfs mount` or `kacheryfs daemon`)"""
+
+
+def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -> Iterator[dict]:
+    """Send one request; yield each reply object (progress lines, then the final one)."""
+    path = Path(config_dir) / SOCKET_NAME
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NoDaemon(str(path)) from None
+        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+        with sock.makefile("rb") as lines:
+            for line in lines:
+                reply = json.loads(line)
+                if "error" in reply:
+                    raise KacheryError(reply["error"])
+                yield reply
+    except OSError as exc:
+        raise KacheryError(f"local API: {exc}") from None
+    finally:
+        sock.close()
+
+
+def call(config_dir: Path, op: str, **fields) -> dict:
+    """A request whose last reply is the answer."""
+    last = None
+    for last in request(config_dir, op, **fields):
+        pass
+    if last is None:
+        raise KacheryError("the daemon closed the connection without answering")
+    return last
+
+
+def daemon_load(config_dir: Path, uri: str, on_progress=None) -> str:
+    """Ask the daemon to fetch ``uri`` into the store; returns the local path."""
+    for reply in request(config_dir, "load", uri=uri):
+        if "progress" in reply and on_progress is not None:
+            on_progress(reply["progress"], reply["total"])
+        if reply.get("ok"):
+            return reply["path"]
+    raise KacheryError("the daemon closed the connection without answering")

@@ -1,0 +1,153 @@
+"""The local API: a Unix socket in the config dir, so only the same user (dir mode 0700, socket
+0600) can ask the running daemon to find or fetch. One JSON object per line each way."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import trio
+
+from ..errors import KacheryError
+from ..store import parse_uri
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "api.sock"
+MAX_REQUEST = 64 << 10
+PROGRESS_INTERVAL = 0.2
+
+
+class DaemonAlreadyRunning(KacheryError):
+    """Another kacheryfs daemon is running with this config directory"""
+
+
+def socket_path(config_dir: Path) -> Path:
+    return config_dir / SOCKET_NAME
+
+
+def _claim(path: Path) -> None:
+    """Remove a stale socket; refuse if a live daemon answers on it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise DaemonAlreadyRunning(f"{path} (one daemon per config dir: its node key is its identity)")
+
+
+async def open_api_listener(config_dir: Path) -> trio.SocketListener:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config_dir, 0o700)
+    path = socket_path(config_dir)
+    _claim(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    return trio.SocketListener(sock)
+
+
+class ApiServer:
+    def __init__(self, node, fetcher, config_dir: Path, extra_status=None):
+        self.node = node
+        self.fetcher = fetcher
+        self.config_dir = config_dir
+        self.extra_status = extra_status or (lambda: {})
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listener = await open_api_listener(self.config_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._handle, [listener])
+                task_status.started()
+        finally:
+            socket_path(self.config_dir).unlink(missing_ok=True)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async def reply(obj: dict) -> None:
+            await stream.send_all(json.dumps(obj).encode() + b"\n")
+
+        try:
+            buf = b""
+            with trio.fail_after(10):
+                while b"\n" not in buf:
+                    data = await stream.receive_some(4096)
+                    if not data or len(buf) > MAX_REQUEST:
+                        return
+                    buf += data
+            request = json.loads(buf.split(b"\n", 1)[0])
+            if not isinstance(request, dict):
+                raise KacheryError("request must be a JSON object")
+            await self._dispatch(request, reply)
+        except KacheryError as exc:
+            await reply({"error": str(exc)})
+        except (ValueError, trio.TooSlowError):
+            await reply({"error": "malformed request"})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _dispatch(self, request: dict, reply) -> None:
+        op = request.get("op")
+        if op == "status":
+            await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
+                                                 "channels": len(self.node.channel_keys)}})
+        elif op == "find":
+            uri = parse_uri(str(request.get("uri", "")))
+            providers = await self.node.find(uri.sha1)
+            await reply({"ok": True, "providers": [
+                {"node": p.session.peer_id, "remote": p.session.remote, "direction": p.session.direction,
+                 "size": p.size} for p in providers]})
+        elif op == "load":
+            uri = parse_uri(str(request.get("uri", "")))
+            last = 0.0
+
+            async def send_progress(done: int, total: int) -> None:
+                try:
+                    await reply({"progress": done, "total": total})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            progress_events: list[tuple[int, int]] = []
+
+            def progress(done: int, total: int) -> None:
+                nonlocal last
+                now = time.monotonic()
+                if now - last >= PROGRESS_INTERVAL or done == total:
+                    last = now
+                    progress_events.append((done, total))
+
+            error = None
+            async with trio.open_nursery() as nursery:
+                async def pump() -> None:
+                    while True:
+                        while progress_events:
+                            await send_progress(*progress_events.pop(0))
+                        await trio.sleep(PROGRESS_INTERVAL / 2)
+
+                nursery.start_soon(pump)
+                try:  # caught here: raised through the nursery it would arrive as an ExceptionGroup
+                    await self.fetcher.fetch(uri.sha1, uri.manifest_sha1, progress)
+                except KacheryError as exc:
+                    error = exc
+                nursery.cancel_scope.cancel()
+            if error is not None:
+                raise error
+            await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        else:
+            raise KacheryError(f"unknown op {op!r}")
