@@ -35,7 +35,7 @@ from typing import Iterable
 
 # Window cap: _RTT_GAIN round trips' worth of the peer's delivery rate, plus _SLACK_CHUNKS.
 _RTT_GAIN = 2.0
-_SLACK_CHUNKS = 2.0
+_SLACK_CHUNKS = 8.0
 _RATE_EWMA = 0.3  # weight of a new delivery-rate sample
 
 
