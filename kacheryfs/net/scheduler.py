@@ -35,7 +35,7 @@ from typing import Iterable
 
 # Window cap: _RTT_GAIN round trips' worth of the peer's delivery rate, plus _SLACK_CHUNKS.
 _RTT_GAIN = 2.0
-_SLACK_CHUNKS = 8.0
+_SLACK_CHUNKS = 2.0
 _RATE_EWMA = 0.3  # weight of a new delivery-rate sample
 
 
@@ -76,7 +76,7 @@ class SchedulerStats:
 
 class ChunkScheduler:
     def __init__(self, num_chunks: int, needed: Iterable[int], *, initial_window: int = 4,
-                 max_window: int = 64, request_timeout: float = 10.0):
+                 max_window: int = 64, request_timeout: float = 10.0, slack_chunks: float = _SLACK_CHUNKS):
         if not 1 <= initial_window <= max_window:
             raise ValueError("need 1 <= initial_window <= max_window")
         self.num_chunks = num_chunks
@@ -86,6 +86,9 @@ class ChunkScheduler:
         self.initial_window = initial_window
         self.max_window = max_window
         self.request_timeout = request_timeout
+        # Chunks allowed beyond the measured bandwidth-delay product: a transfer is a pipeline of
+        # several serial stages (read, encrypt, send, decrypt, verify, write), each needs one in hand.
+        self.slack_chunks = slack_chunks
         self._queue: list[int] = sorted(self.needed)  # waiting, ascending; disjoint from in flight
         self._urgent: dict[int, None] = {}  # chunks readers wait on, oldest first (ordered set)
         self._holders: dict[int, list[str]] = {}  # chunk -> peers it is in flight at (1, or 2 in endgame)
@@ -240,7 +243,7 @@ class ChunkScheduler:
         state.last_ok = now
         state.min_rtt = now - sent if state.min_rtt is None else min(state.min_rtt, now - sent)
         state.window += 1.0 if state.window < state.ssthresh else 1.0 / state.window
-        cap = state.rate * _RTT_GAIN * state.min_rtt / self._chunk_bytes + _SLACK_CHUNKS
+        cap = state.rate * _RTT_GAIN * state.min_rtt / self._chunk_bytes + self.slack_chunks
         state.window = max(1.0, min(state.window, float(self.max_window), cap))
 
     def on_chunk_failed(self, peer: str, chunk: int, now: float) -> None:
