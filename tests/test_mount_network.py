@@ -203,3 +203,88 @@ def test_cli_and_python_fetch_through_the_daemon(stack, monkeypatch):
     monkeypatch.setenv("KACHERY_P2P_CONFIG_DIR", b.env["KACHERY_P2P_CONFIG_DIR"])
     assert kfs.load_text(text_uri) == "text via the daemon"
     assert np.array_equal(kfs.load_npy(uri, mmap_mode="r")[3:5], arr[3:5])
+
+
+@pytest.mark.timeout(240)
+def test_provider_killed_mid_transfer_of_200mb(stack, tmp_path):
+    """Real daemons killed with SIGKILL: the download finishes from the other provider; with no
+    other provider it fails clearly, then resumes from its verified chunks when the provider returns."""
+    from .conftest import write_random_file
+    from .mounting import KACHERYFS
+
+    _mount, daemon = stack
+    src = tmp_path / "big.bin"
+    write_random_file(src, 200 * 1024 * 1024, seed=11)
+    providers = {}
+    for name in ("p1", "p2"):
+        d = Daemon(tmp_path / name, "daemon")  # just to get the env for `kacheryfs store`
+        out = subprocess.run([KACHERYFS, "store", str(src)], env=d.env, capture_output=True, text=True, check=True)
+        uri = out.stdout.strip()
+        providers[name] = daemon(name, "daemon", "--channel", "x", *LOCAL)
+    reader = daemon("reader", "daemon", "--channel", "x", *LOCAL)
+    for d in (*providers.values(), reader):
+        d.wait_log("listening on")
+
+    def load(dest):
+        return subprocess.Popen([KACHERYFS, "load", uri, "--dest", str(dest)], env=reader.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_partial(min_bytes):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            parts = list((reader.root / "storage" / "partial").glob("*.part"))
+            if parts:
+                bitmap = parts[0].with_suffix(".bitmap")
+                if bitmap.exists() and parts[0].stat().st_blocks * 512 >= min_bytes:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("the download never got going")
+
+    deadline = time.monotonic() + 20
+    while reader.read_log().count("connected <peer") < 2:
+        assert time.monotonic() < deadline, reader.read_log()
+        time.sleep(0.1)
+    first = load(tmp_path / "out1.bin")
+    wait_partial(20 << 20)
+    providers["p1"].proc.kill()  # SIGKILL, mid-transfer
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert sha1_of(tmp_path / "out1.bin") == uri[7:47]
+
+    # Now with one provider only: p2 dies mid-way, the load fails clearly, chunks are kept.
+    reader.stop()
+    reader = daemon("reader2", "daemon", "--channel", "x", *LOCAL)  # a fresh node
+    reader.wait_log("connected <peer")
+    second = load(tmp_path / "out2.bin")
+    wait_partial(40 << 20)
+    providers["p2"].proc.kill()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 1 and "Traceback" not in err
+    assert "kept for resuming" in err or "not found" in err or "failed" in err, err
+    kept = list((reader.root / "storage" / "partial").glob("*.part"))
+    assert kept and kept[0].stat().st_blocks * 512 >= 40 << 20
+    p2 = Daemon(providers["p2"].root, "daemon", "--channel", "x", *LOCAL)  # the provider returns
+    p2.log_path = providers["p2"].root / "daemon-again.log"
+    p2.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            third = load(tmp_path / "out2.bin")
+            out, err = third.communicate(timeout=120)
+            if third.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert third.returncode == 0, err
+        assert sha1_of(tmp_path / "out2.bin") == uri[7:47]
+        served = re.findall(r"fetched \w+: \d+ bytes", reader.read_log())
+        assert served, reader.read_log()
+    finally:
+        p2.stop()
+
+
+def sha1_of(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

@@ -99,6 +99,12 @@ class ApiServer:
             await reply({"error": "malformed request"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as exc:  # a bug here must cost one request, not the daemon
+            log.exception("local API request failed")
+            try:
+                await reply({"error": f"internal error: {exc!r}"})
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -230,6 +230,7 @@ class Download:
         Failures end up in ``self.error`` for the waiters."""
         scheduler = self.scheduler
         try:
+            failure = None
             async with trio.open_nursery() as nursery:
                 while not self.partial.is_complete():
                     now = trio.current_time()
@@ -242,12 +243,16 @@ class Download:
                         for index in scheduler.next_requests(peer, now):
                             nursery.start_soon(self._get_chunk, peer, index)
                     if scheduler.stalled():
-                        raise FetchFailed(
+                        # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
+                        failure = FetchFailed(
                             f"all providers of {self.manifest.sha1[:12]} failed or left "
                             f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)")
+                        break
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            if failure is not None:
+                raise failure
             self.result = await trio.to_thread.run_sync(self.partial.finish)
             self.node.store.index.add_channels(self.manifest.sha1, self.channel_ids)
             elapsed = time.monotonic() - self.started
