@@ -31,6 +31,7 @@ class Config:
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
     discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
+    serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
 
     @classmethod
     def from_env(
@@ -63,6 +64,7 @@ class Config:
             bootstraps=tuple(bootstraps),
             find_timeout=find_timeout,
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
+            serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
         )
 
     @property
@@ -81,6 +83,18 @@ class Config:
             key = channel_key(name, secret)
             out[channel_id(key)] = (name, key)
         return out
+
+
+def _positive_float(text: str | None, name: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
 
 
 def _pair_secret_files(channels: tuple[str, ...], specs: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:

@@ -242,3 +242,20 @@ async def test_relay_when_neither_side_accepts_connections(cluster, caplog):
     circuit = next(iter(boot.relay_table.circuits.values()))
     assert circuit.bytes > len(data)  # the bytes went through the bootstrap, encrypted end to end
     assert a.counters.served_bytes[b.node_id] >= len(data)
+
+
+async def test_several_capped_seeders_all_contribute(cluster):
+    data = random_bytes(24 * CHUNK_SIZE, seed=12)
+    seeders = []
+    for i in range(3):
+        s = await cluster.node(f"s{i}", chans("x"))
+        s.serve_rate_limit = 40e6  # bytes/s, as the benchmark's equal seeders
+        assert s.store.put_bytes(data).sha1 == hashlib.sha1(data).hexdigest()
+        seeders.append(s)
+    reader = await cluster.node("reader", chans("x"))
+    for s in seeders:
+        await reader.connect(*addr_of(s))
+    await NetworkFetcher(reader).fetch(hashlib.sha1(data).hexdigest())
+    assert reader.store.read_bytes(hashlib.sha1(data).hexdigest()) == data
+    shares = [s.counters.served_bytes[reader.node_id] for s in seeders]
+    assert all(share >= 3 * CHUNK_SIZE for share in shares), shares

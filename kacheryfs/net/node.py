@@ -66,7 +66,7 @@ class Node:
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT,
-                 discovery_dir: Path | None = None):
+                 discovery_dir: Path | None = None, serve_rate_limit: float | None = None):
         self.key = key
         self.store = store
         self.channel_keys = dict(channel_keys)
@@ -75,6 +75,8 @@ class Node:
         self.bootstrap_mode = bootstrap_mode
         self.find_timeout = find_timeout
         self.discovery_dir = discovery_dir
+        self.serve_rate_limit = serve_rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
+        self._serve_free_at = 0.0
         self.listen_addrs: list[str] = []
         self.sessions: dict[str, PeerSession] = {}
         self.counters = NodeCounters()
@@ -278,6 +280,11 @@ class Node:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
                 return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+            if self.serve_rate_limit:
+                now = trio.current_time()
+                start = max(now, self._serve_free_at)
+                self._serve_free_at = start + msg.length / self.serve_rate_limit
+                await trio.sleep(self._serve_free_at - now)
             data = await trio.to_thread.run_sync(self._read_range, msg.sha1, msg.offset, msg.length,
                                                  limiter=self._limiter)
             self.counters.served_bytes[session.peer_id] += len(data)
@@ -614,4 +621,5 @@ def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> No
     return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout,
-                discovery_dir=config.discovery_dir if not config.bootstraps else None)
+                discovery_dir=config.discovery_dir if not config.bootstraps else None,
+                serve_rate_limit=config.serve_rate_limit)
