@@ -3,20 +3,26 @@
 
     .venv/bin/python benchmarks/bench_foundation.py [--size-mib 1024] [--npy-mib 400]
 
-Measures (MB = 10**6 bytes):
+Rows (MB = 10**6 bytes; ratio = kacheryfs median / baseline median):
 
-1. sequential read of a --size-mib object: ``dd bs=1M`` of ``<mount>/sha1/<hash>`` against ``dd`` of
-   the object file in the storage dir; cold (``sync; echo 3 > /proc/sys/vm/drop_caches`` before
-   *both*), warm (read again), and FUSE-cold with the backing file page-cached (remount).
-2. ``cp`` of a --size-mib file into ``<mount>/store/`` (hashed, fsynced on close) against ``cp`` into
-   a plain directory on the same disk followed by ``sync``.
-3. ``np.load`` of a --npy-mib array from ``<mount>/sha1/<hash>`` against the storage-dir path, warm
-   and cold.
+1. Sequential read of a --size-mib object with ``dd bs=1M``: ``<mount>/sha1/<hash>`` against the
+   object file in the storage dir.
+   - cold: ``sync; echo 3 > /proc/sys/vm/drop_caches`` right before *each* side's read;
+   - warm (2nd read): the read right after the cold one; warm (3rd and later): the reads after that;
+   - cold, memory settled: as cold, then a --settle pause first (see ``settle``);
+   - FUSE cache cold, backing file cached: on a fresh mount, POSIX_FADV_DONTNEED on the FUSE file
+     before each read (drops the FUSE page cache only), against a dd of the cached object file.
+2. ``cp`` of a --size-mib file into ``<mount>/store/`` (hashed, fsynced and renamed before close()
+   returns) against ``cp`` into a plain directory on the same disk followed by ``sync``, and against
+   ``dd bs=1M`` + ``sync`` (cp uses copy_file_range on a plain ext4 file, which a FUSE file cannot).
+3. ``np.load`` of a --npy-mib float64 array from ``<mount>/sha1/<hash>`` against the storage-dir path,
+   warm and cold.
 
-Runs as root (drop_caches, read_ahead_kb). Everything it creates lives in one temp dir (same disk
-as the storage dir), which is unmounted and deleted at the end, also on failure or Ctrl-C.
-Prints a table and writes benchmarks/results/foundation-<date>.json and foundation-latest.json.
-Stdlib + numpy only.
+The mount runs as a subprocess (``kacheryfs mount``); --git-ref pins the code to a commit. Runs as
+root (drop_caches). Everything it creates lives in one temp dir under --tmp-dir (same disk as the
+storage dir), unmounted and deleted at the end, also on failure, Ctrl-C or SIGTERM.
+Prints a Markdown table and writes benchmarks/results/foundation-<date>-<time>.json and
+foundation-latest.json (every sample, machine facts, code version). Stdlib + numpy only.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -66,6 +73,22 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
+SETTLE_S = 3.0  # set from --settle
+
+
+def settle() -> None:
+    """Start a timed run from a known memory state (see docs/benchmarks.md, "fresh-memory tax").
+
+    In these VMs the guest reports freed memory back to the host within ~2 s; the first touch of a
+    reported page then costs a host fault (page-cache writes drop from ~5 to ~0.5 GB/s). Whether a run
+    gets recently freed ("hot") or reported ("cold") pages depends on what ran just before it, which
+    made back-to-back comparisons unfair. Flushing and waiting a few seconds gives every run that
+    allocates page cache the same (cold, worst) state.
+    """
+    os.sync()
+    time.sleep(SETTLE_S)
+
+
 def timed(args: list[str]) -> float:
     t0 = time.perf_counter()
     run(args)
@@ -73,7 +96,16 @@ def timed(args: list[str]) -> float:
 
 
 def dd_read(path: Path) -> float:
-    return timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+    """Seconds dd reports for copying the file to /dev/null with 1 MiB reads.
+
+    dd's own clock starts after both files are open, so process start-up (~3 ms, a few percent of a
+    warm 1 GiB read) is left out; the FUSE open is a single request either way.
+    """
+    out = run(["dd", f"if={path}", "of=/dev/null", "bs=1M"]).stderr
+    m = re.search(r"copied, ([0-9.]+(?:e[-+]?[0-9]+)?) s", out)
+    if not m:
+        raise RuntimeError(f"cannot parse dd output: {out!r}")
+    return float(m.group(1))
 
 
 def fuse_mounts() -> dict[str, str]:
@@ -99,6 +131,22 @@ def write_random_file(path: Path, size: int, seed: int) -> None:
         os.fsync(f.fileno())
 
 
+def fadvise_dontneed(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def meminfo_kib(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def cache_file(path: Path) -> None:
     """Read a file once so it sits in the page cache."""
     run(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
@@ -106,9 +154,9 @@ def cache_file(path: Path) -> None:
 
 # ---- the mount ----------------------------------------------------------------------------------
 class Mount:
-    def __init__(self, exe: Path, storage: Path, config: Path, mountpoint: Path, log_path: Path,
+    def __init__(self, cli: list[str], storage: Path, config: Path, mountpoint: Path, log_path: Path,
                  force_read_ahead_kb: int | None = None):
-        self.exe, self.storage, self.config, self.mountpoint = exe, storage, config, mountpoint
+        self.cli, self.storage, self.config, self.mountpoint = cli, storage, config, mountpoint
         self.log_path = log_path
         self.force_read_ahead_kb = force_read_ahead_kb
         self.proc: subprocess.Popen | None = None
@@ -117,7 +165,7 @@ class Mount:
     def start(self, timeout: float = 30.0) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([str(self.exe), "mount", str(self.mountpoint)], env=self.env,
+            self.proc = subprocess.Popen(self.cli + ["mount", str(self.mountpoint)], env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,7 +195,7 @@ class Mount:
         """`kacheryfs unmount`, then SIGTERM/SIGKILL of our own daemon if needed, then a lazy unmount."""
         try:
             if self.proc is not None and self.proc.poll() is None:
-                subprocess.run([str(self.exe), "unmount", str(self.mountpoint)], env=self.env,
+                subprocess.run(self.cli + ["unmount", str(self.mountpoint)], env=self.env,
                                capture_output=True, timeout=30)
                 try:
                     self.proc.wait(timeout=30)
@@ -220,72 +268,111 @@ def format_table(rows: list[dict]) -> str:
 
 
 # ---- the benchmarks -----------------------------------------------------------------------------
-def bench_write(mount: Mount, src: Path, plain_dir: Path, size: int, repeats: int) -> tuple[dict, str]:
-    """cp into store/ (fsync on commit) vs cp into a plain dir + sync. Each repeat stores new content."""
-    store_times, plain_times = [], []
+def bench_write(mount: Mount, src: Path, plain_dir: Path, size: int, repeats: int) -> tuple[list[dict], str]:
+    """cp into store/ (hashed, fsynced on close) vs cp into a plain dir + sync, and vs dd bs=1M + sync.
+
+    Every repeat gives the source new first bytes, so each store cp creates (hashes, fsyncs) a new
+    object. The order of the three rotates from repeat to repeat.
+    """
+    times: dict[str, list[float]] = {"store": [], "cp": [], "dd": []}
     sha1 = ""
     cache_file(src)
+    kinds = ["store", "cp", "dd"]
     fd = os.open(src, os.O_WRONLY)
     try:
         for i in range(repeats):
-            # A distinct first 8 bytes per repeat: every store cp creates (hashes, fsyncs) a new object.
             os.pwrite(fd, i.to_bytes(8, "little"), 0)
-            for which in (("store", "plain") if i % 2 == 0 else ("plain", "store")):
-                os.sync()  # start with no dirty pages
+            for which in kinds[i % 3:] + kinds[:i % 3]:
+                settle()  # no dirty pages, same memory state for every variant
                 if which == "store":
                     dest = mount.mountpoint / "store" / f"big-{i}.bin"
-                    store_times.append(timed(["cp", str(src), str(dest)]))
-                    sha1 = uri_hash(dest)
-                else:
-                    dest = plain_dir / "big.bin"
-                    t0 = time.perf_counter()
-                    run(["cp", str(src), str(dest)])
-                    run(["sync"])
-                    plain_times.append(time.perf_counter() - t0)
-                    dest.unlink()
-            log(f"  write {i + 1}/{repeats}: store {size / store_times[-1] / MB:,.0f} MB/s, "
-                f"cp+sync {size / plain_times[-1] / MB:,.0f} MB/s")
+                    times["store"].append(timed(["cp", str(src), str(dest)]))
+                    sha1 = uri_hash(dest)  # committed, and the hash of what we wrote
+                    continue
+                dest = plain_dir / "big.bin"
+                cmd = (["cp", str(src), str(dest)] if which == "cp"
+                       else ["dd", f"if={src}", f"of={dest}", "bs=1M"])
+                t0 = time.perf_counter()
+                run(cmd)
+                run(["sync"])
+                times[which].append(time.perf_counter() - t0)
+                dest.unlink()
+            log(f"  write {i + 1}/{repeats}: store {size / times['store'][-1] / MB:,.0f} MB/s, "
+                f"cp+sync {size / times['cp'][-1] / MB:,.0f} MB/s, dd+sync {size / times['dd'][-1] / MB:,.0f} MB/s")
     finally:
         os.close(fd)
     os.sync()
-    row = make_row("write_cp", f"cp {size // MiB} MiB into store/ vs cp + sync", size,
-                   store_times, plain_times, "cp to a plain dir on the same disk, then sync")
-    return row, sha1
+    mib = size // MiB
+    rows = [
+        make_row("write_cp", f"cp {mib} MiB into store/ vs cp + sync", size, times["store"], times["cp"],
+                 "cp to a plain dir on the same disk, then sync"),
+        make_row("write_cp_vs_dd", f"cp {mib} MiB into store/ vs dd bs=1M + sync", size, times["store"],
+                 times["dd"], "dd bs=1M (read/write, no copy_file_range) to a plain dir, then sync"),
+    ]
+    return rows, sha1
 
 
-def bench_read(mount: Mount, sha1: str, size: int, cold_n: int, warm_n: int, fuse_cold_n: int) -> list[dict]:
+def bench_read(mount: Mount, sha1: str, size: int, cold_n: int, warm_n: int, settled_n: int,
+               fuse_cold_n: int) -> list[dict]:
     direct = object_path(mount.storage, sha1)
     via = mount.mountpoint / "sha1" / sha1
     assert direct.stat().st_size == size and via.stat().st_size == size
-    cold = {"mount": [], "direct": []}
-    warm = {"mount": [], "direct": []}
-    for i in range(cold_n):
-        order = ("mount", "direct") if i % 2 == 0 else ("direct", "mount")
-        for which in order:
+    mib = size // MiB
+    base = "dd of the object file in the storage dir"
+    rows = []
+
+    def cold_round(times: dict, settled: bool, warm: dict | None, i: int) -> None:
+        for which in (("mount", "direct") if i % 2 == 0 else ("direct", "mount")):
             path = via if which == "mount" else direct
             drop_caches()
-            cold[which].append(dd_read(path))
-            for _ in range(warm_n):
-                warm[which].append(dd_read(path))
+            if settled:
+                settle()
+            times[which].append(dd_read(path))
+            if warm is not None:
+                for k in range(warm_n):
+                    (warm if k == 0 else steady)[which].append(dd_read(path))
+
+    cold = {"mount": [], "direct": []}
+    warm = {"mount": [], "direct": []}  # the read right after the cold one
+    steady = {"mount": [], "direct": []}  # the reads after that
+    for i in range(cold_n):
+        cold_round(cold, False, warm, i)
         log(f"  read {i + 1}/{cold_n}: cold mount {size / cold['mount'][-1] / MB:,.0f} / direct "
             f"{size / cold['direct'][-1] / MB:,.0f} MB/s; warm mount {size / warm['mount'][-1] / MB:,.0f} "
             f"/ direct {size / warm['direct'][-1] / MB:,.0f} MB/s")
-    rows = [
-        make_row("read_cold", f"dd read {size // MiB} MiB, cold (drop_caches before both)", size,
-                 cold["mount"], cold["direct"], "dd of the object file in the storage dir"),
-        make_row("read_warm", f"dd read {size // MiB} MiB, warm (read again)", size,
-                 warm["mount"], warm["direct"], "dd of the object file in the storage dir"),
-    ]
+    if cold_n:
+        rows.append(make_row("read_cold", f"dd read {mib} MiB, cold (drop_caches before both)", size,
+                             cold["mount"], cold["direct"], base))
+    if warm["mount"]:
+        rows.append(make_row("read_warm", f"dd read {mib} MiB, warm (2nd read)", size,
+                             warm["mount"], warm["direct"], base))
+    if steady["mount"]:
+        rows.append(make_row("read_warm_steady", f"dd read {mib} MiB, warm (3rd and later reads)", size,
+                             steady["mount"], steady["direct"], base))
+    if settled_n:
+        settled = {"mount": [], "direct": []}
+        for i in range(settled_n):
+            cold_round(settled, True, None, i)
+            log(f"  settled cold {i + 1}/{settled_n}: mount {size / settled['mount'][-1] / MB:,.0f} / direct "
+                f"{size / settled['direct'][-1] / MB:,.0f} MB/s")
+        rows.append(make_row("read_cold_settled", f"dd read {mib} MiB, cold, memory settled {SETTLE_S:g} s",
+                             size, settled["mount"], settled["direct"], base))
     if fuse_cold_n:
-        # Remount clears the FUSE page cache; the backing object stays in the page cache.
+        # A fresh mount, then before each read POSIX_FADV_DONTNEED on the FUSE file: that drops the FUSE
+        # page cache (and frees its memory just before the read, as drop_caches does for the cold rows)
+        # while the backing object file stays in the page cache.
+        mount.restart()
+        cache_file(direct)
         fuse_cold, direct_warm = [], []
         for i in range(fuse_cold_n):
-            mount.restart()
-            cache_file(direct)
             direct_warm.append(dd_read(direct))
+            cached_before = meminfo_kib("Cached")
+            fadvise_dontneed(via)
+            dropped_mib = (cached_before - meminfo_kib("Cached")) / 1024
             fuse_cold.append(dd_read(via))
-            log(f"  fuse-cold {i + 1}/{fuse_cold_n}: {size / fuse_cold[-1] / MB:,.0f} MB/s")
-        rows.append(make_row("read_fuse_cold", f"dd read {size // MiB} MiB, FUSE cache cold, backing file cached",
+            log(f"  fuse-cold {i + 1}/{fuse_cold_n}: {size / fuse_cold[-1] / MB:,.0f} MB/s "
+                f"(dropped {dropped_mib:,.0f} MiB of FUSE page cache first)")
+        rows.append(make_row("read_fuse_cold", f"dd read {mib} MiB, FUSE cache cold, backing file cached",
                              size, fuse_cold, direct_warm, "dd of the page-cached object file"))
     return rows
 
@@ -385,15 +472,24 @@ def machine_facts(tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=1024, help="size of the read/write test file (default 1024)")
-    p.add_argument("--npy-mib", type=int, default=400, help="size of the .npy array (default 400)")
-    p.add_argument("--cold", type=int, default=5, help="cold read repeats per side (default 5)")
-    p.add_argument("--warm", type=int, default=3, help="warm reads after each cold read (default 3)")
-    p.add_argument("--fuse-cold", type=int, default=3, help="FUSE-cold/backing-cached repeats (default 3; 0 skips)")
+    p.add_argument("--npy-mib", type=int, default=400, help="size of the .npy array (default 400; 0 skips)")
+    p.add_argument("--cold", type=int, default=9, help="cold read repeats per side (default 9)")
+    p.add_argument("--warm", type=int, default=3,
+                   help="warm reads after each cold read (default 3): the first is the 2nd-read row, the rest 'steady'")
+    p.add_argument("--settled-cold", type=int, default=3,
+                   help="cold read repeats per side with memory settled first (default 3; 0 skips)")
+    p.add_argument("--fuse-cold", type=int, default=9, help="FUSE-cold/backing-cached repeats (default 9; 0 skips)")
     p.add_argument("--writes", type=int, default=5, help="cp repeats per side (default 5)")
     p.add_argument("--npy-warm", type=int, default=3, help="warm np.load repeats per cold round (default 3)")
-    p.add_argument("--npy-cold", type=int, default=3, help="cold np.load rounds (default 3; 0 skips cold)")
+    p.add_argument("--npy-cold", type=int, default=5, help="cold np.load rounds (default 5; 0 skips cold)")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds to wait (after sync) before each run that allocates page cache (default 3)")
     p.add_argument("--tmp-dir", default="/tmp", help="parent of the temp dir (default /tmp; same disk as storage)")
-    p.add_argument("--kacheryfs", default=str(REPO / ".venv" / "bin" / "kacheryfs"), help="the CLI to mount with")
+    p.add_argument("--kacheryfs", default=str(REPO / ".venv" / "bin" / "kacheryfs"),
+                   help="the CLI to mount with (default: the venv's, i.e. the working tree)")
+    p.add_argument("--git-ref", default=None,
+                   help="benchmark the kacheryfs package as of this commit (exported with git archive, run "
+                        "with the venv's python) instead of the working tree")
     p.add_argument("--force-read-ahead-kb", type=int, default=None,
                    help="experiment: set the FUSE bdi read_ahead_kb after each mount is serving")
     p.add_argument("--no-save", action="store_true", help="do not write JSON results")
@@ -401,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.geteuid() != 0:
         p.error("run as root: cold runs need /proc/sys/vm/drop_caches")
+    global SETTLE_S
+    SETTLE_S = args.settle
     exe = Path(args.kacheryfs)
     if not exe.exists():
         p.error(f"{exe} not found (run bash scripts/setup.sh)")
@@ -417,12 +515,29 @@ def main(argv: list[str] | None = None) -> int:
     storage, config, mnt, plain = tmp / "storage", tmp / "config", tmp / "mnt", tmp / "plain"
     for d in (storage, config, plain):
         d.mkdir()
-    mount = Mount(exe, storage, config, mnt, tmp / "mount.log", args.force_read_ahead_kb)
     size = args.size_mib * MiB
     rows: list[dict] = []
     facts = machine_facts(tmp)
     load_before = os.getloadavg()
+    mount = None
     try:
+        if args.git_ref:
+            code = tmp / "code"
+            code.mkdir()
+            sha = run(["git", "-C", str(REPO), "rev-parse", "--verify", args.git_ref + "^{commit}"]).stdout.strip()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "kacheryfs"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+            python = exe.parent / "python"
+            cli = [str(python), "-c", f"import sys; sys.path.insert(0, {str(code)!r}); "
+                                      "from kacheryfs.cli import main; sys.exit(main())"]
+            facts["code"] = f"git archive {args.git_ref} ({sha[:10]})"
+        else:
+            cli = [str(exe)]
+            facts["code"] = (f"{exe} (working tree at {facts['git_commit']}"
+                             f"{', kacheryfs/ modified' if facts['kacheryfs_tree_dirty'] else ''})")
+        facts["cli"] = cli
+        mount = Mount(cli, storage, config, mnt, tmp / "mount.log", args.force_read_ahead_kb)
         log(f"temp dir {tmp} ({facts['tmp_fs']}); writing a {args.size_mib} MiB random source file")
         src = tmp / "source.bin"
         write_random_file(src, size, seed=1)
@@ -430,16 +545,23 @@ def main(argv: list[str] | None = None) -> int:
         facts["fuse_read_ahead_kb"] = mount.read_ahead_kb()
         log(f"mounted {mnt} (FUSE read_ahead_kb={facts['fuse_read_ahead_kb']})")
 
-        log(f"write: cp into store/ vs cp + sync, {args.writes} repeats")
-        write_row, sha1 = bench_write(mount, src, plain, size, args.writes)
+        log(f"write: cp into store/ vs cp + sync and dd + sync, {args.writes} repeats")
+        if args.writes:
+            write_rows, sha1 = bench_write(mount, src, plain, size, args.writes)
+        else:
+            write_rows = []
+            run(["cp", str(src), str(mnt / "store" / "big.bin")])
+            sha1 = uri_hash(mnt / "store" / "big.bin")
         src.unlink()
         log(f"read: object {sha1}, {args.cold} cold rounds x {args.warm} warm, {args.fuse_cold} FUSE-cold")
-        rows += bench_read(mount, sha1, size, args.cold, args.warm, args.fuse_cold)
-        rows.append(write_row)
-        log(f"np.load: {args.npy_mib} MiB array, {args.npy_cold} cold rounds x {args.npy_warm} warm")
-        rows += bench_npy(mount, tmp, args.npy_mib, args.npy_warm, args.npy_cold)
+        rows += bench_read(mount, sha1, size, args.cold, args.warm, args.settled_cold, args.fuse_cold)
+        rows += write_rows
+        if args.npy_mib:
+            log(f"np.load: {args.npy_mib} MiB array, {args.npy_cold} cold rounds x {args.npy_warm} warm")
+            rows += bench_npy(mount, tmp, args.npy_mib, args.npy_warm, args.npy_cold)
     finally:
-        mount.stop()
+        if mount is not None:
+            mount.stop()
         if str(mnt) in fuse_mounts():
             log(f"WARNING: {mnt} is still mounted; leaving {tmp} in place")
         else:
@@ -448,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
     table = format_table(rows)
     print(f"\nkacheryfs foundation benchmark, {started:%Y-%m-%d %H:%M}, {facts['cpus']} cores, "
-          f"{facts['kernel']}, {elapsed:.0f} s (MB = 10^6 bytes; ratio = kacheryfs / baseline, medians)\n")
+          f"{facts['kernel']}, {elapsed:.0f} s; code: {facts['code']}; FUSE read_ahead_kb "
+          f"{facts.get('fuse_read_ahead_kb')}\n(MB = 10^6 bytes; ratio = kacheryfs / baseline, of medians)\n")
     print(table)
     result = {
         "benchmark": "foundation", "date": started.isoformat(timespec="seconds"),

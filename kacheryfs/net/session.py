@@ -17,7 +17,7 @@ from ..protocol.messages import ErrorResponse, Message
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-RECEIVE_SIZE = 256 << 10
+RECEIVE_SIZE = 1 << 20  # whole 1 MiB frames per call: 256 KiB receives cost ~40% throughput
 
 
 class PeerGone(KacheryError):
