@@ -66,7 +66,8 @@ class Node:
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT,
-                 discovery_dir: Path | None = None, serve_rate_limit: float | None = None):
+                 discovery_dir: Path | None = None, serve_rate_limit: float | None = None,
+                 lan_discovery: bool = False):
         self.key = key
         self.store = store
         self.channel_keys = dict(channel_keys)
@@ -75,6 +76,7 @@ class Node:
         self.bootstrap_mode = bootstrap_mode
         self.find_timeout = find_timeout
         self.discovery_dir = discovery_dir
+        self.lan_discovery = lan_discovery
         self.serve_rate_limit = serve_rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self._serve_free_at = 0.0
         self.listen_addrs: list[str] = []
@@ -111,6 +113,11 @@ class Node:
                 nursery.start_soon(self._bootstrap_loop, host, port)
             if self.discovery_dir is not None and self.channel_keys and not self.bootstrap_mode:
                 nursery.start_soon(self._local_discovery_loop)
+            if self.lan_discovery and self.channel_keys and self.listen_addrs and not self.bootstrap_mode:
+                from . import lan_discovery
+
+                port = int(self.listen_addrs[0].rpartition(":")[2])
+                nursery.start_soon(lan_discovery.run, self, port)
             task_status.started(self)
 
     def cancel(self) -> None:
@@ -622,4 +629,6 @@ def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> No
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
-                serve_rate_limit=config.serve_rate_limit)
+                serve_rate_limit=config.serve_rate_limit,
+                lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
+                and not listen[0].startswith("127.") and listen[0] != "::1")
