@@ -101,6 +101,79 @@ class MountError(KacheryError):
     errno = _errno.EIO
 
 
+# ---- feeds (signed append-only logs) ---------------------------------------------------------
+class FeedError(KacheryError):
+    """Feed operation failed"""
+
+    errno = _errno.EIO
+
+
+class InvalidFeedURI(InvalidURI, FeedError):
+    """Not a valid feed URI (expected feed://<64 hex feed id>[/subfeed])"""
+
+    errno = _errno.EINVAL
+
+
+class InvalidSubfeedName(FeedError):
+    """Invalid subfeed name (1 to 255 bytes of UTF-8, no '/', no NUL, not '.' or '..')"""
+
+    errno = _errno.EINVAL
+
+
+class InvalidFeedMessage(FeedError):
+    """A feed message must be a JSON value (at most 1 MiB once encoded)"""
+
+    errno = _errno.EINVAL
+
+
+class InvalidFeedEntry(FeedError):
+    """Malformed feed entry"""
+
+    errno = _errno.EINVAL
+
+
+class TruncatedFeedEntry(InvalidFeedEntry):
+    """Feed entry is truncated"""
+
+
+class FeedChainError(FeedError):
+    """Feed entries do not form a valid signed chain"""
+
+    errno = _errno.EIO
+
+
+class FeedGap(FeedChainError):
+    """Feed entries are missing (gap in the log)"""
+
+
+class FeedReorder(FeedChainError):
+    """Feed entries are out of order or repeated"""
+
+
+class FeedFork(FeedChainError):
+    """Feed entry does not link to the previous entry (fork)"""
+
+
+class FeedMismatch(FeedChainError):
+    """Feed entry belongs to another feed or subfeed"""
+
+
+class BadFeedSignature(FeedChainError):
+    """Feed entry is not signed by the feed's key"""
+
+
+class FeedNotOwned(FeedError, NotPermitted):
+    """Only the owner of a feed (holder of its private key) can append to it"""
+
+    errno = _errno.EACCES
+
+
+class UnknownFeed(FeedError, NotFound):
+    """No such feed here"""
+
+    errno = _errno.ENOENT
+
+
 def from_os_error(exc: OSError, context: str) -> KacheryError:
     """Translate an OSError met while writing into the store into a user-facing error."""
     if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):

@@ -8,8 +8,9 @@ import trio
 
 from kacheryfs.crypto import NodeKey, channel_id, channel_key
 from kacheryfs.errors import ObjectNotFound
-from kacheryfs.net.node import NetworkFetcher, Node
-from kacheryfs.protocol.messages import ChunkRequest, ErrorResponse, FindRequest
+from kacheryfs.net.fetcher import NetworkFetcher
+from kacheryfs.net.node import Node
+from kacheryfs.protocol.messages import ChunkRequest, FindRequest
 from kacheryfs.store import CHUNK_SIZE, LocalStore
 
 from .conftest import random_bytes

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kacheryfs.crypto import NodeKey, channel_id, channel_key
 from kacheryfs.protocol import Connection, HandshakeComplete, MessageReceived, ProtocolError
-from kacheryfs.protocol.connection import HELLO_BYTES, INITIATOR, MAGIC, MAX_FRAME, RESPONDER, ConnectionClosed
+from kacheryfs.protocol.connection import INITIATOR, MAGIC, MAX_FRAME, RESPONDER, ConnectionClosed
 from kacheryfs.protocol.messages import (
     Auth, ChunkData, ChunkRequest, FindRequest, FindResponse, LocalProtocolError, PeersResponse, Register,
     RemoteProtocolError, decode_message,

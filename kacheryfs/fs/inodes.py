@@ -38,6 +38,10 @@ class InodeTable:
             self._by_ino[ino] = key
         return ino
 
+    def ino_of(self, key: Key) -> int | None:
+        """The inode of ``key`` if it has one (no allocation)."""
+        return self._by_key.get(key)
+
     def key_of(self, ino: int) -> Key | None:
         return self._by_ino.get(ino)
 

@@ -123,7 +123,7 @@ async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> N
     async with trio.open_nursery() as nursery:
         if node is not None:
             from ..net.api_server import ApiServer
-            from ..net.node import NetworkFetcher
+            from ..net.fetcher import NetworkFetcher
 
             await nursery.start(node.run)
             tree.fetcher = NetworkFetcher(node)

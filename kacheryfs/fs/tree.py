@@ -195,7 +195,7 @@ class VirtualTree:
         if parent == STORE_DIR_INO:
             validate_name(name)
             key: Key = ("store", name)
-            if name not in self.names and key not in self.inodes._by_key:
+            if name not in self.names and self.inodes.ino_of(key) is None:
                 raise NotFound(name)
             return self._store_attr(self.inodes.ino_for(key), name)
         if parent == FEEDS_DIR_INO:
@@ -498,7 +498,7 @@ class VirtualTree:
             raise NotPermitted(name)
         validate_name(name)
         key: Key = ("store", name)
-        ino = self.inodes._by_key.get(key)
+        ino = self.inodes.ino_of(key)
         draft = self.drafts.get(ino) if ino is not None else None
         if name not in self.names and draft is None:
             raise NotFound(name)
@@ -517,7 +517,7 @@ class VirtualTree:
         validate_name(old)
         validate_name(new)
         old_key, new_key = ("store", old), ("store", new)
-        old_ino = self.inodes._by_key.get(old_key)
+        old_ino = self.inodes.ino_of(old_key)
         if old not in self.names and (old_ino is None or old_ino not in self.drafts):
             raise NotFound(old)
         if old == new:
@@ -529,7 +529,7 @@ class VirtualTree:
         else:
             self.names.pop(new, None)
             self.store.remove_name(new)
-        replaced = self.inodes._by_key.get(new_key)
+        replaced = self.inodes.ino_of(new_key)
         if replaced is not None and replaced in self.drafts:
             self.drafts[replaced].orphaned = True
         self.inodes.rekey(old_key, new_key)

@@ -19,7 +19,7 @@ async def _run(node, config: Config) -> None:
         await nursery.start(node.run)
         if not node.bootstrap_mode:
             from .api_server import ApiServer
-            from .node import NetworkFetcher
+            from .fetcher import NetworkFetcher
 
             await nursery.start(ApiServer(node, NetworkFetcher(node), config.config_dir).serve)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,6 +1,11 @@
 """The wire protocol, pure and I/O-free: messages, framing, and the connection state machine."""
 
 from .connection import (
-    Connection, HandshakeComplete, MessageReceived, ProtocolError, LocalProtocolError, RemoteProtocolError,
+    Connection, ConnectionClosed, HandshakeComplete, MessageReceived, ProtocolError,
 )
-from .messages import *  # noqa: F401,F403
+from .messages import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Connection", "ConnectionClosed", "HandshakeComplete", "MessageReceived", "ProtocolError",
+    "LocalProtocolError", "RemoteProtocolError",
+]

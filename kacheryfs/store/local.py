@@ -342,7 +342,8 @@ class LocalStore:
                      removed_tmp, dropped, added)
         return {"tmp_removed": removed_tmp, "index_dropped": dropped, "index_added": added}
 
-    def disk_usage(self) -> shutil._ntuple_diskusage:
+    def disk_usage(self):
+        """(total, used, free) bytes of the storage directory's filesystem."""
         return shutil.disk_usage(self.root)
 
 

@@ -1,0 +1,150 @@
+"""What the filesystem, the local API and the Python API need from the network: locate, fetch
+whole, or read lazily through a shared download per object."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import KacheryError
+from .node import Node
+
+
+class RemoteReader:
+    """A handle's view of a lazily fetched object: reads wait only for the chunks they cover;
+    sequential reading widens a read-ahead window up to bulk download."""
+
+    MAX_AHEAD = 64  # chunks
+
+    def __init__(self, fetcher: "NetworkFetcher", sha1: str, download):
+        self.fetcher = fetcher
+        self.sha1 = sha1
+        self.download = download
+        self.size = download.manifest.size
+        self._next_offset = -1
+        self._ahead = 0
+        self._streak = 0  # bytes read sequentially so far
+
+    async def read(self, offset: int, size: int) -> bytes:
+        download = self.download
+        if download.result is not None:  # complete and installed: read the object
+            return await trio.to_thread.run_sync(self.fetcher.node._read_range, self.sha1, offset, size)
+        self._streak = self._streak + size if offset == self._next_offset else size
+        # Read ahead only once a reader has gone sequentially through more than the kernel's own
+        # read-ahead would (a header read, an mmap fault) -- then double up to bulk download.
+        if self._streak > 2 * download.manifest.chunk_size:
+            self._ahead = min(max(2, self._ahead * 2), self.MAX_AHEAD)
+            covered = download.manifest.chunks_covering(offset, size)
+            first = (covered[-1] + 1) if len(covered) else offset // download.manifest.chunk_size
+            last = min(first + self._ahead, len(download.manifest.chunk_sha1s))
+            download.want(range(first, last))
+        else:
+            self._ahead = 0  # random access stays lazy
+        self._next_offset = offset + size
+        try:
+            return await download.read(offset, size)
+        except KacheryError:
+            # The partial file may have just been completed and moved into the store under us.
+            with trio.move_on_after(30):
+                await download.settled.wait()
+            if download.result is not None:
+                return await trio.to_thread.run_sync(self.fetcher.node._read_range, self.sha1, offset, size)
+            raise
+
+    def close(self) -> None:
+        self.fetcher.release_remote(self.sha1)
+
+
+@dataclass
+class _RunningDownload:
+    download: object
+    scope: trio.CancelScope
+    refs: int = 0
+
+
+class NetworkFetcher:
+    """What the filesystem and API need from the network; one download per object at a time."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self._running: dict[str, trio.Event] = {}
+        self._errors: dict[str, KacheryError] = {}
+        self._downloads: dict[str, _RunningDownload] = {}
+        self._opening: dict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    async def locate(self, sha1: str) -> int | None:
+        """The size of ``sha1`` if a channel peer holds it (bounded wait), else None."""
+        providers = await self.node.find(sha1)
+        return providers[0].size if providers else None
+
+    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
+        """The whole object, verified, into the store (concurrent calls for one object share the work)."""
+        if self.node.store.info(sha1) is not None:
+            return
+        if sha1 in self._downloads:  # a lazy download is open: complete it
+            running = self._downloads[sha1]
+            running.download.want(range(len(running.download.manifest.chunk_sha1s)))
+            await running.download.wait_complete()
+            return
+        done = self._running.get(sha1)
+        if done is None:
+            done = self._running[sha1] = trio.Event()
+            self._errors.pop(sha1, None)
+            try:
+                from .transfer import fetch
+
+                await fetch(self.node, sha1, manifest_sha1, progress)
+            except KacheryError as exc:
+                self._errors[sha1] = exc
+                raise
+            finally:
+                del self._running[sha1]
+                done.set()
+            return
+        await done.wait()
+        if sha1 in self._errors:
+            raise self._errors[sha1]
+
+    async def open_remote(self, sha1: str) -> RemoteReader | None:
+        """For a read through the mount: a lazy reader, or None once the object is local
+        (small objects are fetched whole)."""
+        from .transfer import Download, locate_manifest
+
+        async with self._opening[sha1]:
+            if self.node.store.info(sha1) is not None:
+                return None
+            running = self._downloads.get(sha1)
+            if running is None or running.download.error is not None:
+                providers, manifest = await locate_manifest(self.node, sha1)
+                if manifest is None:
+                    await self.fetch(sha1)
+                    return None
+                download = await Download.start(self.node, manifest, providers)
+                scope = await self.node._nursery.start(self._run_download, download)
+                running = self._downloads[sha1] = _RunningDownload(download, scope)
+            running.refs += 1
+            return RemoteReader(self, sha1, running.download)
+
+    async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await download.run()
+
+    def release_remote(self, sha1: str) -> None:
+        running = self._downloads.get(sha1)
+        if running is None:
+            return
+        running.refs -= 1
+        if running.refs <= 0:
+            del self._downloads[sha1]
+            running.scope.cancel()  # what was fetched stays in the partial file, for resuming
+            running.download.close()
+
+    async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
+        if self.node._nursery is not None:  # in the background: a slow peer must not delay close()
+            self.node._nursery.start_soon(self.node.announce, sha1, size, manifest_sha1)
+
+    def stats(self) -> dict:
+        return self.node.status()
