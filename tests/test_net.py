@@ -260,3 +260,25 @@ async def test_several_capped_seeders_all_contribute(cluster):
     assert reader.store.read_bytes(hashlib.sha1(data).hexdigest()) == data
     shares = [s.counters.served_bytes[reader.node_id] for s in seeders]
     assert all(share >= 3 * CHUNK_SIZE for share in shares), shares
+
+
+async def test_concurrent_requests_for_one_object_fetch_it_once(cluster):
+    data = random_bytes(12 * CHUNK_SIZE + 1, seed=13)
+    seeder = await cluster.node("s", chans("x"))
+    obj = seeder.store.put_bytes(data)
+    reader = await cluster.node("r", chans("x"))
+    await reader.connect(*addr_of(seeder))
+    fetcher = NetworkFetcher(reader)
+    async with trio.open_nursery() as n:
+        for _ in range(5):
+            n.start_soon(fetcher.fetch, obj.sha1)
+        for _ in range(3):  # and lazy readers of the same object at the same time
+            async def lazy_read():
+                remote = await fetcher.open_remote(obj.sha1)
+                if remote is not None:
+                    assert await remote.read(5 * CHUNK_SIZE, 100) == data[5 * CHUNK_SIZE:5 * CHUNK_SIZE + 100]
+                    remote.close()
+            n.start_soon(lazy_read)
+    assert reader.store.read_bytes(obj.sha1) == data
+    manifest_size = seeder.store.info(obj.manifest_sha1).size
+    assert seeder.counters.served_bytes[reader.node_id] <= len(data) + manifest_size + CHUNK_SIZE

@@ -138,3 +138,25 @@ def test_missing_object(store):
     with pytest.raises(ObjectNotFound):
         store.require("0" * 40)
     assert store.info("0" * 40) is None
+
+
+def test_config_channels_and_secret_files(tmp_path):
+    from kacheryfs.config import Config, ConfigError
+    from kacheryfs.crypto import channel_id, channel_key
+
+    secret = tmp_path / "lab.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    one = Config.from_env(channels=["lab"], channel_secret_files=[str(secret)], environ={})
+    assert list(one.channel_keys()) == [channel_id(channel_key("lab", b"s3cret"))]
+    two = Config.from_env(channels=["lab", "open"], channel_secret_files=[f"lab={secret}"], environ={})
+    assert set(two.channel_keys()) == {channel_id(channel_key("lab", b"s3cret")), channel_id(channel_key("open"))}
+    with pytest.raises(ConfigError, match="NAME=FILE"):
+        Config.from_env(channels=["a", "b"], channel_secret_files=[str(secret)], environ={})
+    with pytest.raises(ConfigError, match="not joined"):
+        Config.from_env(channels=["a"], channel_secret_files=[f"b={secret}"], environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.from_env(channels=["a"], channel_secret_files=[str(tmp_path / "missing")], environ={}).channel_keys()
+    assert Config.from_env(listen="none", environ={}).listen is None
+    with pytest.raises(ConfigError):
+        Config.from_env(environ={"KACHERY_P2P_API_PORT": "http"})

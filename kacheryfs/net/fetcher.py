@@ -18,10 +18,11 @@ class RemoteReader:
 
     MAX_AHEAD = 64  # chunks
 
-    def __init__(self, fetcher: "NetworkFetcher", sha1: str, download):
+    def __init__(self, fetcher: "NetworkFetcher", sha1: str, running: "_RunningDownload"):
         self.fetcher = fetcher
         self.sha1 = sha1
-        self.download = download
+        self.running = running
+        download = self.download = running.download
         self.size = download.manifest.size
         self._next_offset = -1
         self._ahead = 0
@@ -54,7 +55,7 @@ class RemoteReader:
             raise
 
     def close(self) -> None:
-        self.fetcher.release_remote(self.sha1)
+        self.fetcher.release(self.sha1, self.running)
 
 
 @dataclass
@@ -62,15 +63,18 @@ class _RunningDownload:
     download: object
     scope: trio.CancelScope
     refs: int = 0
+    dropped: bool = False
 
 
 class NetworkFetcher:
-    """What the filesystem and API need from the network; one download per object at a time."""
+    """What the filesystem, the local API and the Python API need from the network.
+
+    There is at most one download per object: whole fetches (``fetch``) and lazy readers
+    (``open_remote``) of the same object share it, so a chunk is never fetched twice.
+    """
 
     def __init__(self, node: Node):
         self.node = node
-        self._running: dict[str, trio.Event] = {}
-        self._errors: dict[str, KacheryError] = {}
         self._downloads: dict[str, _RunningDownload] = {}
         self._opening: dict[str, trio.Lock] = defaultdict(trio.Lock)
 
@@ -79,68 +83,70 @@ class NetworkFetcher:
         providers = await self.node.find(sha1)
         return providers[0].size if providers else None
 
-    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
-        """The whole object, verified, into the store (concurrent calls for one object share the work)."""
-        if self.node.store.info(sha1) is not None:
-            return
-        if sha1 in self._downloads:  # a lazy download is open: complete it
-            running = self._downloads[sha1]
-            running.download.want(range(len(running.download.manifest.chunk_sha1s)))
-            await running.download.wait_complete()
-            return
-        done = self._running.get(sha1)
-        if done is None:
-            done = self._running[sha1] = trio.Event()
-            self._errors.pop(sha1, None)
-            try:
-                from .transfer import fetch
-
-                await fetch(self.node, sha1, manifest_sha1, progress)
-            except KacheryError as exc:
-                self._errors[sha1] = exc
-                raise
-            finally:
-                del self._running[sha1]
-                done.set()
-            return
-        await done.wait()
-        if sha1 in self._errors:
-            raise self._errors[sha1]
-
-    async def open_remote(self, sha1: str) -> RemoteReader | None:
-        """For a read through the mount: a lazy reader, or None once the object is local
-        (small objects are fetched whole)."""
-        from .transfer import Download, locate_manifest
+    async def _acquire(self, sha1: str, manifest_sha1: str | None = None) -> _RunningDownload | None:
+        """The running download of ``sha1`` (started if need be, one more user), or None once the
+        object is local (one-chunk objects are fetched whole right here)."""
+        from .transfer import Download, fetch_small_into_store, locate_manifest
 
         async with self._opening[sha1]:
             if self.node.store.info(sha1) is not None:
                 return None
             running = self._downloads.get(sha1)
-            if running is None or running.download.error is not None:
-                providers, manifest = await locate_manifest(self.node, sha1)
+            if running is None or running.download.settled.is_set():
+                if running is not None:  # a failed one: start afresh, resuming its chunks
+                    self._drop(sha1, running)
+                providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
                 if manifest is None:
-                    await self.fetch(sha1)
+                    await fetch_small_into_store(self.node, providers, sha1)
                     return None
                 download = await Download.start(self.node, manifest, providers)
                 scope = await self.node._nursery.start(self._run_download, download)
                 running = self._downloads[sha1] = _RunningDownload(download, scope)
             running.refs += 1
-            return RemoteReader(self, sha1, running.download)
+            return running
+
+    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
+        """The whole object, verified, into the store."""
+        running = await self._acquire(sha1, manifest_sha1)
+        if running is None:
+            if progress is not None:
+                size = self.node.store.info(sha1).size
+                progress(size, size)
+            return
+        download = running.download
+        if progress is not None:
+            download.progress.append(progress)
+        try:
+            download.want(range(len(download.manifest.chunk_sha1s)))
+            await download.wait_complete()
+        finally:
+            if progress is not None:
+                download.progress.remove(progress)
+            self.release(sha1, running)
+
+    async def open_remote(self, sha1: str) -> RemoteReader | None:
+        """For a read through the mount: a lazy reader, or None once the object is local."""
+        running = await self._acquire(sha1)
+        return None if running is None else RemoteReader(self, sha1, running)
 
     async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             await download.run()
 
-    def release_remote(self, sha1: str) -> None:
-        running = self._downloads.get(sha1)
-        if running is None:
-            return
-        running.refs -= 1
-        if running.refs <= 0:
+    def _drop(self, sha1: str, running: _RunningDownload) -> None:
+        if self._downloads.get(sha1) is running:
             del self._downloads[sha1]
+        if not running.dropped:
+            running.dropped = True
             running.scope.cancel()  # what was fetched stays in the partial file, for resuming
             running.download.close()
+
+    def release(self, sha1: str, running: _RunningDownload) -> None:
+        """One user of this download is done (the one it acquired, even if since replaced)."""
+        running.refs -= 1
+        if running.refs <= 0:
+            self._drop(sha1, running)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         if self.node._nursery is not None:  # in the background: a slow peer must not delay close()

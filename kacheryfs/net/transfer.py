@@ -78,30 +78,13 @@ async def locate_manifest(node, sha1: str, manifest_sha1: str | None = None):
     return providers, await _get_manifest(node, providers, sha1, size, manifest_sha1)
 
 
-async def fetch(node, sha1: str, manifest_sha1: str | None = None, progress: Progress | None = None) -> StoredObject:
-    """Fetch ``sha1`` whole into the local store as a cached copy (re-served on the channels it came from)."""
-    providers, manifest = await locate_manifest(node, sha1, manifest_sha1)
-    channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
-    if manifest is None:
-        size = providers[0].size
-        data = await fetch_small(node, providers, sha1, size)
-        obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
-        node.store.index.add_channels(sha1, channel_ids)
-        if progress:
-            progress(size, size)
-        return obj
-    download = await Download.start(node, manifest, providers, progress)
-    try:
-        download.want(range(len(manifest.chunk_sha1s)))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(download.run)
-            # run() keeps its errors in download.error; waiting in a loop here, rather than raising
-            # from the nursery body, gives callers a KacheryError and not an ExceptionGroup.
-            await download.settled.wait()
-            nursery.cancel_scope.cancel()
-        return await download.wait_complete()
-    finally:
-        download.close()
+async def fetch_small_into_store(node, providers, sha1: str) -> StoredObject:
+    """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
+    (re-served on the channels it came from)."""
+    data = await fetch_small(node, providers, sha1, providers[0].size)
+    obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
+    node.store.index.add_channels(sha1, frozenset().union(*(p.session.channel_ids for p in providers)))
+    return obj
 
 
 async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
@@ -140,11 +123,11 @@ class Download:
     until the object is complete, then installs it in the store.
     """
 
-    def __init__(self, node, manifest: Manifest, partial: PartialObject, providers, progress: Progress | None):
+    def __init__(self, node, manifest: Manifest, partial: PartialObject, providers):
         self.node = node
         self.manifest = manifest
         self.partial = partial
-        self.progress = progress
+        self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
         self.by_peer = {p.session.peer_id: p for p in providers}
         self.channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
         self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=16, slack_chunks=8)
@@ -158,9 +141,9 @@ class Download:
         self.started = time.monotonic()
 
     @classmethod
-    async def start(cls, node, manifest: Manifest, providers, progress: Progress | None = None) -> "Download":
+    async def start(cls, node, manifest: Manifest, providers) -> "Download":
         partial = await trio.to_thread.run_sync(PartialObject.open, node.store, manifest)
-        return cls(node, manifest, partial, providers, progress)
+        return cls(node, manifest, partial, providers)
 
     def close(self) -> None:
         self.partial.close()
@@ -212,8 +195,8 @@ class Download:
             if not self.partial.has_chunk(index):
                 await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
             self.scheduler.on_chunk_ok(peer, index, len(data), trio.current_time())
-            if self.progress:
-                self.progress(self.partial.present_bytes(), self.manifest.size)
+            for report in self.progress:
+                report(self.partial.present_bytes(), self.manifest.size)
         except CorruptChunk:
             log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
                         peer[:12], index, self.manifest.sha1[:12])
