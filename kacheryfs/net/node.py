@@ -84,6 +84,7 @@ class Node:
         self.counters = NodeCounters()
         self.registry: dict[str, dict[str, tuple[list[str], float]]] = defaultdict(dict)
         self._dialing: set[str] = set()
+        self._dial_backoff: dict[str, tuple[float, float]] = {}  # node -> (retry not before, delay)
         self.relay_table = RelayTable()  # bootstrap side: circuits between two registered nodes
         self._relay_streams: dict[tuple[int, int], RelayStream] = {}  # (id(relay session), circuit)
         self.bootstrap_sessions: list[PeerSession] = []
@@ -384,6 +385,9 @@ class Node:
         node = peer.get("node")
         if not isinstance(node, str) or node == self.node_id or node in self.sessions or node in self._dialing:
             return
+        not_before, _delay = self._dial_backoff.get(node, (0.0, 0.0))
+        if trio.current_time() < not_before:
+            return  # it failed recently: retry later, with exponential backoff
         addrs = [a for a in peer.get("addrs", []) if isinstance(a, str)]
         if not addrs and (via is None or self.listen_addrs or self.node_id > node):
             # It accepts no connections: if we do, it dials us; if neither does, the smaller id
@@ -399,14 +403,20 @@ class Node:
                 try:
                     host, port = parse_hostport(addr)
                     await self.connect(host, port, expected_peer=node)
+                    self._dial_backoff.pop(node, None)
                     return
                 except errors as exc:
                     log.info("could not reach %s at %s: %r", node[:12], addr, exc)
             if via is not None and not via.closed.is_set():
                 try:
                     await self.connect_via_relay(via, node)
+                    self._dial_backoff.pop(node, None)
+                    return
                 except errors as exc:
                     log.info("could not reach %s through the relay: %r", node[:12], exc)
+            _not_before, delay = self._dial_backoff.get(node, (0.0, 0.0))
+            delay = min(max(1.0, delay * 2), MAX_BACKOFF)
+            self._dial_backoff[node] = (trio.current_time() + delay, delay)
         finally:
             self._dialing.discard(node)
 
