@@ -58,16 +58,19 @@ def network_options(fn):
                      help="A rendezvous node to find channel peers through (repeatable)."),
         click.option("--find-timeout", default=3.0, show_default=True, type=float,
                      help="Seconds to wait for peers to answer who holds a file."),
+        click.option("--cache-size", default="100G", show_default=True, metavar="SIZE",
+                     help="Keep at most this much of files fetched from peers (least recently used go first)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout) -> Config:
+def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
+                cache_size) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout)
+                           find_timeout=find_timeout, cache_size=cache_size)
 
 
 @cli.command()

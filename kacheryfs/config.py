@@ -14,6 +14,7 @@ DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
 DEFAULT_API_PORT = 20431
 DEFAULT_LISTEN = "0.0.0.0:0"
 DEFAULT_FIND_TIMEOUT = 3.0
+DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
 
 
 class ConfigError(KacheryError):
@@ -31,6 +32,7 @@ class Config:
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
     discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
+    cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
 
@@ -45,6 +47,7 @@ class Config:
         listen: str | None = DEFAULT_LISTEN,
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
+        cache_size: str | int | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -64,6 +67,7 @@ class Config:
             listen=None if (listen or "").lower() == "none" else listen,
             bootstraps=tuple(bootstraps),
             find_timeout=find_timeout,
+            cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
@@ -85,6 +89,20 @@ class Config:
             key = channel_key(name, secret)
             out[channel_id(key)] = (name, key)
         return out
+
+
+def parse_size(text: str | int) -> int:
+    """'500M', '50G', '1T' or a number of bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)") from None
 
 
 def _positive_float(text: str | None, name: str) -> float | None:

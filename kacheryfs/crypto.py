@@ -96,6 +96,77 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> None:
         raise CryptoError("bad signature") from None
 
 
+
+# ---- feed keys -------------------------------------------------------------------------------
+# A feed is an ed25519 key pair; the feed id is the public key in hex. Which bytes a feed key signs
+# is defined in one place, kacheryfs/feeds/entry.py (signed_bytes); this is only the key material.
+FEED_KEY_SUFFIX = ".key"
+
+
+@dataclass(frozen=True)
+class FeedKey:
+    signing_key: nacl.signing.SigningKey
+
+    @classmethod
+    def generate(cls) -> "FeedKey":
+        return cls(nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "FeedKey":
+        if len(seed) != 32:
+            raise CryptoError("a feed key seed is 32 bytes")
+        return cls(nacl.signing.SigningKey(seed))
+
+    @classmethod
+    def load(cls, path: Path) -> "FeedKey":
+        """Read a key file written by save(); its contents must match the feed id in its name."""
+        try:
+            seed = bytes.fromhex(path.read_text().strip())
+            key = cls.from_seed(seed)
+        except (ValueError, CryptoError) as exc:
+            raise KacheryError(f"feed key file {path} is corrupt ({exc})") from None
+        if path.name.endswith(FEED_KEY_SUFFIX) and path.name[: -len(FEED_KEY_SUFFIX)] != key.feed_id:
+            raise KacheryError(f"feed key file {path} holds the key of another feed ({key.feed_id})")
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return key
+
+    def save(self, key_dir: Path) -> Path:
+        """Write <key_dir>/<feed id>.key (mode 0600, dir 0700) durably: temp file, fsync, rename,
+        fsync dir; so a crash never leaves an empty or partial key file under the final name."""
+        key_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(key_dir, 0o700)
+        path = key_dir / (self.feed_id + FEED_KEY_SUFFIX)
+        tmp = key_dir / f".{self.feed_id}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(bytes(self.signing_key).hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(key_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return path
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def feed_id(self) -> str:
+        return self.public.hex()
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+
 # ---- session key agreement -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ephemeral:

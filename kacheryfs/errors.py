@@ -114,6 +114,24 @@ class InvalidFeedURI(InvalidURI, FeedError):
     errno = _errno.EINVAL
 
 
+class InvalidFeedId(FeedError):
+    """Not a valid feed id (64 lowercase hex digits: an ed25519 public key)"""
+
+    errno = _errno.EINVAL
+
+
+class InvalidFeedLabel(FeedError):
+    """Invalid feed label (1 to 255 bytes of UTF-8, no '/', no NUL, not '.' or '..', not a feed id)"""
+
+    errno = _errno.EINVAL
+
+
+class FeedLabelTaken(FeedError):
+    """Another feed already has this label"""
+
+    errno = _errno.EEXIST
+
+
 class InvalidSubfeedName(FeedError):
     """Invalid subfeed name (1 to 255 bytes of UTF-8, no '/', no NUL, not '.' or '..')"""
 
@@ -140,6 +158,7 @@ class FeedChainError(FeedError):
     """Feed entries do not form a valid signed chain"""
 
     errno = _errno.EIO
+    added: int = 0  # FeedStore.add_entries: how many entries before the rejected one were stored
 
 
 class FeedGap(FeedChainError):

@@ -160,3 +160,19 @@ def test_config_channels_and_secret_files(tmp_path):
     assert Config.from_env(listen="none", environ={}).listen is None
     with pytest.raises(ConfigError):
         Config.from_env(environ={"KACHERY_P2P_API_PORT": "http"})
+
+
+def test_evict_cached_least_recently_used_first(store):
+    import time as _time
+
+    pinned = store.put_bytes(random_bytes(3000, seed=1))
+    old = store.put_bytes(random_bytes(2 * CHUNK_SIZE + 1, seed=2), pinned=False)  # has a cached manifest
+    _time.sleep(0.01)
+    new = store.put_bytes(random_bytes(1000, seed=3), pinned=False)
+    store.index.touch(new.sha1)
+    evicted = store.evict_cached(limit_bytes=5000)
+    assert set(evicted) == {old.sha1, old.manifest_sha1}
+    assert store.info(old.sha1) is None and not store.object_path(old.sha1).exists()
+    assert store.info(new.sha1) is not None and store.info(pinned.sha1) is not None
+    assert store.evict_cached(limit_bytes=0) == [new.sha1]
+    assert store.info(pinned.sha1) is not None  # stored-here objects are never evicted

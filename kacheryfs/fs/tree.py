@@ -297,6 +297,8 @@ class VirtualTree:
 
     def _open_object(self, ino: int, sha1: str) -> int:
         record = self.store.require(sha1)
+        if not record.pinned:
+            self.store.index.touch(sha1)  # LRU order for evicting cached copies
         try:
             mapping = open_mmap(self.store.object_path(sha1))
         except FileNotFoundError:

@@ -67,7 +67,7 @@ class Node:
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT,
                  discovery_dir: Path | None = None, serve_rate_limit: float | None = None,
-                 lan_discovery: bool = False):
+                 lan_discovery: bool = False, cache_size: int | None = None):
         self.key = key
         self.store = store
         self.channel_keys = dict(channel_keys)
@@ -77,6 +77,7 @@ class Node:
         self.find_timeout = find_timeout
         self.discovery_dir = discovery_dir
         self.lan_discovery = lan_discovery
+        self.cache_size = cache_size
         self.serve_rate_limit = serve_rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self._serve_free_at = 0.0
         self.listen_addrs: list[str] = []
@@ -119,7 +120,14 @@ class Node:
 
                 port = int(self.listen_addrs[0].rpartition(":")[2])
                 nursery.start_soon(lan_discovery.run, self, port)
+            if self.cache_size is not None:
+                nursery.start_soon(self._evict_loop)
             task_status.started(self)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await trio.to_thread.run_sync(self.store.evict_cached, self.cache_size, limiter=self._limiter)
+            await trio.sleep(30)
 
     def cancel(self) -> None:
         if self._nursery is not None:
@@ -281,6 +289,7 @@ class Node:
                     log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
                 return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
             record = self.store.info(msg.sha1)
+            self.store.index.touch(msg.sha1)  # serving keeps a cached copy warm
             return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
                                 manifest_sha1=record.manifest_sha1)
         if isinstance(msg, ChunkRequest):
@@ -502,5 +511,6 @@ def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> No
                 bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit,
+                cache_size=config.cache_size,
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

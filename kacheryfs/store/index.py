@@ -119,6 +119,13 @@ class Index:
         count, total = self._run("SELECT count(*), coalesce(sum(size), 0) FROM objects")[0]
         return count, total
 
+    def cached_by_age(self) -> list[tuple[str, int, str | None]]:
+        """Cached (evictable) objects, least recently used first: (sha1, size, manifest sha1)."""
+        return self._run("SELECT sha1, size, manifest_sha1 FROM objects WHERE pinned = 0 ORDER BY last_access")
+
+    def cached_total(self) -> int:
+        return self._run("SELECT coalesce(sum(size), 0) FROM objects WHERE pinned = 0")[0][0]
+
     def touch(self, sha1: str) -> None:
         self._run("UPDATE objects SET last_access=? WHERE sha1=?", (time.time(), sha1))
 

@@ -311,6 +311,29 @@ class LocalStore:
     def rename(self, old: str, new: str) -> bool:
         return self.index.rename(old, new)
 
+    def evict_cached(self, limit_bytes: int) -> list[str]:
+        """Delete least recently used cached copies (never stored-here objects) until the cache
+        fits in ``limit_bytes``; a manifest goes with its object. Returns the evicted hashes."""
+        total = self.index.cached_total()
+        evicted: list[str] = []
+        for sha1, size, manifest_sha1 in self.index.cached_by_age():
+            if total <= limit_bytes:
+                break
+            for victim in (sha1, manifest_sha1):
+                record = self.index.get_object(victim) if victim else None
+                if record is None or record.pinned:
+                    continue
+                self.index.remove_object(victim)
+                try:
+                    os.unlink(self.object_path(victim))  # open maps keep their pages until unmapped
+                except FileNotFoundError:
+                    pass
+                total -= record.size
+                evicted.append(victim)
+        if evicted:
+            log.info("evicted %d cached objects to keep the cache under %d bytes", len(evicted), limit_bytes)
+        return evicted
+
     # start-up housekeeping
     def reconcile(self) -> dict[str, int]:
         """Remove temp files of dead writers and make the index agree with the objects on disk."""
