@@ -34,10 +34,13 @@ class Cluster:
 
     async def node(self, name, channels, *, bootstrap=None, node_cls=Node, bootstrap_mode=False, listen=LOCAL,
                    find_timeout=2.0):
+        from kacheryfs.feeds import FeedStore
+
         store = LocalStore(self.tmp_path / name)
+        feeds = FeedStore(self.tmp_path / name / "feeds.sqlite3", self.tmp_path / name / "feed-keys")
         bootstraps = (tuple(bootstrap),) if bootstrap else ()
         node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
-                        bootstrap_mode=bootstrap_mode, find_timeout=find_timeout)
+                        bootstrap_mode=bootstrap_mode, find_timeout=find_timeout, feeds=feeds)
         await self.nursery.start(node.run)
         node.name = name
         self.nodes.append(node)
@@ -62,6 +65,7 @@ async def cluster(tmp_path, nursery):
     for node in c.nodes:
         node.cancel()
         node.store.close()
+        node.feed_sync.feeds.close()
 
 
 async def test_bootstrap_channel_members_share_outsiders_get_nothing(cluster, caplog):

@@ -23,8 +23,8 @@ from ..protocol import Connection, ProtocolError
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import (
     Announce, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message,
-    PeersRequest, PeersResponse, Ping, Pong, Register, RelayClose, RelayData, RelayIncoming,
-    RelayOpen, RelayOpened,
+    FeedEntries, FeedQuery, FeedSubscribe, PeersRequest, PeersResponse, Ping, Pong, Register,
+    RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
 )
 from .relay import RelayStream, RelayTable
 from ..store import LocalStore
@@ -67,7 +67,7 @@ class Node:
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  bootstrap_mode: bool = False, find_timeout: float = FIND_TIMEOUT,
                  discovery_dir: Path | None = None, serve_rate_limit: float | None = None,
-                 lan_discovery: bool = False, cache_size: int | None = None):
+                 lan_discovery: bool = False, cache_size: int | None = None, feeds=None):
         self.key = key
         self.store = store
         self.channel_keys = dict(channel_keys)
@@ -78,6 +78,11 @@ class Node:
         self.discovery_dir = discovery_dir
         self.lan_discovery = lan_discovery
         self.cache_size = cache_size
+        self.feed_sync = None
+        if feeds is not None:
+            from .feed_sync import FeedSync
+
+            self.feed_sync = FeedSync(self, feeds)
         self.serve_rate_limit = serve_rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self._serve_free_at = 0.0
         self.listen_addrs: list[str] = []
@@ -164,21 +169,29 @@ class Node:
             await trio.aclose_forcefully(stream)
             raise
         session = PeerSession(stream, conn, info, "outbound", f"{host}:{port}")
-        self._nursery.start_soon(self._run_session, session)
+        await self._nursery.start(self._run_session, session)
         return session
 
-    async def _run_session(self, session: PeerSession) -> None:
+    async def _run_session(self, session: PeerSession, task_status=trio.TASK_STATUS_IGNORED) -> None:
         primary = session.peer_id not in self.sessions or self.sessions[session.peer_id].closed.is_set()
         if primary:
             self.sessions[session.peer_id] = session
             self._wake_peers()
+        task_status.started()  # connect() returns once the session is registered
         log.info("connected %r, shared channels: %d", session, len(session.channel_ids))
         limiter = trio.CapacityLimiter(SERVE_LIMIT_PER_PEER)
         try:
             async with trio.open_nursery() as handlers:
+                if self.feed_sync is not None:
+                    handlers.start_soon(self.feed_sync.on_session, session)
+
                 async def on_message(sess: PeerSession, msg: Message) -> None:
                     if isinstance(msg, (RelayData, RelayClose, RelayIncoming)):
                         await self._relay_message(sess, msg)  # inline: circuit bytes stay in order
+                        return
+                    if isinstance(msg, FeedEntries):
+                        if self.feed_sync is not None:
+                            await self.feed_sync.on_entries(sess, msg)  # inline: entries stay in order
                         return
                     token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER requests at once
                     await limiter.acquire_on_behalf_of(token)
@@ -190,6 +203,8 @@ class Node:
             if self.sessions.get(session.peer_id) is session:
                 del self.sessions[session.peer_id]
                 self._wake_peers()
+            if self.feed_sync is not None:
+                self.feed_sync.on_session_closed(session)
             for circuit, other in self.relay_table.drop_session(session):
                 self._nursery.start_soon(self._send_quietly, other, RelayClose(circuit=circuit, reason="peer left"))
             for key in [k for k in self._relay_streams if k[0] == id(session)]:
@@ -247,7 +262,7 @@ class Node:
                 await stream.aclose()
             raise
         session = PeerSession(stream, conn, info, "relayed", f"relay:{relay.remote}")
-        self._nursery.start_soon(self._run_session, session)
+        await self._nursery.start(self._run_session, session)
         return session
 
     def _wake_peers(self) -> None:
@@ -307,6 +322,10 @@ class Node:
             self.counters.served_bytes[session.peer_id] += len(data)
             log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
             return ChunkData(req=msg.req, payload=data)
+        if isinstance(msg, (FeedQuery, FeedSubscribe)):
+            if self.feed_sync is None:
+                return ErrorResponse(req=msg.req, code="unsupported", message="no feeds here")
+            return await self.feed_sync.answer(session, msg)
         if isinstance(msg, Announce):
             self._find_cache.pop(msg.sha1, None)
             return None
@@ -506,11 +525,16 @@ def build_node(config, store: LocalStore, *, bootstrap_mode: bool = False) -> No
     for cid, (name, _key) in channels.items():
         log.info("channel %s (id %s)", name, cid)
     listen = parse_hostport(config.listen) if config.listen else None
+    feeds = None
+    if not bootstrap_mode:
+        from ..feeds import FeedStore
+
+        feeds = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
     return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 bootstrap_mode=bootstrap_mode, find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit,
-                cache_size=config.cache_size,
+                cache_size=config.cache_size, feeds=feeds,
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

@@ -144,4 +144,4 @@ class PeerSession:
 def _is_reply(msg: Message) -> bool:
     from ..protocol import messages as m
 
-    return isinstance(msg, (m.FindResponse, m.ChunkData, m.ErrorResponse, m.PeersResponse, m.Pong, m.RelayOpened))
+    return isinstance(msg, (m.FindResponse, m.ChunkData, m.ErrorResponse, m.PeersResponse, m.Pong, m.RelayOpened, m.FeedInfo, m.FeedSubscribed))

@@ -273,6 +273,58 @@ class RelayClose(_Validating):
     reason: str = ""
 
 
+@message(19)
+class FeedQuery(_Validating):
+    """Which subfeeds of this feed do you hold (and how many entries in each)?"""
+    req: int
+    feed_id: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_hex(self.feed_id, 64, "feed_id")
+
+
+@message(20)
+class FeedInfo(_Validating):
+    req: int
+    feed_id: str
+    found: bool
+    subfeeds: dict = field(default_factory=dict)  # name -> number of entries
+
+
+@message(21)
+class FeedSubscribe(_Validating):
+    """Send me the entries of this subfeed from ``start`` on, and push new ones as they come.
+    The entries arrive as FeedEntries pushes; the FeedSubscribed reply follows them."""
+    req: int
+    feed_id: str
+    subfeed: str
+    start: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        _check_hex(self.feed_id, 64, "feed_id")
+        if not 0 < len(self.subfeed.encode()) <= 255 or "/" in self.subfeed or "\0" in self.subfeed:
+            raise ValueError("bad subfeed name")
+        if self.start < 0:
+            raise ValueError("negative start")
+
+
+@message(22)
+class FeedSubscribed(_Validating):
+    req: int
+    count: int  # entries the server holds now
+
+
+@message(23)
+class FeedEntries(_Validating):
+    """Entries of one subfeed, in order: payload = (u32 big-endian length, encoded entry)*."""
+    feed_id: str
+    subfeed: str
+    HAS_PAYLOAD = True
+    payload: bytes = b""
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
@@ -280,4 +332,5 @@ __all__ = [
     "Auth", "FindRequest", "FindResponse", "ChunkRequest", "ChunkData", "ErrorResponse", "Announce",
     "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
+    "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries",
 ]
