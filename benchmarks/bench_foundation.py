@@ -453,8 +453,8 @@ def machine_facts(tmp: Path) -> dict:
     except (subprocess.CalledProcessError, FileNotFoundError):
         commit, dirty = None, None
     try:
-        import pyfuse3  # noqa: F401 (version only; the benchmark itself never imports the fs)
-        pyfuse3_version = pyfuse3.__version__
+        from importlib.metadata import version
+        pyfuse3_version = version("pyfuse3")  # the venv's; the benchmark never imports it
     except Exception:
         pyfuse3_version = None
     return {
@@ -465,6 +465,9 @@ def machine_facts(tmp: Path) -> dict:
                                 for d in sorted(os.listdir("/sys/block")) if not d.startswith(("loop", "ram"))},
         "dirty_background_ratio": read("/proc/sys/vm/dirty_background_ratio"),
         "dirty_ratio": read("/proc/sys/vm/dirty_ratio"),
+        # Free page reporting returns freed guest memory to the host (see settle()).
+        "virtio_balloon": os.path.isdir("/sys/bus/virtio/drivers/virtio_balloon"),
+        "page_reporting_order": read("/sys/module/page_reporting/parameters/page_reporting_order"),
         "git_commit": commit, "kacheryfs_tree_dirty": dirty,
     }
 
@@ -483,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--npy-warm", type=int, default=3, help="warm np.load repeats per cold round (default 3)")
     p.add_argument("--npy-cold", type=int, default=5, help="cold np.load rounds (default 5; 0 skips cold)")
     p.add_argument("--settle", type=float, default=3.0,
-                   help="seconds to wait (after sync) before each run that allocates page cache (default 3)")
+                   help="seconds to wait (after sync) before each write run and each settled cold read (default 3)")
     p.add_argument("--tmp-dir", default="/tmp", help="parent of the temp dir (default /tmp; same disk as storage)")
     p.add_argument("--kacheryfs", default=str(REPO / ".venv" / "bin" / "kacheryfs"),
                    help="the CLI to mount with (default: the venv's, i.e. the working tree)")
@@ -545,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         facts["fuse_read_ahead_kb"] = mount.read_ahead_kb()
         log(f"mounted {mnt} (FUSE read_ahead_kb={facts['fuse_read_ahead_kb']})")
 
-        log(f"write: cp into store/ vs cp + sync and dd + sync, {args.writes} repeats")
         if args.writes:
+            log(f"write: cp into store/ vs cp + sync and dd + sync, {args.writes} repeats")
             write_rows, sha1 = bench_write(mount, src, plain, size, args.writes)
         else:
             write_rows = []

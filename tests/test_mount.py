@@ -261,3 +261,21 @@ def test_statfs_and_blocksize(mount):
     assert st.f_bavail > 0 and st.f_namemax == 255
     mount.path("store", "x").write_bytes(b"1")
     assert os.stat(mount.path("store", "x")).st_blksize == 1 << 20
+
+
+def test_read_ahead_is_raised_to_1mib(mount):
+    if os.geteuid() != 0:
+        pytest.skip("read_ahead_kb is writable by root only")
+    device = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mount.mountpoint):
+                device = fields[2]
+    import time
+
+    path = f"/sys/class/bdi/{device}/read_ahead_kb"
+    deadline = time.monotonic() + 10
+    while open(path).read().strip() != "1024":
+        assert time.monotonic() < deadline, open(path).read()
+        time.sleep(0.05)

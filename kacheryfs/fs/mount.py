@@ -82,6 +82,16 @@ def _tune_read_ahead(mountpoint: Path) -> None:
         log.debug("could not raise read_ahead_kb: %s", exc)
 
 
+async def _tune_read_ahead_when_served(mountpoint: Path) -> None:
+    """The kernel resets read_ahead_kb when the daemon answers FUSE INIT; a stat() returns only
+    after that answer, so set it then."""
+    try:
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except OSError:
+        return
+    _tune_read_ahead(mountpoint)
+
+
 class MountRegistration:
     """A JSON file in the config dir naming this mount, so `status` and the Python API find it."""
 
@@ -127,6 +137,10 @@ async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> N
 
             await nursery.start(node.run)
             tree.fetcher = NetworkFetcher(node)
+            if node.feed_sync is not None:
+                from .feeds_view import FeedsView
+
+                tree.feeds_view = FeedsView(node.feed_sync)
             api = ApiServer(node, tree.fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
             await nursery.start(api.serve)
 
@@ -138,6 +152,7 @@ async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> N
                     return
 
         nursery.start_soon(on_signals)
+        nursery.start_soon(_tune_read_ahead_when_served, mountpoint)
         await pyfuse3.main()
         await tree.close_all()
         nursery.cancel_scope.cancel()
@@ -171,7 +186,6 @@ def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False
         raise MountError(f"{mountpoint}: {exc}") from None
     registration = None
     try:
-        _tune_read_ahead(mountpoint)
         registration = MountRegistration(config, mountpoint)
         if ready_message:
             log.info("mounted %s (storage %s)", mountpoint, config.storage_dir)

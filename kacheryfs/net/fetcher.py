@@ -3,6 +3,7 @@ whole, or read lazily through a shared download per object."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ import trio
 
 from ..errors import KacheryError
 from .node import Node
+
+log = logging.getLogger(__name__)
 
 
 class RemoteReader:
@@ -149,8 +152,13 @@ class NetworkFetcher:
             self._drop(sha1, running)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
-        if self.node._nursery is not None:  # in the background: a slow peer must not delay close()
-            self.node._nursery.start_soon(self.node.announce, sha1, size, manifest_sha1)
+        """Tell channel peers, in the background: a slow peer must not delay close(), and a
+        failed announce must never fail the write, which is already stored."""
+        try:
+            if self.node._nursery is not None:
+                self.node._nursery.start_soon(self.node.announce, sha1, size, manifest_sha1)
+        except RuntimeError as exc:  # the node is shutting down
+            log.debug("announce of %s skipped: %s", sha1[:12], exc)
 
     def stats(self) -> dict:
         return self.node.status()
