@@ -5,10 +5,12 @@ from .api import (
     store_file, store_npy, store_object, store_text,
 )
 from .errors import KacheryError
+from .feeds_api import Feed, Subfeed, create_feed, load_feed
 
 __version__ = "0.1.0"
 
 __all__ = [
     "store_file", "store_text", "store_object", "store_npy",
     "load_file", "load_bytes", "load_text", "load_object", "load_npy", "KacheryError",
+    "create_feed", "load_feed", "Feed", "Subfeed",
 ]

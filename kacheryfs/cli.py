@@ -297,6 +297,92 @@ def find(uri, config_dir):
         click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
 
 
+@cli.group()
+def feed():
+    """Signed append-only logs: create, append, read, list."""
+
+
+@feed.command("create")
+@click.option("--label", default=None, help="A local name for the feed.")
+@storage_option
+@config_option
+def feed_create(label, storage_dir, config_dir):
+    """Create a feed this node owns; prints its id."""
+    from .feeds_api import create_feed
+
+    click.echo(create_feed(label, storage_dir=storage_dir, config_dir=config_dir).feed_id)
+
+
+@feed.command("append")
+@click.argument("feed_ref", metavar="FEED")
+@click.argument("subfeed")
+@click.argument("messages", nargs=-1, required=True, metavar="JSON...")
+@storage_option
+@config_option
+def feed_append(feed_ref, subfeed, messages, storage_dir, config_dir):
+    """Append JSON messages to a subfeed of a feed you own; prints their indices."""
+    import json
+
+    from .feeds_api import load_feed
+
+    try:
+        values = [json.loads(m) for m in messages]
+    except ValueError as exc:
+        raise KacheryError(f"not JSON: {exc}") from None
+    sub = load_feed(feed_ref, storage_dir=storage_dir, config_dir=config_dir).get_subfeed(subfeed)
+    for index in sub.append_messages(values):
+        click.echo(index)
+
+
+@feed.command("read")
+@click.argument("feed_ref", metavar="FEED")
+@click.argument("subfeed")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new messages as they arrive.")
+@click.option("--start", default=0, show_default=True, help="First message index.")
+@storage_option
+@config_option
+def feed_read(feed_ref, subfeed, follow, start, storage_dir, config_dir):
+    """Print a subfeed's messages as JSON lines (fetched from channel peers if need be)."""
+    import json
+
+    from .feeds_api import load_feed
+
+    sub = load_feed(feed_ref, storage_dir=storage_dir, config_dir=config_dir).get_subfeed(subfeed)
+    sub.set_position(start)
+    messages = sub.message_stream() if follow else iter(sub.get_next_messages())
+    try:
+        for message in messages:
+            click.echo(json.dumps(message))
+            sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+
+
+@feed.command("ls")
+@click.argument("feed_ref", metavar="[FEED]", required=False)
+@storage_option
+@config_option
+def feed_ls(feed_ref, storage_dir, config_dir):
+    """List feeds (or one feed's subfeeds) with their message counts."""
+    from .api_client import NoDaemon, call
+    from .feeds import FeedStore
+
+    config = _config(storage_dir, config_dir)
+    try:
+        feeds = call(config.config_dir, "feed_ls", **({"feed": feed_ref} if feed_ref else {}))["feeds"]
+    except NoDaemon:
+        store = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
+        from .feeds_api import _Backend
+
+        ids = [_Backend(config).resolve(feed_ref)] if feed_ref else store.feed_ids()
+        feeds = [{"feed_id": f, "label": store.label_of(f), "owned": store.owns(f),
+                  "subfeeds": {n: store.num_messages(f, n) for n in store.subfeeds(f)}} for f in ids]
+    for f in feeds:
+        click.echo(f"{f['feed_id']}  {'owned ' if f['owned'] else 'replica'}  {f['label'] or ''}")
+        for name, count in f["subfeeds"].items():
+            click.echo(f"    {name}: {count} messages")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="kacheryfs", standalone_mode=False)

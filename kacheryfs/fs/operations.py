@@ -97,12 +97,12 @@ class KacheryOperations(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode, flags, ctx):
         fh, keep_cache = await self.tree.open_or_fetch(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=self.tree.is_direct_io(fh))
 
     @_fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, attr = self.tree.create(parent_inode, os.fsdecode(name), flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), _entry(attr)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=self.tree.is_direct_io(fh)), _entry(attr)
 
     @_fuse_errors
     async def read(self, fh, off, size):

@@ -107,6 +107,14 @@ class DraftHandle:
 
 
 @dataclass
+class FeedHandle:
+    ino: int
+    feed_id: str
+    subfeed: str
+    writer: object | None  # fs.feeds_view.FeedWriter when open for writing
+
+
+@dataclass
 class RemoteHandle:
     ino: int
     reader: object  # net.node.RemoteReader
@@ -133,6 +141,7 @@ class VirtualTree:
         self.store = store
         self.fetcher = fetcher
         self.remote_sizes: dict[str, int] = {}  # sha1 -> size, for objects found on peers, not yet here
+        self.feeds_view = None  # fs.feeds_view.FeedsView, when the node keeps feeds
         self.inodes = InodeTable()
         self.names: dict[str, NameRecord] = {r.name: r for r in store.list_names()}
         self.drafts: dict[int, Draft] = {}
@@ -170,6 +179,8 @@ class VirtualTree:
                 return Attr(ino, False, stat.S_IFREG | 0o644, draft.size, draft.mtime_ns, MUTABLE_TIMEOUT)
             raise NotFound(f"inode {ino}")
         kind, name = key
+        if kind in ("feed", "subfeed"):
+            return self._feed_attr(ino, key)
         if kind == "sha1":
             record = self.store.info(name)
             if record is None and name in self.remote_sizes:
@@ -178,6 +189,24 @@ class VirtualTree:
                 raise NotFound(name)
             return self._object_attr(ino, record.size)
         return self._store_attr(ino, name)
+
+    # ---- feeds ---------------------------------------------------------------------------------
+    def _feed_attr(self, ino: int, key: Key) -> Attr:
+        view = self.feeds_view
+        if view is None:
+            raise NotFound(key[1])
+        if key[0] == "feed":
+            owned = view.feeds.owns(key[1])
+            return Attr(ino, True, stat.S_IFDIR | (0o755 if owned else 0o555), 0, self._started_ns, 0.0)
+        feed_id, subfeed = key[1].split("/", 1)
+        owned = view.feeds.owns(feed_id)
+        # timeout 0 and direct I/O: the size grows as entries arrive; tail -f sees it
+        return Attr(ino, False, stat.S_IFREG | (0o644 if owned else 0o444), view.size(feed_id, subfeed),
+                    time.time_ns(), 0.0)
+
+    def _feed_key_of_dir(self, ino: int) -> str | None:
+        key = self.inodes.key_of(ino)
+        return key[1] if key is not None and key[0] == "feed" else None
 
     # ---- lookup -------------------------------------------------------------------------------
     def _attr_for(self, parent: int, name: str) -> Attr:
@@ -199,7 +228,15 @@ class VirtualTree:
                 raise NotFound(name)
             return self._store_attr(self.inodes.ino_for(key), name)
         if parent == FEEDS_DIR_INO:
-            raise NotFound(name)
+            if self.feeds_view is None or name not in self.feeds_view.feed_ids():
+                raise NotFound(name)
+            return self._feed_attr(self.inodes.ino_for(("feed", name)), ("feed", name))
+        feed_id = self._feed_key_of_dir(parent)
+        if feed_id is not None and self.feeds_view is not None:
+            key = ("subfeed", f"{feed_id}/{name}")
+            if name not in self.feeds_view.subfeeds(feed_id) and self.inodes.ino_of(key) is None:
+                raise NotFound(name)
+            return self._feed_attr(self.inodes.ino_for(key), key)
         raise NotFound(f"inode {parent} is not a directory")
 
     def lookup(self, parent: int, name: str) -> Attr:
@@ -213,6 +250,11 @@ class VirtualTree:
         try:
             return self.lookup(parent, name)
         except NotFound:
+            if parent == FEEDS_DIR_INO and self.feeds_view is not None and _is_feed_id(name):
+                # a feed not known here: ask the channel (bounded wait), like sha1/
+                if await self.feeds_view.sync.discover(name, self.fetcher_timeout()):
+                    return self.lookup(parent, name)
+                raise
             if parent != SHA1_DIR_INO or self.fetcher is None or not is_sha1_hex(name):
                 raise
         size = await self.fetcher.locate(name)
@@ -240,7 +282,13 @@ class VirtualTree:
         handle = self.handles.get(fh)
         if isinstance(handle, RemoteHandle):
             return await handle.reader.read(offset, size)
+        if isinstance(handle, FeedHandle):
+            return self.feeds_view.read(handle.feed_id, handle.subfeed, offset, size)
         return self.read(fh, offset, size)
+
+    def fetcher_timeout(self) -> float:
+        node = getattr(self.fetcher, "node", None)
+        return getattr(node, "find_timeout", 3.0)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -263,7 +311,15 @@ class VirtualTree:
                 except NotFound:
                     pass
         elif ino == FEEDS_DIR_INO:
+            view = self.feeds_view
+            entries = [] if view is None else [
+                (f, self._feed_attr(self.inodes.ino_for(("feed", f)), ("feed", f))) for f in view.feed_ids()]
+        elif self._feed_key_of_dir(ino) is not None and self.feeds_view is not None:
+            feed_id = self._feed_key_of_dir(ino)
             entries = []
+            for sub in self.feeds_view.subfeeds(feed_id):
+                key = ("subfeed", f"{feed_id}/{sub}")
+                entries.append((sub, self._feed_attr(self.inodes.ino_for(key), key)))
         else:
             raise KacheryError(f"inode {ino} is not a directory")
         return self._new_handle(DirHandle(ino, entries))
@@ -313,6 +369,8 @@ class VirtualTree:
         if key is None:
             raise NotFound(f"inode {ino}")
         kind, name = key
+        if kind == "subfeed":
+            return self._open_subfeed(ino, name, flags), False
         if kind == "sha1":
             if writable or flags & os.O_TRUNC:
                 raise ReadOnly(name)
@@ -335,9 +393,35 @@ class VirtualTree:
         self.inodes.opened(ino)
         return self._new_handle(DraftHandle(ino, draft, writable)), False
 
+    def _open_subfeed(self, ino: int, name: str, flags: int) -> int:
+        from .feeds_view import FeedWriter, NotAnAppend
+
+        feed_id, subfeed = name.split("/", 1)
+        writer = None
+        if (flags & os.O_ACCMODE) != os.O_RDONLY:
+            if flags & os.O_TRUNC:
+                raise NotAnAppend("feeds cannot be truncated")
+            writer = FeedWriter(self.feeds_view, feed_id, subfeed, bool(flags & os.O_APPEND))
+        self.inodes.opened(ino)
+        return self._new_handle(FeedHandle(ino, feed_id, subfeed, writer))
+
+    def is_direct_io(self, fh: int) -> bool:
+        """Subfeed files bypass the page cache: their content grows under readers."""
+        return isinstance(self.handles.get(fh), FeedHandle)
+
     def create(self, parent: int, name: str, flags: int) -> tuple[int, Attr]:
         if parent == SHA1_DIR_INO:
             raise ReadOnly(name)
+        feed_id = self._feed_key_of_dir(parent)
+        if feed_id is not None and self.feeds_view is not None:
+            from ..feeds.entry import check_subfeed_name
+
+            check_subfeed_name(name)
+            key = ("subfeed", f"{feed_id}/{name}")
+            ino = self.inodes.ino_for(key)
+            fh = self._open_subfeed(ino, key[1], flags | os.O_APPEND)
+            self.inodes.remember(ino)
+            return fh, self._feed_attr(ino, key)
         if parent != STORE_DIR_INO:
             raise NotPermitted("files can be created only under store/")
         validate_name(name)
@@ -389,6 +473,11 @@ class VirtualTree:
         return draft.writer
 
     async def write(self, fh: int, offset: int, data) -> int:
+        feed_handle = self.handles.get(fh)
+        if isinstance(feed_handle, FeedHandle):
+            if feed_handle.writer is None:
+                raise KacheryError("file not open for writing")
+            return await feed_handle.writer.write(offset, data)
         handle = self._handle(fh, DraftHandle)
         if not handle.writable:
             raise KacheryError("file not open for writing")  # the kernel checks this first
@@ -411,6 +500,8 @@ class VirtualTree:
 
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
+        if isinstance(handle, FeedHandle) and handle.writer is not None:
+            await handle.writer.flush()
         if isinstance(handle, DraftHandle) and handle.writable:
             await self._commit(handle.ino, handle.draft)
 
@@ -441,6 +532,9 @@ class VirtualTree:
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
+        if isinstance(handle, FeedHandle):
+            self.inodes.closed(handle.ino)
+            return
         if isinstance(handle, (ObjectReader, RemoteHandle)):
             (handle.reader if isinstance(handle, RemoteHandle) else handle).close()
             self.inodes.closed(handle.ino)
@@ -469,6 +563,10 @@ class VirtualTree:
         key = self.inodes.key_of(ino)
         if key is None:
             raise NotFound(f"inode {ino}")
+        if key[0] == "subfeed":
+            from .feeds_view import NotAnAppend
+
+            raise NotAnAppend("feeds cannot be truncated")
         if key[0] != "store":
             raise ReadOnly(key[1])
         draft = self.drafts.get(ino)
@@ -575,6 +673,12 @@ class VirtualTree:
         """On unmount: commit what is pending, free maps and temp files."""
         for fh in list(self.handles):
             await self.release(fh)
+
+
+def _is_feed_id(name: str) -> bool:
+    from ..feeds.entry import is_feed_id
+
+    return is_feed_id(name)
 
 
 class _NoAttr(KacheryError):

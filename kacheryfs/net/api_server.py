@@ -95,7 +95,7 @@ class ApiServer:
             await self._dispatch(request, reply)
         except KacheryError as exc:
             await reply({"error": str(exc)})
-        except (ValueError, trio.TooSlowError):
+        except (ValueError, TypeError, trio.TooSlowError):
             await reply({"error": "malformed request"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -155,5 +155,68 @@ class ApiServer:
             if error is not None:
                 raise error
             await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        elif op.startswith("feed_"):
+            await self._feed_op(op, request, reply)
+        else:
+            raise KacheryError(f"unknown op {op!r}")
+
+    async def _resolve_feed(self, ref: str, discover: bool = True) -> str:
+        """A feed id from an id, a feed:// URI or a local label; unknown ids are looked for on peers."""
+        from ..errors import UnknownFeed
+        from ..feeds import parse_feed_uri
+        from ..feeds.entry import is_feed_id
+
+        sync = self.node.feed_sync
+        ref = str(ref)
+        feed_id = parse_feed_uri(ref).feed_id if ref.startswith("feed://") else ref
+        if not is_feed_id(feed_id):
+            found = sync.feeds.find_by_label(ref)
+            if found is None:
+                raise UnknownFeed(f"{ref!r} is neither a feed id nor a label of a local feed")
+            feed_id = found
+        if feed_id not in sync.feeds.feed_ids():
+            if not discover or not await sync.discover(feed_id, self.node.find_timeout):
+                raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
+        elif not sync.feeds.owns(feed_id):
+            sync.follow(feed_id)  # keep a replica live while someone reads it
+        return feed_id
+
+    async def _feed_op(self, op: str, request: dict, reply) -> None:
+        sync = self.node.feed_sync
+        if sync is None:
+            raise KacheryError("this node keeps no feeds")
+        if op == "feed_create":
+            feed_id = await trio.to_thread.run_sync(sync.feeds.create_feed, request.get("label"))
+            await reply({"ok": True, "feed_id": feed_id})
+        elif op == "feed_append":
+            feed_id = await self._resolve_feed(request.get("feed", ""), discover=False)
+            messages = request.get("messages")
+            if not isinstance(messages, list):
+                raise KacheryError("messages must be a list")
+            indices = await sync.append(feed_id, str(request.get("subfeed", "")), messages)
+            await reply({"ok": True, "indices": indices})
+        elif op == "feed_read":
+            feed_id = await self._resolve_feed(request.get("feed", ""))
+            subfeed = str(request.get("subfeed", ""))
+            position = max(int(request.get("start", 0)), 0)
+            follow = bool(request.get("follow"))
+            wait = min(float(request.get("wait_ms", 0)) / 1000, 3600.0)
+            if wait > 0 and not follow:
+                await sync.wait_for_more(feed_id, subfeed, position, wait)
+            while True:
+                for entry in sync.feeds.get_entries(feed_id, subfeed, start=position, limit=1000):
+                    await reply({"index": entry.index, "message": entry.value})
+                    position = entry.index + 1
+                if not follow:
+                    break
+                await sync.wait_for_more(feed_id, subfeed, position, 3600)
+            await reply({"ok": True, "next": position})
+        elif op == "feed_ls":
+            feeds = sync.feeds
+            ids = [await self._resolve_feed(request["feed"])] if request.get("feed") else feeds.feed_ids()
+            await reply({"ok": True, "feeds": [
+                {"feed_id": f, "label": feeds.label_of(f), "owned": feeds.owns(f),
+                 "subfeeds": {name: feeds.num_messages(f, name) for name in feeds.subfeeds(f)}}
+                for f in ids]})
         else:
             raise KacheryError(f"unknown op {op!r}")
