@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,5 +106,41 @@ def sha1_of_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def in_ci_as_root() -> bool:
-    return os.geteuid() == 0
+@pytest.fixture
+async def cluster(tmp_path, nursery):
+    """In-process nodes on 127.0.0.1 (tests/test_net.py's Cluster), stopped after the test."""
+    from .test_net import Cluster
+
+    c = Cluster(tmp_path, nursery)
+    yield c
+    for node in c.nodes:
+        node.cancel()
+        node.store.close()
+        node.feed_sync.feeds.close()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """Factories for real mounts and daemons in subprocesses, all stopped after the test."""
+    from .mounting import Daemon
+
+    started = []
+
+    def mount(name, *args):
+        m = Mount(tmp_path / name)
+        (tmp_path / name).mkdir(exist_ok=True)
+        started.append(m)
+        return m.start(*args)
+
+    def daemon(name, *args):
+        d = Daemon(tmp_path / name, *args)
+        started.append(d)
+        return d.start()
+
+    try:
+        yield mount, daemon
+    finally:
+        for thing in reversed(started):
+            thing.stop()
+
+

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from .mounting import KACHERYFS
-from .test_mount_network import LOCAL, node_id_of, stack  # noqa: F401  (stack is a fixture)
+from .test_mount_network import LOCAL, wait_until_connected
 
 
 def wait_until(predicate, timeout=30, what="condition"):
@@ -48,7 +48,7 @@ def test_feeds_through_mount_cli_and_python(stack, monkeypatch):
     assert jobs.append_messages([{"job": i} for i in range(1000)]) == list(range(1000))
     assert jobs.get_uri() == f"feed://{feed_id}/jobs"
 
-    wait_until(lambda: node_id_of(a) in b.read_log(), what="B to meet A")
+    wait_until_connected(b, a)
     # B reads through its mount: the lookup fetches the feed from the channel
     mounted = b.path("feeds", feed_id, "jobs")
     wait_until(lambda: len(lines_of(mounted)) == 1000, what="1,000 messages on B")

@@ -2,7 +2,6 @@
 
 import logging
 
-import pytest
 import trio
 
 from kacheryfs.feeds import FeedEntry, make_entry, verify_chain
@@ -11,8 +10,7 @@ from kacheryfs.crypto import FeedKey
 from kacheryfs.net.feed_sync import pack_entries
 from kacheryfs.protocol.messages import FeedEntries
 
-from .test_net import Cluster, addr_of, chans, wait_for  # noqa: F401
-from .test_net import cluster  # noqa: F401  (fixture)
+from .test_net import addr_of, chans, wait_for
 
 
 async def test_replication_channel_members_only(cluster):

@@ -10,31 +10,17 @@ import time
 import numpy as np
 import pytest
 
-from .mounting import Daemon, Mount, free_port, fuse_mounted
+from .mounting import Daemon, free_port, fuse_mounted
 
 LOCAL = ["--listen", "127.0.0.1:0"]
 
 
-@pytest.fixture
-def stack(tmp_path):
-    started = []
-
-    def mount(name, *args):
-        m = Mount(tmp_path / name)
-        (tmp_path / name).mkdir(exist_ok=True)
-        started.append(m)
-        return m.start(*args)
-
-    def daemon(name, *args):
-        d = Daemon(tmp_path / name, *args)
-        started.append(d)
-        return d.start()
-
-    try:
-        yield mount, daemon
-    finally:
-        for thing in reversed(started):
-            thing.stop()
+def wait_until_connected(m, other, timeout: float = 20) -> None:
+    """Until ``m``'s log shows a session with ``other`` (found by bootstrap, discovery or relay)."""
+    deadline = time.monotonic() + timeout
+    while node_id_of(other) not in m.read_log():
+        assert time.monotonic() < deadline, m.read_log()
+        time.sleep(0.1)
 
 
 def node_id_of(m) -> str:
@@ -61,10 +47,7 @@ def test_channel_members_read_through_their_mounts(stack):
     arr_sha1 = os.getxattr(a.path("store", "arr.npy"), "user.kachery.uri").decode()[7:47]
     note_sha1 = hashlib.sha1(b"hello from A\n").hexdigest()
 
-    deadline = time.monotonic() + 20  # until the bootstrap has introduced A and B
-    while "connected" not in b.read_log() or node_id_of(a) not in b.read_log():
-        assert time.monotonic() < deadline, b.read_log()
-        time.sleep(0.1)
+    wait_until_connected(b, a)
     out = subprocess.run(["cat", str(b.path("sha1", note_sha1))], capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"hello from A\n"
@@ -90,10 +73,7 @@ def test_same_machine_discovery_without_bootstrap(stack):
     c = mount("c", "--channel", "y", *LOCAL, "--find-timeout", "2")
     a.path("store", "data.bin").write_bytes(b"\x01\x02" * 3_000_000)  # 6 MB
     sha1 = hashlib.sha1(b"\x01\x02" * 3_000_000).hexdigest()
-    deadline = time.monotonic() + 20
-    while node_id_of(a) not in b.read_log():
-        assert time.monotonic() < deadline, b.read_log()
-        time.sleep(0.1)
+    wait_until_connected(b, a)
     assert b.path("sha1", sha1).read_bytes() == b"\x01\x02" * 3_000_000
     with pytest.raises(OSError) as info:
         c.path("sha1", sha1).stat()
@@ -114,10 +94,7 @@ def test_relay_through_bootstrap_for_unreachable_nodes(stack):
     np.save(a.path("store", "r.npy"), payload)
     sha1 = os.getxattr(a.path("store", "r.npy"), "user.kachery.uri").decode()[7:47]
     boot.wait_log("relaying")
-    deadline = time.monotonic() + 20
-    while node_id_of(a) not in b.read_log():
-        assert time.monotonic() < deadline, b.read_log()
-        time.sleep(0.1)
+    wait_until_connected(b, a)
     assert np.array_equal(np.load(b.path("sha1", sha1)), payload)
     assert "relay:" in b.read_log()
 
@@ -139,10 +116,7 @@ def test_lazy_mmap_slice_fetches_only_what_it_touches(stack):
     arr = np.arange(n, dtype=np.float64)
     np.save(a.path("store", "big.npy"), arr)
     sha1 = os.getxattr(a.path("store", "big.npy"), "user.kachery.uri").decode()[7:47]
-    deadline = time.monotonic() + 20
-    while node_id_of(a) not in b.read_log():
-        assert time.monotonic() < deadline, b.read_log()
-        time.sleep(0.1)
+    wait_until_connected(b, a)
     before = fetched_bytes(b)
     mapped = np.load(b.path("sha1", sha1), mmap_mode="r")
     i = 17_000_000  # ~136 MB into the file
@@ -176,10 +150,7 @@ def test_cli_and_python_fetch_through_the_daemon(stack, monkeypatch):
     uri = os.getxattr(a.path("store", "w.npy"), "user.kachery.uri").decode()
     a.path("store", "t.txt").write_text("text via the daemon")
     text_uri = os.getxattr(a.path("store", "t.txt"), "user.kachery.uri").decode()
-    deadline = time.monotonic() + 20
-    while node_id_of(a) not in b.read_log():
-        assert time.monotonic() < deadline, b.read_log()
-        time.sleep(0.1)
+    wait_until_connected(b, a)
 
     def cli(*args):
         return subprocess.run([KACHERYFS, *args], env=b.env, capture_output=True, text=True, timeout=60)

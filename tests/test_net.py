@@ -58,16 +58,6 @@ async def wait_for(predicate, timeout=10):
             await trio.sleep(0.02)
 
 
-@pytest.fixture
-async def cluster(tmp_path, nursery):
-    c = Cluster(tmp_path, nursery)
-    yield c
-    for node in c.nodes:
-        node.cancel()
-        node.store.close()
-        node.feed_sync.feeds.close()
-
-
 async def test_bootstrap_channel_members_share_outsiders_get_nothing(cluster, caplog):
     caplog.set_level(logging.INFO)
     boot = await cluster.node("boot", {}, bootstrap_mode=True)
