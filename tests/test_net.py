@@ -124,7 +124,7 @@ class LyingNode(Node):
 
 async def test_lying_peer_is_dropped_reader_gets_correct_bytes(cluster, caplog):
     caplog.set_level(logging.WARNING)
-    data = random_bytes(48 * CHUNK_SIZE + 5, seed=3)
+    data = random_bytes(96 * CHUNK_SIZE + 5, seed=3)
     honest = await cluster.node("honest", chans("x"))
     liar = await cluster.node("liar", chans("x"), node_cls=LyingNode)
     reader = await cluster.node("reader", chans("x"))
@@ -136,7 +136,7 @@ async def test_lying_peer_is_dropped_reader_gets_correct_bytes(cluster, caplog):
     assert reader.store.read_bytes(obj.sha1) == data
     assert any("corrupt chunk" in r.message and liar.node_id[:12] in r.message for r in caplog.records)
     # dropped at its first bad chunk: it serves at most the window already requested from it
-    assert liar.counters.served_bytes[reader.node_id] <= 16 * CHUNK_SIZE + 4096
+    assert liar.counters.served_bytes[reader.node_id] <= 34 * CHUNK_SIZE  # its window, and the manifest
 
 
 async def test_only_liars_means_failure_and_nothing_stored(cluster):
@@ -240,11 +240,11 @@ async def test_relay_when_neither_side_accepts_connections(cluster, caplog):
 
 
 async def test_several_capped_seeders_all_contribute(cluster):
-    data = random_bytes(24 * CHUNK_SIZE, seed=12)
+    data = random_bytes(128 * CHUNK_SIZE, seed=12)
     seeders = []
     for i in range(3):
         s = await cluster.node(f"s{i}", chans("x"))
-        s.serve_rate_limit = 40e6  # bytes/s, as the benchmark's equal seeders
+        s.serve_rate_limit = 100e6  # bytes/s, as the benchmark's equal seeders
         assert s.store.put_bytes(data).sha1 == hashlib.sha1(data).hexdigest()
         seeders.append(s)
     reader = await cluster.node("reader", chans("x"))
@@ -253,7 +253,7 @@ async def test_several_capped_seeders_all_contribute(cluster):
     await NetworkFetcher(reader).fetch(hashlib.sha1(data).hexdigest())
     assert reader.store.read_bytes(hashlib.sha1(data).hexdigest()) == data
     shares = [s.counters.served_bytes[reader.node_id] for s in seeders]
-    assert all(share >= 3 * CHUNK_SIZE for share in shares), shares
+    assert all(share >= 16 * CHUNK_SIZE for share in shares), shares
 
 
 async def test_concurrent_requests_for_one_object_fetch_it_once(cluster):

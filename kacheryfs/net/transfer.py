@@ -130,7 +130,7 @@ class Download:
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
         self.by_peer = {p.session.peer_id: p for p in providers}
         self.channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
-        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=16, slack_chunks=8)
+        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, slack_chunks=32)
         for peer in self.by_peer:
             self.scheduler.add_peer(peer)
         self.result: StoredObject | None = None

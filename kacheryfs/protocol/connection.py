@@ -103,14 +103,14 @@ class Connection:
         """Frame and encrypt a message; returns the bytes to write."""
         if self.state != "open":
             raise LocalProtocolError(f"cannot send in state {self.state}")
-        return self._frame(b"".join(msg.encode_parts()))
+        parts = msg.encode_parts()
+        return self._frame(parts[0] if len(parts) == 1 else b"".join(parts))
 
     # ---- internals --------------------------------------------------------------------------
-    def _frame(self, plaintext: bytes) -> bytes:
-        length = (len(plaintext) + AEAD_TAG_BYTES).to_bytes(4, "big")
+    def _frame(self, plaintext) -> bytearray:
         if len(plaintext) + AEAD_TAG_BYTES > MAX_FRAME:
             raise LocalProtocolError("message larger than the maximum frame")
-        return length + self._send_cipher.encrypt(plaintext, length)
+        return self._send_cipher.seal_frame(plaintext)
 
     def _read_frame(self) -> bytes | None:
         if len(self._inbuf) < 4:
@@ -121,9 +121,10 @@ class Connection:
         if len(self._inbuf) < 4 + length:
             return None
         header = bytes(self._inbuf[:4])
-        ciphertext = bytes(self._inbuf[4:4 + length])
+        with memoryview(self._inbuf) as view:  # decrypt in place of a copy; released before the del
+            plaintext = self._recv_cipher.open_frame(header, view[4:4 + length])
         del self._inbuf[:4 + length]
-        return self._recv_cipher.decrypt(ciphertext, header)
+        return plaintext
 
     def _auth(self) -> Auth:
         proofs = [channel_proof(k, self._transcript, self.role, self._key.public).hex()

@@ -70,7 +70,7 @@ def decode_message(data: bytes) -> Message:
         raise RemoteProtocolError("message header is not JSON") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError("message header is not an object")
-    payload = bytes(data[5 + size:])
+    payload = memoryview(data)[5 + size:]  # a view, not a copy of a 1 MiB chunk
     if payload and not cls.HAS_PAYLOAD:
         raise RemoteProtocolError(f"{cls.__name__} carries no payload")
     kwargs = {}
