@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 FIND_TIMEOUT = 3.0
-FIND_GRACE = 0.05  # after the first "found", wait this long for more providers
+FIND_GRACE = 0.015  # after the first "found", wait this long for more providers (they also join later)
 FIND_CACHE_SECONDS = 5.0
 PEER_POLL_SECONDS = 1.0
 MAX_BACKOFF = 30.0

@@ -27,7 +27,8 @@ from .session import PeerGone, RequestFailed
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 20.0
-MAX_SMALL_OBJECT = 64 << 20  # manifests and small files are fetched whole, in 1 MiB requests
+MAX_SMALL_OBJECT = 64 << 20
+PROVIDER_REFRESH_SECONDS = 2.0  # manifests and small files are fetched whole, in 1 MiB requests
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 
@@ -94,13 +95,26 @@ async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: st
         if node.store.info(candidate) is not None:
             raw = node.store.read_bytes(candidate)
         else:
-            holders = await node.find(candidate)
-            if not holders:
-                continue
-            try:
-                raw = await fetch_small(node, holders, candidate, holders[0].size)
-            except FetchFailed:
-                continue
+            raw = None
+            # The providers that named this manifest hold it: ask them first (no second lookup);
+            # its size is unknown until it arrives, so ask for a whole chunk's worth.
+            naming = [p for p in providers if p.manifest_sha1 == candidate]
+            for provider in naming:
+                try:
+                    data = await _request_range(provider, candidate, 0, CHUNK_SIZE, node)
+                except (KacheryError, trio.TooSlowError):
+                    continue
+                if hashlib.sha1(data).hexdigest() == candidate:
+                    raw = bytes(data)
+                    break
+            if raw is None:  # a manifest over 1 MiB, or nobody answered: look it up
+                holders = await node.find(candidate)
+                if not holders:
+                    continue
+                try:
+                    raw = await fetch_small(node, holders, candidate, holders[0].size)
+                except FetchFailed:
+                    continue
         try:
             manifest = Manifest.from_bytes(raw, candidate)
         except CorruptObject as exc:
@@ -208,15 +222,32 @@ class Download:
         finally:
             self._wake()
 
+    async def _refresh_providers(self) -> None:
+        """Providers that appeared since the download started (or came back) join it."""
+        try:
+            providers = await self.node.find(self.manifest.sha1)
+        except KacheryError:
+            return
+        for provider in providers:
+            peer = provider.session.peer_id
+            if peer not in self.by_peer or self.by_peer[peer].session.closed.is_set():
+                self.by_peer[peer] = provider
+                self.scheduler.add_peer(peer)
+                self._wake()
+
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
         Failures end up in ``self.error`` for the waiters."""
         scheduler = self.scheduler
         try:
             failure = None
+            refreshed = trio.current_time()
             async with trio.open_nursery() as nursery:
                 while not self.partial.is_complete():
                     now = trio.current_time()
+                    if now - refreshed > PROVIDER_REFRESH_SECONDS and not self.scheduler.done():
+                        refreshed = now
+                        nursery.start_soon(self._refresh_providers)
                     for peer, index in scheduler.expired(now):
                         log.info("chunk %d of %s from %s timed out", index, self.manifest.sha1[:12], peer[:12])
                     for peer in scheduler.peers:
