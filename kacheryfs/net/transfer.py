@@ -28,7 +28,19 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 20.0
 MAX_SMALL_OBJECT = 64 << 20
-PROVIDER_REFRESH_SECONDS = 2.0  # manifests and small files are fetched whole, in 1 MiB requests
+PROVIDER_REFRESH_SECONDS = 2.0
+CHUNKS_PER_REQUEST = 1  # consecutive chunks per ChunkRequest; 2 and 4 measured no better on loopback (noisy)
+
+
+def _runs(chunks: list[int], longest: int) -> list[list[int]]:
+    """Group chunk indices into runs of consecutive ones, each at most ``longest`` long."""
+    runs: list[list[int]] = []
+    for c in chunks:
+        if runs and c == runs[-1][-1] + 1 and len(runs[-1]) < longest:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs  # manifests and small files are fetched whole, in 1 MiB requests
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 
@@ -202,23 +214,33 @@ class Download:
             return self.partial.read(offset, size)
         return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
 
-    async def _get_chunk(self, peer: str, index: int) -> None:
-        start, end = self.manifest.chunk_range(index)
+    async def _get_run(self, peer: str, run: list[int]) -> None:
+        """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
+        reply is verified on its own."""
+        start = self.manifest.chunk_range(run[0])[0]
+        end = self.manifest.chunk_range(run[-1])[1]
+        pending = list(run)
         try:
             data = await _request_range(self.by_peer[peer], self.manifest.sha1, start, end - start, self.node)
-            if not self.partial.has_chunk(index):
-                await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
-            self.scheduler.on_chunk_ok(peer, index, len(data), trio.current_time())
+            view = memoryview(data)
+            for index in run:
+                a, b = self.manifest.chunk_range(index)
+                if not self.partial.has_chunk(index):
+                    await trio.to_thread.run_sync(self.partial.write_chunk, index, view[a - start:b - start],
+                                                  limiter=self._limiter)
+                self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time())
+                pending.remove(index)
             for report in self.progress:
                 report(self.partial.present_bytes(), self.manifest.size)
         except CorruptChunk:
             log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
-                        peer[:12], index, self.manifest.sha1[:12])
+                        peer[:12], pending[0], self.manifest.sha1[:12])
             self.scheduler.drop_peer(peer, "corrupt chunk")
         except PeerGone:
             self.scheduler.remove_peer(peer)
         except (KacheryError, trio.TooSlowError):
-            self.scheduler.on_chunk_failed(peer, index, trio.current_time())
+            for index in pending:
+                self.scheduler.on_chunk_failed(peer, index, trio.current_time())
         finally:
             self._wake()
 
@@ -254,8 +276,8 @@ class Download:
                         if self.by_peer[peer].session.closed.is_set():
                             scheduler.remove_peer(peer)
                             continue
-                        for index in scheduler.next_requests(peer, now):
-                            nursery.start_soon(self._get_chunk, peer, index)
+                        for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
+                            nursery.start_soon(self._get_run, peer, run)
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
                         failure = FetchFailed(
