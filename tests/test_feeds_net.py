@@ -70,8 +70,7 @@ async def test_forged_entries_are_rejected_and_the_log_stays_intact(cluster, cap
     tip = entry_hash(honest[-1])
     forged_sig = make_entry(impostor, "log", 3, tip, "forged", 1)
     forged_sig = FeedEntry(feed, "log", 3, tip, forged_sig.timestamp_ms, forged_sig.message, forged_sig.signature)
-    fork = FeedEntry(feed, "log", 1, honest[0].prev_hash if False else entry_hash(honest[0]), 5, b'"fork"',
-                     honest[1].signature)
+    fork = FeedEntry(feed, "log", 1, entry_hash(honest[0]), 5, b'"fork"', honest[1].signature)
     attacks = [
         [forged_sig],                      # wrong signer
         [fork],                            # a different entry 1
