@@ -11,6 +11,7 @@ import trio
 
 from ..errors import KacheryError
 from .node import Node
+from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,6 @@ class NetworkFetcher:
     async def _acquire(self, sha1: str, manifest_sha1: str | None = None) -> _RunningDownload | None:
         """The running download of ``sha1`` (started if need be, one more user), or None once the
         object is local (one-chunk objects are fetched whole right here)."""
-        from .transfer import Download, fetch_small_into_store, locate_manifest
-
         async with self._opening[sha1]:
             if self.node.store.info(sha1) is not None:
                 return None
