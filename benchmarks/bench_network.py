@@ -211,9 +211,9 @@ def cache_file(path: Path) -> None:
 def recache(path: Path) -> None:
     """Drop a (clean, fsynced) file from the page cache and read it back in.
 
-    A file whose cached pages were left by its writer serves measurably slower than one read back
-    by read-ahead (kacheryfs 1 GiB A -> B: ~250 against ~390 MB/s on these VMs), so every source
-    starts in the second, reproducible state: cached, as by an earlier read.
+    Whether a source's cached pages were left by its writer or read back by read-ahead seemed to
+    matter in one pair of runs (kacheryfs 1 GiB A -> B: ~250 against ~390 MB/s) and not in later
+    ones; either way every source now starts in the same state: cached, as by an earlier read.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
