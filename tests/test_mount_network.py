@@ -30,12 +30,18 @@ def node_id_of(m) -> str:
     return found.group(1)
 
 
-@pytest.mark.timeout(120)
-def test_channel_members_read_through_their_mounts(stack):
-    mount, daemon = stack
+def start_bootstrap(daemon):
+    """A `kacheryfs bootstrap` on a free loopback port, up and listening: (daemon, port)."""
     port = free_port()
     boot = daemon("boot", "bootstrap", "--listen", f"127.0.0.1:{port}")
     boot.wait_log("listening on")
+    return boot, port
+
+
+@pytest.mark.timeout(120)
+def test_channel_members_read_through_their_mounts(stack):
+    mount, daemon = stack
+    boot, port = start_bootstrap(daemon)
     via = ["--bootstrap", f"127.0.0.1:{port}"]
     a = mount("a", "--channel", "x", *LOCAL, *via)
     b = mount("b", "--channel", "x", *LOCAL, *via)
@@ -84,9 +90,7 @@ def test_same_machine_discovery_without_bootstrap(stack):
 @pytest.mark.timeout(120)
 def test_relay_through_bootstrap_for_unreachable_nodes(stack):
     mount, daemon = stack
-    port = free_port()
-    boot = daemon("boot", "bootstrap", "--listen", f"127.0.0.1:{port}")
-    boot.wait_log("listening on")
+    boot, port = start_bootstrap(daemon)
     via = ["--bootstrap", f"127.0.0.1:{port}", "--listen", "none"]
     a = mount("a", "--channel", "x", *via)
     b = mount("b", "--channel", "x", *via)

@@ -270,16 +270,15 @@ class Node:
         self.peers_changed = trio.Event()
 
     # ---- serving ------------------------------------------------------------------------------
-    def may_serve(self, session: PeerSession, sha1: str) -> bool:
-        """Stored objects are shared on all our channels; cached copies on the channels they came from."""
+    def servable(self, session: PeerSession, sha1: str):
+        """The object's record if this peer may have it, else None. Stored objects are shared on all
+        our channels; cached copies on the channels they came from."""
         if not session.channel_ids:
-            return False
+            return None
         record = self.store.info(sha1)
-        if record is None:
-            return False
-        if record.pinned:
-            return True
-        return bool(session.channel_ids & self.store.index.channels_of(sha1))
+        if record is None or record.pinned:
+            return record
+        return record if session.channel_ids & self.store.index.channels_of(sha1) else None
 
     async def _handle_message(self, session: PeerSession, msg: Message, limiter: trio.CapacityLimiter,
                               token: object) -> None:
@@ -298,17 +297,17 @@ class Node:
 
     async def _answer(self, session: PeerSession, msg: Message) -> Message | None:
         if isinstance(msg, FindRequest):
-            if not self.may_serve(session, msg.sha1):
+            record = self.servable(session, msg.sha1)
+            if record is None:
                 if not session.channel_ids:
                     self.counters.refused[session.peer_id] += 1
                     log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
                 return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
-            record = self.store.info(msg.sha1)
             self.store.index.touch(msg.sha1)  # serving keeps a cached copy warm
             return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
                                 manifest_sha1=record.manifest_sha1)
         if isinstance(msg, ChunkRequest):
-            if not self.may_serve(session, msg.sha1):
+            if self.servable(session, msg.sha1) is None:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
                 return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
@@ -506,11 +505,6 @@ class Node:
                 await session.send(Announce(sha1=sha1, size=size, manifest_sha1=manifest_sha1))
             except PeerGone:
                 pass
-
-    async def ping(self, session: PeerSession) -> float:
-        start = time.monotonic()
-        await session.request(Ping(req=session.next_req()), 10)
-        return time.monotonic() - start
 
     def status(self) -> dict:
         return {
