@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -66,11 +67,17 @@ def network_options(fn):
     return fn
 
 
+http_option = click.option(
+    "--http", default=None, metavar="[HOST:]PORT",
+    help="Serve objects and feeds over HTTP for web tools (PORT alone: 127.0.0.1; another address "
+         "only if you name it; 0: any free port).")
+
+
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size) -> Config:
+                cache_size, http=None) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout, cache_size=cache_size)
+                           find_timeout=find_timeout, cache_size=cache_size, http=http)
 
 
 @cli.command()
@@ -78,6 +85,7 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
 @storage_option
 @config_option
 @network_options
+@http_option
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 def mount(mountpoint, storage_dir, config_dir, debug, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
@@ -94,6 +102,7 @@ def mount(mountpoint, storage_dir, config_dir, debug, **net):
 @storage_option
 @config_option
 @network_options
+@http_option
 def daemon(storage_dir, config_dir, **net):
     """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
     from .net.daemon import run_daemon
@@ -245,34 +254,44 @@ def uri(path):
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 @storage_option
 @config_option
-def status(storage_dir, config_dir):
-    """Show the storage directory, what it holds, and running mounts."""
+def status(as_json, storage_dir, config_dir):
+    """Show the storage directory, what it holds, running mounts and the daemon."""
+    from .cli_cache import daemon_status
     from .fs.mount import live_mounts
 
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
-    count, total = local.index.object_totals()
-    usage = local.disk_usage()
-    click.echo(f"storage:  {config.storage_dir}")
-    click.echo(f"objects:  {count} ({_human(total)})")
-    click.echo(f"names:    {len(local.list_names())} under store/")
-    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
-    mounts = live_mounts(config)
-    if not mounts:
-        click.echo("mounts:   none")
-    for info in mounts:
-        click.echo(f"mount:    {info['mountpoint']} (pid {info['pid']}, storage {info['storage_dir']})")
-    from .api_client import NoDaemon, call
-
     try:
-        node = call(config.config_dir, "status")["status"]
-    except NoDaemon:
+        count, total = local.index.object_totals()
+        usage = local.disk_usage()
+        info = {"storage_dir": str(config.storage_dir), "objects": count, "bytes": total,
+                "cached_bytes": local.cached_total(), "names": len(local.list_names()),
+                "disk_free": usage.free, "disk_total": usage.total,
+                "mounts": live_mounts(config), "daemon": daemon_status(config.config_dir)}
+    finally:
+        local.close()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"storage:  {info['storage_dir']}")
+    click.echo(f"objects:  {count} ({_human(total)}; cached copies {_human(info['cached_bytes'])})")
+    click.echo(f"names:    {info['names']} under store/")
+    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
+    if not info["mounts"]:
+        click.echo("mounts:   none")
+    for m in info["mounts"]:
+        click.echo(f"mount:    {m['mountpoint']} (pid {m['pid']}, storage {m['storage_dir']})")
+    node = info["daemon"]
+    if node is None:
         click.echo("daemon:   not running")
         return
     click.echo(f"node id:  {node['node_id']}")
     click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
+    if node.get("http"):
+        click.echo(f"http:     {node['http']}")
     click.echo(f"channels: {node['channels']}")
     click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
     click.echo(f"peers:    {len(node['peers'])}")
@@ -383,6 +402,13 @@ def feed_ls(feed_ref, storage_dir, config_dir):
             click.echo(f"    {name}: {count} messages")
 
 
+# cache control: kacheryfs ls / pin / unpin / gc (cli_cache.py)
+from .cli_cache import gc, ls, pin, unpin  # noqa: E402
+
+for _command in (ls, pin, unpin, gc):
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="kacheryfs", standalone_mode=False)
@@ -394,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KacheryError as exc:
         click.echo(f"kacheryfs: {exc}", err=True)
+        return 1
+    except BaseExceptionGroup as group:  # a start-up error raised inside the daemon's nursery
+        found = group.subgroup(KacheryError)
+        if found is None:
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        click.echo(f"kacheryfs: {found}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -141,7 +141,12 @@ async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> N
                 from .feeds_view import FeedsView
 
                 tree.feeds_view = FeedsView(node.feed_sync)
-            api = ApiServer(node, tree.fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
+            from ..gateway import start_gateway
+
+            gateway = await start_gateway(nursery, config, store=tree.store, fetcher=tree.fetcher,
+                                          feed_sync=node.feed_sync)
+            api = ApiServer(node, tree.fetcher, config.config_dir,
+                            lambda: {"mountpoint": str(mountpoint), "http": gateway and gateway.url})
             await nursery.start(api.serve)
 
         async def on_signals():

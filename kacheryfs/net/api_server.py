@@ -112,7 +112,8 @@ class ApiServer:
         op = request.get("op")
         if op == "status":
             await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
-                                                 "channels": len(self.node.channel_keys)}})
+                                                 "channels": len(self.node.channel_keys),
+                                                 "cache_size": self.node.cache_size, "pid": os.getpid()}})
         elif op == "find":
             uri = parse_uri(str(request.get("uri", "")))
             providers = await self.node.find(uri.sha1)

@@ -21,7 +21,13 @@ async def _run(node, config: Config) -> None:
             from .api_server import ApiServer
             from .fetcher import NetworkFetcher
 
-            await nursery.start(ApiServer(node, NetworkFetcher(node), config.config_dir).serve)
+            from ..gateway import start_gateway
+
+            fetcher = NetworkFetcher(node)
+            gateway = await start_gateway(nursery, config, store=node.store, fetcher=fetcher,
+                                          feed_sync=node.feed_sync)
+            await nursery.start(ApiServer(node, fetcher, config.config_dir,
+                                          lambda: {"http": gateway and gateway.url}).serve)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)

@@ -41,6 +41,21 @@ class StoredObject:
         return format_uri(self.sha1, name, self.manifest_sha1)
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    sha1: str
+    size: int
+    stored: bool  # stored on this node (shared on all its channels), else a cached copy from peers
+    pinned: bool  # pinned by the user: never evicted
+    last_access: float
+    names: tuple[str, ...]  # its names under store/
+    manifest_of: str | None  # when this object is the chunk manifest of another
+
+    @property
+    def evictable(self) -> bool:
+        return not (self.stored or self.pinned)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -311,6 +326,34 @@ class LocalStore:
     def rename(self, old: str, new: str) -> bool:
         return self.index.rename(old, new)
 
+    # cache control (kacheryfs ls / pin / unpin / gc)
+    def pin(self, sha1: str) -> ObjectRecord:
+        """Keep a cached copy whatever the cache size (stored-here objects are kept anyway)."""
+        record = self.require(sha1)
+        self.index.pin([sha1])
+        return record
+
+    def unpin(self, sha1: str) -> bool:
+        """False if it was not pinned."""
+        return self.index.unpin([sha1]) > 0
+
+    def listing(self) -> list["ListedObject"]:
+        """Every object held here with what `kacheryfs ls` shows, most recently used first."""
+        pins = self.index.pinned_sha1s()
+        manifests = self.index.manifest_sha1s()
+        names: dict[str, list[str]] = {}
+        for record in self.index.all_names():
+            names.setdefault(record.sha1, []).append(record.name)
+        out = [ListedObject(r.sha1, r.size, r.pinned, r.sha1 in pins, r.last_access,
+                            tuple(names.get(r.sha1, ())), manifests.get(r.sha1))
+               for r in self.index.all_objects()]
+        out.sort(key=lambda o: o.last_access, reverse=True)
+        return out
+
+    def cached_total(self) -> int:
+        """Bytes of cached copies (what --cache-size caps), pinned ones included."""
+        return self.index.cached_total()
+
     def evict_cached(self, limit_bytes: int) -> list[str]:
         """Delete least recently used cached copies (never stored-here objects) until the cache
         fits in ``limit_bytes``; a manifest goes with its object. Returns the evicted hashes."""
@@ -388,4 +431,4 @@ def open_mmap(path: Path) -> mmap.mmap | None:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-__all__ = ["LocalStore", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
+__all__ = ["LocalStore", "ListedObject", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
