@@ -253,6 +253,9 @@ class GatewayApp:
         feed_id = await self._resolve_feed(feed_id)
         feeds = self.feed_sync.feeds
         if not follow:
+            if subfeed not in feeds.subfeeds(feed_id) and not feeds.owns(feed_id):
+                # a replica just discovered, or a subfeed new to it: its backlog is on the way
+                await self.feed_sync.wait_for_more(feed_id, subfeed, 0, self.feed_sync.node.find_timeout)
             if subfeed not in feeds.subfeeds(feed_id):
                 raise HttpError(404, f"feed {feed_id[:12]}... has no subfeed {subfeed[:80]!r}")
             lines = [e.message + b"\n" for e in feeds.get_entries(feed_id, subfeed, start=start)]
