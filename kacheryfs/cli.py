@@ -181,7 +181,10 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
     config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
     local = LocalStore(config.storage_dir)
-    if local.info(parsed.sha1) is not None:
+    record = local.info(parsed.sha1)
+    if record is not None:
+        if not record.pinned:
+            local.index.touch(parsed.sha1)  # LRU order for evicting cached copies
         return local.object_path(parsed.sha1)
     progress = Progress(parsed.name or parsed.sha1[:12])
     try:
@@ -415,9 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except click.ClickException as exc:  # bad arguments: one line, like every other error
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"kacheryfs: {exc.format_message()}{hint}", err=True)
+        return 1
     except KacheryError as exc:
         click.echo(f"kacheryfs: {exc}", err=True)
         return 1

@@ -42,12 +42,16 @@ def daemon_status(config_dir) -> dict | None:
 
 
 @click.command("ls")
-@click.option("--cached", "only", flag_value="cached", help="Only copies fetched from peers (evictable unless pinned).")
-@click.option("--stored", "only", flag_value="stored", help="Only objects stored on this node.")
+@click.option("--cached", is_flag=True, help="Only copies fetched from peers (evictable unless pinned).")
+@click.option("--stored", is_flag=True, help="Only objects stored on this node.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @storage_option
-def ls(only, as_json, storage_dir):
-    """List the objects held here: hash, size, stored or cached, pinned, last access, names."""
+def ls(cached, stored, as_json, storage_dir):
+    """List the objects held here, most recently used first: hash, size, stored or cached, pinned,
+    last access, names."""
+    if cached and stored:
+        raise KacheryError("--cached and --stored exclude each other (neither flag lists both)")
+    only = "cached" if cached else "stored" if stored else None
     store = _store(storage_dir)
     try:
         listed = store.listing()
