@@ -8,13 +8,14 @@ import logging
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .config import Config
 from .errors import KacheryError, MountError, ObjectNotFound
+from .cli_cache import human as _human
+from .progress import ByteProgress
 from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
 
 storage_option = click.option(
@@ -27,14 +28,6 @@ config_option = click.option(
 
 def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,32 +139,9 @@ def store(paths, storage_dir):
     """Store files; prints one URI per line."""
     local = LocalStore(_config(storage_dir).storage_dir)
     for path in paths:
-        click.echo(local.put_file(path).uri(Path(path).name))
-
-
-class Progress:
-    """A one-line progress display on stderr (only on a terminal): bytes, rate, ETA."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        pct = 100 * done / total if total else 100
-        click.echo(f"\r{self.label}: {pct:5.1f}%  {_human(done)} / {_human(total)}  "
-                   f"{_human(rate)}/s  ETA {eta:4.0f}s ", nl=False, err=True)
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo(err=True)
+        with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
+            obj = local.put_file(path, on_progress=progress)
+        click.echo(obj.uri(Path(path).name))
 
 
 def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
@@ -186,7 +156,7 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
         if not record.pinned:
             local.index.touch(parsed.sha1)  # LRU order for evicting cached copies
         return local.object_path(parsed.sha1)
-    progress = Progress(parsed.name or parsed.sha1[:12])
+    progress = ByteProgress(parsed.name or parsed.sha1[:12])
     try:
         path = Path(daemon_load(config.config_dir, str(parsed), progress))
     except NoDaemon:
@@ -413,17 +383,22 @@ for _command in (ls, pin, unpin, gc):
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(cli, argv, "kacheryfs")
+
+
+def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Run a click command; every error is one line on stderr and an exit code."""
     try:
-        cli.main(args=argv, prog_name="kacheryfs", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:  # bad arguments: one line, like every other error
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
-        click.echo(f"kacheryfs: {exc.format_message()}{hint}", err=True)
+        click.echo(f"{prog_name}: {exc.format_message()}{hint}", err=True)
         return 1
     except KacheryError as exc:
-        click.echo(f"kacheryfs: {exc}", err=True)
+        click.echo(f"{prog_name}: {exc}", err=True)
         return 1
     except BaseExceptionGroup as group:  # a start-up error raised inside the daemon's nursery
         found = group.subgroup(KacheryError)
@@ -431,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         while isinstance(found, BaseExceptionGroup):
             found = found.exceptions[0]
-        click.echo(f"kacheryfs: {found}", err=True)
+        click.echo(f"{prog_name}: {found}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130

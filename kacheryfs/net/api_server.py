@@ -156,10 +156,34 @@ class ApiServer:
             if error is not None:
                 raise error
             await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        elif op == "read":  # bytes [start, end) of an object, fetching only the chunks they cover
+            await self._read(request, reply)
         elif op.startswith("feed_"):
             await self._feed_op(op, request, reply)
         else:
             raise KacheryError(f"unknown op {op!r}")
+
+    async def _read(self, request: dict, reply) -> None:
+        import base64
+
+        from ..gateway.objects import BLOCK, open_source
+
+        uri = parse_uri(str(request.get("uri", "")))
+        start, end = int(request.get("start", 0)), request.get("end")
+        if start < 0 or (end is not None and int(end) < start):
+            raise KacheryError(f"bad byte range: start {start}, end {end}")
+        source = await open_source(self.node.store, self.fetcher, uri.sha1)
+        try:
+            end = source.size if end is None else min(int(end), source.size)
+            offset = min(start, end)
+            while offset < end:
+                n = min(BLOCK - offset % BLOCK, end - offset)
+                await reply({"data": base64.b64encode(await source.read(offset, n)).decode()})
+                offset += n
+        finally:
+            with trio.CancelScope(shield=True):
+                await source.aclose()
+        await reply({"ok": True, "size": source.size})
 
     async def _resolve_feed(self, ref: str, discover: bool = True) -> str:
         """A feed id from an id, a feed:// URI or a local label; unknown ids are looked for on peers."""

@@ -262,8 +262,9 @@ class LocalStore:
             w.write(data)
             return w.commit()
 
-    def put_file(self, path: str | os.PathLike) -> StoredObject:
-        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed."""
+    def put_file(self, path: str | os.PathLike, on_progress=None) -> StoredObject:
+        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed.
+        ``on_progress(bytes copied, size)`` is called as blocks go in."""
         path = Path(path)
         try:
             with open(path, "rb") as src:
@@ -274,6 +275,8 @@ class LocalStore:
                 with self.writer() as w:
                     while block := src.read(COPY_BLOCK):
                         w.write(block)
+                        if on_progress is not None:
+                            on_progress(w.size, st.st_size)
                     obj = w.commit()
                 self.index.put_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                     _fingerprint(src, st.st_size), obj.sha1, obj.manifest_sha1)
