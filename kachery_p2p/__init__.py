@@ -116,12 +116,8 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
             for reply in request(Config.from_env().config_dir, "read", uri=str(parsed), start=start, end=end):
                 if "data" in reply:
                     parts.append(base64.b64decode(reply["data"]))
-        except NoDaemon:
+        except (NoDaemon, ObjectNotFound):
             return None
-        except KacheryError as exc:
-            if "not held by this node or its channel peers" in str(exc):
-                return None
-            raise
         data = b"".join(parts)
     if write_to_stdout:
         sys.stdout.buffer.write(data)

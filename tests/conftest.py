@@ -132,8 +132,8 @@ def stack(tmp_path):
         started.append(m)
         return m.start(*args)
 
-    def daemon(name, *args):
-        d = Daemon(tmp_path / name, *args)
+    def daemon(name, *args, **kwargs):
+        d = Daemon(tmp_path / name, *args, **kwargs)
         started.append(d)
         return d.start()
 

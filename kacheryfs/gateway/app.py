@@ -229,6 +229,7 @@ class GatewayApp:
         if feed_id not in sync.feeds.feed_ids():
             if not await sync.discover(feed_id, sync.node.find_timeout):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
+            await sync.wait_for_backlog(feed_id, sync.node.find_timeout)
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep the replica live while someone reads it
         return feed_id
@@ -253,9 +254,6 @@ class GatewayApp:
         feed_id = await self._resolve_feed(feed_id)
         feeds = self.feed_sync.feeds
         if not follow:
-            if subfeed not in feeds.subfeeds(feed_id) and not feeds.owns(feed_id):
-                # a replica just discovered, or a subfeed new to it: its backlog is on the way
-                await self.feed_sync.wait_for_more(feed_id, subfeed, 0, self.feed_sync.node.find_timeout)
             if subfeed not in feeds.subfeeds(feed_id):
                 raise HttpError(404, f"feed {feed_id[:12]}... has no subfeed {subfeed[:80]!r}")
             lines = [e.message + b"\n" for e in feeds.get_entries(feed_id, subfeed, start=start)]

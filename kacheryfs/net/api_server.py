@@ -93,8 +93,8 @@ class ApiServer:
             if not isinstance(request, dict):
                 raise KacheryError("request must be a JSON object")
             await self._dispatch(request, reply)
-        except KacheryError as exc:
-            await reply({"error": str(exc)})
+        except KacheryError as exc:  # the kind lets the client raise the same class
+            await reply({"error": str(exc), "kind": type(exc).__name__, "detail": exc.detail})
         except (ValueError, TypeError, trio.TooSlowError):
             await reply({"error": "malformed request"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -202,6 +202,7 @@ class ApiServer:
         if feed_id not in sync.feeds.feed_ids():
             if not discover or not await sync.discover(feed_id, self.node.find_timeout):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
+            await sync.wait_for_backlog(feed_id, self.node.find_timeout)
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep a replica live while someone reads it
         return feed_id
