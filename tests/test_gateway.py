@@ -305,3 +305,15 @@ def test_http_flag_errors_are_one_line(cli, tmp_path):
         result = cli("daemon", "--channel", "x", "--listen", "127.0.0.1:0", "--http", f"127.0.0.1:{port}", check=False)
     err = result.stderr.decode()
     assert result.returncode == 1 and "cannot serve HTTP" in err and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(60)
+def test_mount_serves_http_too(stack):
+    mount, _daemon = stack
+    m = mount("m", "--channel", "x", *LOCAL, "--http", "127.0.0.1:0")
+    m.path("store", "w.txt").write_bytes(b"written through the mount\n")
+    sha1 = hashlib.sha1(b"written through the mount\n").hexdigest()
+    url = gateway_url(m)
+    r = httpx.get(f"{url}/sha1/{sha1}/w.txt", headers={"Range": "bytes=-6"}, timeout=30)
+    assert r.status_code == 206 and r.content == b"mount\n"
+    assert status_of(m)["daemon"]["mountpoint"] == str(m.mountpoint)
