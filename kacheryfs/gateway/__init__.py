@@ -79,13 +79,11 @@ class Gateway:
         log.info("HTTP gateway on %s", url)
 
 
-async def start_gateway(nursery: trio.Nursery, config, store, fetcher, feed_sync) -> Gateway | None:
-    """Start the gateway in ``nursery`` if ``config.http`` asks for one; returns it once listening."""
+def make_gateway(config, store, fetcher, feed_sync) -> Gateway | None:
+    """The gateway ``config.http`` asks for (None without --http); run it with ``nursery.start(g.serve)``."""
     if config.http is None:
         return None
-    gateway = Gateway(store, fetcher, feed_sync, *config.http)
-    await nursery.start(gateway.serve)
-    return gateway
+    return Gateway(store, fetcher, feed_sync, *config.http)
 
 
-__all__ = ["Gateway", "GatewayError", "start_gateway"]
+__all__ = ["Gateway", "GatewayError", "make_gateway"]

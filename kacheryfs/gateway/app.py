@@ -227,9 +227,9 @@ class GatewayApp:
         if not is_feed_id(feed_id):
             raise HttpError(400, f"not a feed id: {feed_id[:80]!r}")
         if feed_id not in sync.feeds.feed_ids():
-            if not await sync.discover(feed_id, sync.node.find_timeout):
+            if not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
-            await sync.wait_for_backlog(feed_id, sync.node.find_timeout)
+            await sync.wait_for_backlog(feed_id)
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep the replica live while someone reads it
         return feed_id

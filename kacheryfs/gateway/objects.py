@@ -63,7 +63,7 @@ async def open_source(store: LocalStore, fetcher, sha1: str):
     if record is None:
         raise ObjectNotFound(f"{sha1} is not held by this node or its channel peers")
     if not record.pinned:
-        store.index.touch(sha1)  # LRU order for evicting cached copies
+        store.touch(sha1)  # LRU order for evicting cached copies
     try:
         return LocalSource(store, sha1, record.size)
     except FileNotFoundError:  # evicted between the lookup and the open
