@@ -111,7 +111,8 @@ def pair(stack, tmp_path):
     a_store = LocalStore(a_storage)
     small = b"hello, web\n"
     medium = random_bytes(5 * CHUNK_SIZE + 777, seed=3)
-    small_sha1, medium_sha1 = a_store.put_bytes(small).sha1, a_store.put_bytes(medium).sha1
+    small_sha1, medium_obj = a_store.put_bytes(small).sha1, a_store.put_bytes(medium)
+    medium_sha1 = medium_obj.sha1
     a_store.close()
     big_sha1, big_size, tail = install_sparse_object(a_storage)
     c_store = LocalStore(tmp_path / "c" / "storage")
@@ -125,6 +126,7 @@ def pair(stack, tmp_path):
     url = gateway_url(b)
     wait_until_connected(b, a)
     return dict(a=a, b=b, c=c, url=url, small=(small_sha1, small), medium=(medium_sha1, medium),
+                medium_manifest=medium_obj.manifest_sha1,
                 big=(big_sha1, big_size, tail), secret=secret_sha1)
 
 
@@ -142,8 +144,9 @@ async def test_gateway_objects_ranges_and_errors(pair):
         assert r.headers["accept-ranges"] == "bytes"
         assert (await client.get(f"/sha1/{small_sha1}/note.txt")).headers["content-type"].startswith("text/plain")
 
-        r = await client.get(f"/sha1/{medium_sha1}")
+        r = await client.get(f"/sha1/{medium_sha1}/m.bin?manifest={pair['medium_manifest']}")  # a URI's path
         assert r.status_code == 200 and r.content == medium and int(r.headers["content-length"]) == len(medium)
+        assert (await client.get(f"/sha1/{medium_sha1}?manifest=nothex")).status_code == 400
         n = len(medium)
         for header, expected in [("bytes=0-0", medium[:1]), (f"bytes={n - 1}-{n - 1}", medium[-1:]),
                                  ("bytes=-1", medium[-1:]), ("bytes=-1000", medium[-1000:]),

@@ -1,6 +1,8 @@
 """The gateway's ASGI application: objects by hash and feeds, for browsers and web tools.
 
-    GET|HEAD /sha1/<hash>[/<name>]    the object (Range, ETag, immutable caching, CORS)
+    GET|HEAD /sha1/<hash>[/<name>][?manifest=<hash>]
+                                      the object (Range, ETag, immutable caching, CORS); the
+                                      manifest, as in a URI, is tried before those peers name
     GET      /feeds/<feed id>          {"feed_id", "subfeeds": {name: count}}
     GET      /feeds/<feed id>/<sub>    JSON Lines, one message per line (?start=N)
              ...?follow=1              Server-Sent Events: every message from ?start (or
@@ -165,6 +167,9 @@ class GatewayApp:
     async def _object(self, request: Request, sha1: str, name: str) -> None:
         if not is_sha1_hex(sha1):
             raise HttpError(400, f"not a SHA-1 hash (40 hex digits): {sha1[:80]!r}")
+        manifest = request.query.get("manifest", [None])[-1]  # as in a URI: sha1://<hash>/x?manifest=<m>
+        if manifest is not None and not is_sha1_hex(manifest):
+            raise HttpError(400, f"manifest must be a SHA-1 hash (40 hex digits): {manifest[:80]!r}")
         etag = f'"{sha1}"'
         headers = [(b"etag", etag.encode()), (b"cache-control", IMMUTABLE), (b"accept-ranges", b"bytes"),
                    (b"x-content-type-options", b"nosniff"),
@@ -183,7 +188,7 @@ class GatewayApp:
             await self._start_object(request, size, byte_range, length, headers)
             await request.body(b"")
             return
-        source = await open_source(self.store, self.fetcher, sha1)
+        source = await open_source(self.store, self.fetcher, sha1, manifest)
         try:
             byte_range = self._range(request, etag, source.size, headers)
             start, length = (0, source.size) if byte_range is None else (byte_range.start, byte_range.length)

@@ -52,11 +52,13 @@ async def object_size(store: LocalStore, fetcher, sha1: str) -> int:
     return size
 
 
-async def open_source(store: LocalStore, fetcher, sha1: str):
-    """A source with ``size``, ``async read(offset, size)`` and ``async aclose()``."""
+async def open_source(store: LocalStore, fetcher, sha1: str, manifest_sha1: str | None = None):
+    """A source with ``size``, ``async read(offset, size)`` and ``async aclose()``; a manifest hash
+    (from a URI) is tried before the ones providers name."""
     record = store.info(sha1)
     if record is None and fetcher is not None:
-        reader = await fetcher.open_remote(sha1)  # None: fetched whole (one chunk) or local by now
+        # None: fetched whole (one chunk) or local by now
+        reader = await fetcher.open_remote(sha1, manifest_sha1)
         if reader is not None:
             return RemoteSource(reader)
         record = store.info(sha1)

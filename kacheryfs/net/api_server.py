@@ -174,7 +174,7 @@ class ApiServer:
         start, end = int(request.get("start", 0)), request.get("end")
         if start < 0 or (end is not None and int(end) < start):
             raise KacheryError(f"bad byte range: start {start}, end {end}")
-        source = await open_source(self.node.store, self.fetcher, uri.sha1)
+        source = await open_source(self.node.store, self.fetcher, uri.sha1, uri.manifest_sha1)
         try:
             end = source.size if end is None else min(int(end), source.size)
             offset = min(start, end)
