@@ -5,6 +5,7 @@ kachery-p2p-start-daemon)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import pty
 import select
@@ -285,3 +286,27 @@ def test_progress_bars_on_a_terminal_quiet_otherwise(two_nodes):
     code, shown = run_on_terminal([sys.executable, "-c",
                                    f"import kachery_p2p as kp; kp.load_file({uris[2]!r}, progress=False)"], b.env)
     assert code == 0 and shown == b"", shown
+
+
+@pytest.mark.timeout(60)
+def test_start_daemon_with_a_mount(stack, tmp_path):
+    from .mounting import fuse_mounted
+
+    _mount, daemon = stack
+    mountpoint = tmp_path / "m" / "mnt"
+    d = daemon("m", "--channel", "lab", "--host", "127.0.0.1", "--port", "0", "--verbose", "1",
+               "--mount", str(mountpoint), program=str(BIN / "kachery-p2p-start-daemon"))
+    try:
+        d.wait_log("listening on")
+        wait_for_mount = time.monotonic() + 20
+        while not (fuse_mounted(mountpoint) and (mountpoint / "store").is_dir()):
+            assert time.monotonic() < wait_for_mount and d.proc.poll() is None, d.read_log()
+            time.sleep(0.05)
+        (mountpoint / "store" / "x.txt").write_text("through the mount\n")
+        uri = alias(d.env, "kachery-p2p-load", "sha1://" + hashlib.sha1(b"through the mount\n").hexdigest())
+        assert Path(uri.stdout.decode().strip()).read_text() == "through the mount\n"
+    finally:
+        d.stop()
+        if fuse_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+    assert not fuse_mounted(mountpoint)
