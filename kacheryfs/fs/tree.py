@@ -4,9 +4,12 @@ Pure of pyfuse3: handlers take and return plain values and raise KacheryError, s
 without a mount. fs/operations.py adapts them to pyfuse3.
 
 - ``sha1/<hash>``: immutable objects, read through a read-only mmap (long cache timeouts).
-- ``store/<name>``: names pointing at objects. Writes go to a *draft* (a temp file hashed as it
-  streams) shared by every handle open for writing on that inode; ``flush`` (each ``close()``)
-  commits a changed draft, so commit errors reach the writer's ``close()``.
+- ``store/<name>``: names pointing at objects. Writes go to a *draft* (drafts.py) shared by every
+  handle open for writing on that inode; ``flush`` (each ``close()``) commits a changed draft.
+- ``feeds/<feed id>/<subfeed>``: feeds as files (feeds_view.py).
+
+Open files and directories are handles (handles.py): the tree picks the kind at open and from then
+on calls their one protocol (read, write, flush, release).
 """
 
 from __future__ import annotations
@@ -17,17 +20,17 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import trio
-
 from ..errors import (
-    InvalidName, KacheryError, NameTooLong, NotFound, NotPermitted, ReadOnly, StoreFailed,
+    BadFileHandle, InvalidName, KacheryError, NameTooLong, NotFound, NotPermitted, ReadOnly,
 )
-from ..store import LocalStore, ObjectWriter, StoredObject, format_uri, is_sha1_hex, open_mmap
-from ..store.index import NameRecord
+from ..store import LocalStore, NameRecord, StoredObject, format_uri, is_sha1_hex, open_mmap
+from .drafts import Drafts
+from .handles import DirHandle, Handle, ObjectHandle
 from .inodes import FEEDS_DIR_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
+from .remote import RemoteHandle
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,6 @@ STATS_XATTR = "user.kachery.stats"  # on the mount's root: the node's peers and 
 IMMUTABLE_TIMEOUT = 24 * 3600.0  # content under sha1/ never changes
 MUTABLE_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20  # st_blksize: cp sizes its buffer from it, so writes arrive 1 MiB at a time
-THREAD_WRITE_MIN = 64 << 10  # smaller writes are cheaper inline than a thread hop (~110 us)
 MAX_NAME_BYTES = 255
 TOP_DIRS = {"sha1": SHA1_DIR_INO, "store": STORE_DIR_INO, "feeds": FEEDS_DIR_INO}
 
@@ -60,78 +62,12 @@ def validate_name(name: str) -> str:
     return name
 
 
-@dataclass
-class Draft:
-    """Uncommitted content of a store/ entry; ``base`` is what it started from, copied lazily."""
-
-    base: StoredObject | None
-    writer: ObjectWriter | None = None
-    dirty: bool = False
-    error: KacheryError | None = None
-    handles: int = 0
-    orphaned: bool = False  # the name was unlinked while open: commit the object, name nothing
-    mtime_ns: int = field(default_factory=time.time_ns)
-    lock: trio.Lock = field(default_factory=trio.Lock)
-
-    @property
-    def size(self) -> int:
-        if self.writer is not None:
-            return self.writer.size
-        return self.base.size if self.base else 0
-
-
-@dataclass
-class ObjectReader:
-    ino: int
-    size: int
-    map: object  # mmap.mmap | None (empty object)
-
-    def read(self, offset: int, size: int):
-        if self.map is None or offset >= self.size:
-            return b""
-        return memoryview(self.map)[offset:offset + size]
-
-    def close(self) -> None:
-        if self.map is not None:
-            try:
-                self.map.close()
-            except BufferError:
-                pass  # a view is still being sent; the map is freed with its last view
-
-
-@dataclass
-class DraftHandle:
-    ino: int
-    draft: Draft
-    writable: bool
-
-
-@dataclass
-class FeedHandle:
-    ino: int
-    feed_id: str
-    subfeed: str
-    writer: object | None  # fs.feeds_view.FeedWriter when open for writing
-
-
-@dataclass
-class RemoteHandle:
-    ino: int
-    reader: object  # net.node.RemoteReader
-
-
-@dataclass
-class DirHandle:
-    ino: int
-    entries: list[tuple[str, Attr]]
-
-
 class Fetcher(Protocol):
     """The network side, injected (None on a node without network)."""
 
     async def locate(self, sha1: str) -> int | None: ...
     async def fetch(self, sha1: str) -> None: ...
-    async def open_remote(self, sha1: str): ...  # a reader with async read(offset, size), close(); or None
+    async def open_remote(self, sha1: str): ...  # None once local, else a reader (see fs/remote.py)
     def stats(self) -> dict: ...
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None: ...
 
@@ -144,10 +80,9 @@ class VirtualTree:
         self.feeds_view = feeds_view  # fs.feeds_view.FeedsView, when the node keeps feeds
         self.inodes = InodeTable()
         self.names: dict[str, NameRecord] = {r.name: r for r in store.list_names()}
-        self.drafts: dict[int, Draft] = {}
-        self.handles: dict[int, object] = {}
+        self.drafts = Drafts(store, self._committed)
+        self.handles: dict[int, Handle] = {}
         self._next_fh = 1
-        self._limiter = trio.CapacityLimiter(2)
         self._started_ns = time.time_ns()
 
     # ---- attributes ---------------------------------------------------------------------------
@@ -273,18 +208,8 @@ class VirtualTree:
                 raise ReadOnly(key[1])
             reader = await self.fetcher.open_remote(key[1])
             if reader is not None:
-                self.inodes.opened(ino)
-                return self._new_handle(RemoteHandle(ino, reader)), True
+                return self._add(RemoteHandle(self.store, ino, key[1], reader)), True
         return self.open(ino, flags)
-
-    async def aread(self, fh: int, offset: int, size: int):
-        """read, waiting for remote chunks where the handle is a lazy remote reader."""
-        handle = self.handles.get(fh)
-        if isinstance(handle, RemoteHandle):
-            return await handle.reader.read(offset, size)
-        if isinstance(handle, FeedHandle):
-            return self.feeds_view.read(handle.feed_id, handle.subfeed, offset, size)
-        return self.read(fh, offset, size)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -298,8 +223,7 @@ class VirtualTree:
                        for r in self.store.list_objects()]
         elif ino == STORE_DIR_INO:
             names = set(self.names)
-            names.update(k[1] for i, d in self.drafts.items()
-                         if not d.orphaned and (k := self.inodes.key_of(i)) is not None)
+            names.update(k[1] for i in self.drafts.named_inodes() if (k := self.inodes.key_of(i)) is not None)
             entries = []
             for name in sorted(names):
                 try:
@@ -318,36 +242,31 @@ class VirtualTree:
                 entries.append((sub, self._feed_attr(self.inodes.ino_for(key), key)))
         else:
             raise KacheryError(f"inode {ino} is not a directory")
-        return self._new_handle(DirHandle(ino, entries))
+        return self._add(DirHandle(ino, entries))
 
     def readdir(self, fh: int, start: int) -> list[tuple[str, Attr, int]]:
         """Entries from position ``start``, each with the position after it."""
-        handle = self._handle(fh, DirHandle)
-        return [(name, attr, i + 1) for i, (name, attr) in enumerate(handle.entries) if i >= start]
+        return self._handle(fh).readdir(start)
 
     def releasedir(self, fh: int) -> None:
         self.handles.pop(fh, None)
 
-    # ---- files --------------------------------------------------------------------------------
-    def _new_handle(self, handle) -> int:
+    # ---- files: opening -----------------------------------------------------------------------
+    def _add(self, handle: Handle) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = handle
+        if handle.holds_inode:
+            self.inodes.opened(handle.ino)
         return fh
 
-    def _handle(self, fh: int, kind: type):
+    def _handle(self, fh: int) -> Handle:
         handle = self.handles.get(fh)
-        if not isinstance(handle, kind):
-            raise KacheryError(f"bad file handle {fh}")
+        if handle is None:
+            raise BadFileHandle(str(fh))
         return handle
 
-    def _store_name(self, ino: int) -> str:
-        key = self.inodes.key_of(ino)
-        if key is None or key[0] != "store":
-            raise NotFound(f"inode {ino}")
-        return key[1]
-
-    def _open_object(self, ino: int, sha1: str) -> int:
+    def _open_object(self, ino: int, sha1: str, keep_cache: bool) -> int:
         record = self.store.require(sha1)
         if not record.pinned:
             self.store.touch(sha1)  # LRU order for evicting cached copies
@@ -355,8 +274,7 @@ class VirtualTree:
             mapping = open_mmap(self.store.object_path(sha1))
         except FileNotFoundError:
             raise NotFound(sha1) from None
-        self.inodes.opened(ino)
-        return self._new_handle(ObjectReader(ino, record.size, mapping))
+        return self._add(ObjectHandle(ino, record.size, mapping, keep_cache))
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open an existing file; returns (fh, keep_cache)."""
@@ -370,27 +288,18 @@ class VirtualTree:
         if kind == "sha1":
             if writable or flags & os.O_TRUNC:
                 raise ReadOnly(name)
-            return self._open_object(ino, name), True
-        draft = self.drafts.get(ino)
+            return self._open_object(ino, name, keep_cache=True), True
         record = self.names.get(name)
-        if not writable and draft is None:
+        if self.drafts.get(ino) is None:
             if record is None:
                 raise NotFound(name)
-            return self._open_object(ino, record.sha1), False
-        if draft is None:
-            if record is None:
-                raise NotFound(name)
-            base = StoredObject(record.sha1, record.size, record.manifest_sha1)
-            draft = self.drafts[ino] = Draft(base=None if flags & os.O_TRUNC else base)
-            draft.dirty = bool(flags & os.O_TRUNC) and record.size > 0
-        elif writable and flags & os.O_TRUNC:
-            self._truncate_now(draft, 0)
-        draft.handles += 1
-        self.inodes.opened(ino)
-        return self._new_handle(DraftHandle(ino, draft, writable)), False
+            if not writable:  # no draft: the committed object, read like any other
+                return self._open_object(ino, record.sha1, keep_cache=False), False
+        base = StoredObject(record.sha1, record.size, record.manifest_sha1) if record else None
+        return self._add(self.drafts.open(ino, base, flags)), False
 
     def _open_subfeed(self, ino: int, name: str, flags: int) -> int:
-        from .feeds_view import FeedWriter, NotAnAppend
+        from .feeds_view import FeedHandle, FeedWriter, NotAnAppend
 
         feed_id, subfeed = name.split("/", 1)
         writer = None
@@ -398,12 +307,11 @@ class VirtualTree:
             if flags & os.O_TRUNC:
                 raise NotAnAppend("feeds cannot be truncated")
             writer = FeedWriter(self.feeds_view, feed_id, subfeed, bool(flags & os.O_APPEND))
-        self.inodes.opened(ino)
-        return self._new_handle(FeedHandle(ino, feed_id, subfeed, writer))
+        return self._add(FeedHandle(self.feeds_view, ino, feed_id, subfeed, writer))
 
     def is_direct_io(self, fh: int) -> bool:
         """Subfeed files bypass the page cache: their content grows under readers."""
-        return isinstance(self.handles.get(fh), FeedHandle)
+        return self._handle(fh).direct_io
 
     def create(self, parent: int, name: str, flags: int) -> tuple[int, Attr]:
         if parent == SHA1_DIR_INO:
@@ -422,138 +330,44 @@ class VirtualTree:
             raise NotPermitted("files can be created only under store/")
         validate_name(name)
         ino = self.inodes.ino_for(("store", name))
-        draft = self.drafts.get(ino)
-        if draft is None:
-            draft = self.drafts[ino] = Draft(base=None, dirty=True)
-        else:
-            self._truncate_now(draft, 0)
-        draft.handles += 1
-        self.inodes.opened(ino)
+        fh = self._add(self.drafts.create(ino))
         self.inodes.remember(ino)
-        return self._new_handle(DraftHandle(ino, draft, True)), self._store_attr(ino, name)
+        return fh, self._store_attr(ino, name)
 
-    def _truncate_now(self, draft: Draft, size: int) -> None:
-        if draft.writer is None and size == 0:
-            draft.base = None
-        elif draft.writer is not None:
-            draft.writer.truncate(size)
-        else:
-            raise KacheryError("truncate needs the draft's writer")  # callers ensure it
-        draft.dirty = True
-        draft.mtime_ns = time.time_ns()
-
+    # ---- files: the handle protocol -----------------------------------------------------------
     def read(self, fh: int, offset: int, size: int):
-        handle = self.handles.get(fh)
-        if isinstance(handle, ObjectReader):
-            return handle.read(offset, size)
-        handle = self._handle(fh, DraftHandle)
-        draft = handle.draft
-        if draft.writer is not None:
-            return draft.writer.pread(offset, size)
-        if draft.base is None or draft.base.size == 0:
-            return b""
-        with open(self.store.object_path(draft.base.sha1), "rb") as f:
-            return os.pread(f.fileno(), size, offset)
+        """Bytes of a local object or draft, at hand (no waiting)."""
+        return self._handle(fh).read_now(offset, size)
 
-    async def _ensure_writer(self, draft: Draft) -> ObjectWriter:
-        if draft.writer is None:
-            writer = self.store.writer()
-            if draft.base is not None and draft.base.size:
-                source = self.store.object_path(draft.base.sha1)
-                try:
-                    await trio.to_thread.run_sync(_copy_into, source, writer, limiter=self._limiter)
-                except BaseException:
-                    writer.abort()
-                    raise
-            draft.writer = writer
-        return draft.writer
+    async def aread(self, fh: int, offset: int, size: int):
+        """read, waiting where the bytes come from peers."""
+        return await self._handle(fh).read(offset, size)
 
     async def write(self, fh: int, offset: int, data) -> int:
-        feed_handle = self.handles.get(fh)
-        if isinstance(feed_handle, FeedHandle):
-            if feed_handle.writer is None:
-                raise KacheryError("file not open for writing")
-            return await feed_handle.writer.write(offset, data)
-        handle = self._handle(fh, DraftHandle)
-        if not handle.writable:
-            raise KacheryError("file not open for writing")  # the kernel checks this first
-        draft = handle.draft
-        async with draft.lock:
-            if draft.error is not None:
-                raise draft.error
-            writer = await self._ensure_writer(draft)
-            try:
-                if len(data) >= THREAD_WRITE_MIN:
-                    written = await trio.to_thread.run_sync(writer.pwrite, offset, data, limiter=self._limiter)
-                else:
-                    written = writer.pwrite(offset, data)
-            except KacheryError as exc:
-                draft.error = exc  # reported again on flush so close() fails too
-                raise
-            draft.dirty = True
-            draft.mtime_ns = time.time_ns()
-            return written
+        return await self._handle(fh).write(offset, data)
 
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
-        if isinstance(handle, FeedHandle) and handle.writer is not None:
-            await handle.writer.flush()
-        if isinstance(handle, DraftHandle) and handle.writable:
-            await self._commit(handle.ino, handle.draft)
-
-    async def _commit(self, ino: int, draft: Draft) -> StoredObject | None:
-        async with draft.lock:
-            if draft.error is not None:
-                raise draft.error
-            if not draft.dirty:
-                return None
-            writer = await self._ensure_writer(draft)
-            draft.writer = None
-            draft.dirty = False
-            try:
-                obj = await trio.to_thread.run_sync(writer.commit, limiter=self._limiter)
-            except KacheryError as exc:
-                draft.error = exc
-                raise
-            except OSError as exc:
-                draft.error = StoreFailed(str(exc))
-                raise draft.error from None
-            draft.base = obj
-            key = self.inodes.key_of(ino)
-            if not draft.orphaned and key is not None:
-                self.names[key[1]] = self.store.set_name(key[1], obj)
-            if self.fetcher is not None:
-                await self.fetcher.announce(obj.sha1, obj.size, obj.manifest_sha1)
-            return obj
+        if handle is not None:
+            await handle.flush()
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
-        if isinstance(handle, FeedHandle):
-            self.inodes.closed(handle.ino)
+        if handle is None:
             return
-        if isinstance(handle, (ObjectReader, RemoteHandle)):
-            (handle.reader if isinstance(handle, RemoteHandle) else handle).close()
-            self.inodes.closed(handle.ino)
-            return
-        if not isinstance(handle, DraftHandle):
-            return
-        draft = handle.draft
-        draft.handles -= 1
-        if draft.handles <= 0:
-            try:
-                if draft.writer is not None and draft.error is None:
-                    draft.writer.mark_modified()  # mmap stores can land after the last flush
-                    await self._commit(handle.ino, draft)
-            except KacheryError as exc:
-                # release errors cannot reach the writer (close() has returned): log them.
-                log.error("could not commit %s after last close: %s", self.inodes.key_of(handle.ino), exc)
-            finally:
-                if draft.writer is not None:
-                    draft.writer.abort()
-                    draft.writer = None
-                if self.drafts.get(handle.ino) is draft:
-                    del self.drafts[handle.ino]
-        self.inodes.closed(handle.ino)
+        try:
+            await handle.release()
+        finally:
+            if handle.holds_inode:
+                self.inodes.closed(handle.ino)
+
+    async def _committed(self, ino: int, obj: StoredObject, named: bool) -> None:
+        """A draft became an object: its name now points at it; peers hear of it."""
+        key = self.inodes.key_of(ino)
+        if named and key is not None:
+            self.names[key[1]] = self.store.set_name(key[1], obj)
+        if self.fetcher is not None:
+            await self.fetcher.announce(obj.sha1, obj.size, obj.manifest_sha1)
 
     async def truncate(self, ino: int, size: int, fh: int | None) -> Attr:
         key = self.inodes.key_of(ino)
@@ -565,25 +379,14 @@ class VirtualTree:
             raise NotAnAppend("feeds cannot be truncated")
         if key[0] != "store":
             raise ReadOnly(key[1])
-        draft = self.drafts.get(ino)
-        if draft is not None:
-            async with draft.lock:
-                if size == 0 and draft.writer is None:
-                    self._truncate_now(draft, 0)
-                else:
-                    await self._ensure_writer(draft)
-                    self._truncate_now(draft, size)
-            return self._store_attr(ino, key[1])
-        # truncate(1) on a closed file: a one-shot draft committed at once.
-        fh_new, _ = self.open(ino, os.O_WRONLY)
-        try:
-            draft = self.drafts[ino]
-            async with draft.lock:
-                await self._ensure_writer(draft)
-                self._truncate_now(draft, size)
-            await self.flush(fh_new)
-        finally:
-            await self.release(fh_new)
+        if not await self.drafts.truncate(ino, size):
+            # truncate(1) on a closed file: a one-shot draft committed at once.
+            fh_new, _ = self.open(ino, os.O_WRONLY)
+            try:
+                await self.drafts.truncate(ino, size)
+                await self.flush(fh_new)
+            finally:
+                await self.release(fh_new)
         return self._store_attr(ino, key[1])
 
     # ---- names --------------------------------------------------------------------------------
@@ -614,7 +417,7 @@ class VirtualTree:
         validate_name(new)
         old_key, new_key = ("store", old), ("store", new)
         old_ino = self.inodes.ino_of(old_key)
-        if old not in self.names and (old_ino is None or old_ino not in self.drafts):
+        if old not in self.names and (old_ino is None or self.drafts.get(old_ino) is None):
             raise NotFound(old)
         if old == new:
             return
@@ -626,8 +429,9 @@ class VirtualTree:
             self.names.pop(new, None)
             self.store.remove_name(new)
         replaced = self.inodes.ino_of(new_key)
-        if replaced is not None and replaced in self.drafts:
-            self.drafts[replaced].orphaned = True
+        replaced_draft = self.drafts.get(replaced) if replaced is not None else None
+        if replaced_draft is not None:
+            replaced_draft.orphaned = True
         self.inodes.rekey(old_key, new_key)
 
     def mkdir(self, parent: int, name: str) -> None:
@@ -645,7 +449,7 @@ class VirtualTree:
             record = self.store.info(name)
             return format_uri(name, "", record.manifest_sha1) if record else None
         draft = self.drafts.get(ino)
-        if draft is not None and (draft.dirty or draft.writer is not None):
+        if draft is not None and draft.uncommitted:
             return None  # not committed yet
         record = self.names.get(name)
         return format_uri(record.sha1, name, record.manifest_sha1) if record else None
@@ -681,9 +485,3 @@ class _NoAttr(KacheryError):
     """No such extended attribute"""
 
     errno = errno.ENODATA
-
-
-def _copy_into(source: os.PathLike, writer: ObjectWriter) -> None:
-    with open(source, "rb") as f:
-        while block := f.read(1 << 20):
-            writer.write(block)

@@ -32,6 +32,11 @@ class RemoteReader:
         self._ahead = 0
         self._streak = 0  # bytes read sequentially so far
 
+    @property
+    def installed(self) -> bool:
+        """The download has completed: the object is in the store."""
+        return self.download.result is not None
+
     async def read(self, offset: int, size: int) -> bytes:
         download = self.download
         if download.result is not None:  # complete and installed: read the object
