@@ -253,7 +253,7 @@ def status(storage_dir, config_dir):
 
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
-    count, total = local.index.object_totals()
+    count, total = local.totals()
     usage = local.disk_usage()
     click.echo(f"storage:  {config.storage_dir}")
     click.echo(f"objects:  {count} ({_human(total)})")

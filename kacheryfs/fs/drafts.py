@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 THREAD_WRITE_MIN = 64 << 10  # smaller writes are cheaper inline than a thread hop (~110 us)
 
-Committed = Callable[[int, StoredObject, bool], Awaitable[None]]  # (inode, object, still named)
+Committed = Callable[[int, StoredObject, "Draft"], Awaitable[None]]  # re-points the inode's name
 
 
 @dataclass
@@ -40,11 +40,13 @@ class Draft:
     orphaned: bool = False  # the name was unlinked while open: commit the object, name nothing
     mtime_ns: int = field(default_factory=time.time_ns)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    committing: ObjectWriter | None = None  # being committed: its size is the file's size meanwhile
 
     @property
     def size(self) -> int:
-        if self.writer is not None:
-            return self.writer.size
+        for writer in (self.writer, self.committing):
+            if writer is not None:
+                return writer.size
         return self.base.size if self.base else 0
 
     @property
@@ -153,7 +155,8 @@ class Drafts:
             if not draft.dirty:
                 return None
             writer = await self.ensure_writer(draft)
-            draft.writer = None
+            draft.writer = None  # reads meanwhile come from the base: commit closes the temp file
+            draft.committing = writer
             draft.dirty = False
             try:
                 obj = await trio.to_thread.run_sync(writer.commit, limiter=self._limiter)
@@ -163,8 +166,10 @@ class Drafts:
             except OSError as exc:
                 draft.error = StoreFailed(str(exc))
                 raise draft.error from None
+            finally:
+                draft.committing = None
             draft.base = obj
-            await self._committed(ino, obj, not draft.orphaned)
+            await self._committed(ino, obj, draft)
             return obj
 
     async def release(self, ino: int, draft: Draft) -> None:
