@@ -151,20 +151,16 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
     config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
     local = LocalStore(config.storage_dir)
-    record = local.info(parsed.sha1)
-    if record is not None:
-        if not record.pinned:
-            local.touch(parsed.sha1)  # LRU order for evicting cached copies
-        return local.object_path(parsed.sha1)
-    progress = ByteProgress(parsed.name or parsed.sha1[:12])
-    try:
-        path = Path(daemon_load(config.config_dir, str(parsed), progress))
+    try:  # closing writes the use of a cached copy (its place in the eviction order)
+        if local.use(parsed.sha1) is not None:
+            return local.object_path(parsed.sha1)
+        with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
+            return Path(daemon_load(config.config_dir, str(parsed), progress))
     except NoDaemon:
         raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
                              "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
     finally:
-        progress.close()
-    return path
+        local.close()
 
 
 @cli.command()
@@ -238,7 +234,7 @@ def status(as_json, storage_dir, config_dir):
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
     try:
-        count, total = local.index.object_totals()
+        count, total = local.totals()
         usage = local.disk_usage()
         info = {"storage_dir": str(config.storage_dir), "objects": count, "bytes": total,
                 "cached_bytes": local.cached_total(), "names": len(local.list_names()),

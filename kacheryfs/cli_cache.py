@@ -33,10 +33,14 @@ def _store(storage_dir) -> LocalStore:
 
 def daemon_status(config_dir) -> dict | None:
     """The running daemon's status, or None when none runs for this config dir."""
+    return _daemon_call(config_dir, "status", "status")
+
+
+def _daemon_call(config_dir, op: str, key: str, **fields):
     from .api_client import NoDaemon, call
 
     try:
-        return call(Config.from_env(config_dir=config_dir).config_dir, "status")["status"]
+        return call(Config.from_env(config_dir=config_dir).config_dir, op, **fields)[key]
     except NoDaemon:
         return None
 
@@ -46,12 +50,14 @@ def daemon_status(config_dir) -> dict | None:
 @click.option("--stored", is_flag=True, help="Only objects stored on this node.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @storage_option
-def ls(cached, stored, as_json, storage_dir):
+@config_option
+def ls(cached, stored, as_json, storage_dir, config_dir):
     """List the objects held here, most recently used first: hash, size, stored or cached, pinned,
     last access, names."""
     if cached and stored:
         raise KacheryError("--cached and --stored exclude each other (neither flag lists both)")
     only = "cached" if cached else "stored" if stored else None
+    _daemon_call(config_dir, "cache", "ok")  # a running daemon keeps recent reads in memory: write them
     store = _store(storage_dir)
     try:
         listed = store.listing()
@@ -127,7 +133,10 @@ def gc(target, storage_dir, config_dir):
     store = _store(storage_dir)
     try:
         sizes = {o.sha1: o.size for o in store.listing()}
-        evicted = store.evict_cached(limit)
+        # through a running daemon, which knows what was read lately; else here
+        evicted = _daemon_call(config_dir, "cache", "evicted", to=limit)
+        if evicted is None:
+            evicted = store.evict_cached(limit)
         left = store.cached_total()
     finally:
         store.close()

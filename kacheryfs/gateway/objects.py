@@ -43,7 +43,7 @@ class RemoteSource:
 
 async def object_size(store: LocalStore, fetcher, sha1: str) -> int:
     """The size of an object held here or by a channel peer (a bounded wait); fetches nothing."""
-    record = store.info(sha1)
+    record = await trio.to_thread.run_sync(store.info, sha1)  # the index: never on the trio thread
     if record is not None:
         return record.size
     size = await fetcher.locate(sha1) if fetcher is not None else None
@@ -55,17 +55,15 @@ async def object_size(store: LocalStore, fetcher, sha1: str) -> int:
 async def open_source(store: LocalStore, fetcher, sha1: str, manifest_sha1: str | None = None):
     """A source with ``size``, ``async read(offset, size)`` and ``async aclose()``; a manifest hash
     (from a URI) is tried before the ones providers name."""
-    record = store.info(sha1)
+    record = await trio.to_thread.run_sync(store.use, sha1)  # use: a cached copy moves back in the LRU order
     if record is None and fetcher is not None:
         # None: fetched whole (one chunk) or local by now
         reader = await fetcher.open_remote(sha1, manifest_sha1)
         if reader is not None:
             return RemoteSource(reader)
-        record = store.info(sha1)
+        record = await trio.to_thread.run_sync(store.use, sha1)
     if record is None:
         raise ObjectNotFound(f"{sha1} is not held by this node or its channel peers")
-    if not record.pinned:
-        store.touch(sha1)  # LRU order for evicting cached copies
     try:
         return LocalSource(store, sha1, record.size)
     except FileNotFoundError:  # evicted between the lookup and the open

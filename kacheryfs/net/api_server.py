@@ -158,6 +158,14 @@ class ApiServer:
             if error is not None:
                 raise error
             await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        elif op == "cache":  # write the daemon's record of recent reads; with "to", evict down to it
+            store, limit = self.node.store, request.get("to")
+            evicted = []
+            if limit is None:
+                await trio.to_thread.run_sync(store.flush_touches)
+            else:
+                evicted = await trio.to_thread.run_sync(store.evict_cached, int(limit))
+            await reply({"ok": True, "evicted": evicted})
         elif op == "read":  # bytes [start, end) of an object, fetching only the chunks they cover
             await self._read(request, reply)
         elif op.startswith("feed_"):
