@@ -79,8 +79,9 @@ def load_file(uri: str, dest: str | None = None, p2p: bool = True, from_node: st
                 path = _api.load_file(str(parsed), progress=progress)
             else:
                 store = _api._store()
-                if store.info(parsed.sha1) is None:
+                if store.use(parsed.sha1) is None:
                     return None
+                store.flush_touches()  # a script may exit without closing the store
                 path = str(store.object_path(parsed.sha1))
         except ObjectNotFound:
             return None
@@ -102,7 +103,8 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
     if start < 0 or (end is not None and end < start):
         raise KacheryError(f"bad byte range: start {start}, end {end}")
     store = _api._store()
-    if store.info(parsed.sha1) is not None:
+    if store.use(parsed.sha1) is not None:
+        store.flush_touches()  # a script may exit without closing the store
         with open(store.object_path(parsed.sha1), "rb") as f:
             f.seek(start)
             data = f.read(-1 if end is None else end - start)
