@@ -73,7 +73,8 @@ class Gateway:
         self.url = url
         port = int(url.rpartition(":")[2])
         if is_loopback(self.host):
-            self.app.allowed_hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", self.host)}
+            names = ("127.0.0.1", "localhost", "[::1]", f"[{self.host}]" if ":" in self.host else self.host)
+            self.app.allowed_hosts = {f"{h}:{port}" for h in names} | (set(names) if port == 80 else set())
         else:
             log.warning("HTTP gateway on %s: anyone who can reach it reads what this node can read", url)
         log.info("HTTP gateway on %s", url)
