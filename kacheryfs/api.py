@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import InvalidURI, KacheryError, ObjectNotFound
-from .store import LocalStore, parse_uri
+from .errors import InvalidURI, IsADirectory, KacheryError, NotADirectory, ObjectNotFound
+from .store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
 
 _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
@@ -76,45 +76,113 @@ class _WriterFile(io.RawIOBase):
         return self._writer.write(data)
 
 
-def load_file(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:
+def store_dir(path: str | os.PathLike, *, label: str | None = None, storage_dir=None) -> str:
+    """Store every file under a local directory and the directory's manifest; returns
+    ``sha1dir://<hash>.<label>`` (label: the directory's name). A file inside it is then
+    ``sha1dir://<hash>.<label>/path/in/dir``, for load_* and the mount's sha1dir/<hash>/."""
+    obj, _directory = _store(storage_dir).put_dir(path)
+    return format_dir_uri(obj.sha1, Path(path).resolve().name if label is None else label)
+
+
+def read_dir(uri: str, *, recursive: bool = True, storage_dir=None, config_dir=None,
+             progress: bool | None = None) -> dict:
+    """A stored directory's listing, as kachery's read_dir: ``{"files": {name: {"sha1", "size"
+    [, "manifest"]}}, "dirs": {name: {...}}}`` (subdirectories empty unless ``recursive``)."""
+    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    if not isinstance(entry, Directory):
+        raise NotADirectory(f"{uri} is a file (load it with load_file)")
+    return entry.listing(recursive)
+
+
+def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=None,
+             progress: bool | None = None) -> str:
+    """Copy a stored directory (or a subdirectory: ``sha1dir://<hash>/sub``) to ``dest``, which must
+    not exist yet; files not held here come from channel peers. Returns ``dest``."""
+    import shutil
+
+    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    if not isinstance(entry, Directory):
+        raise NotADirectory(f"{uri} is a file (load it with load_file)")
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True)
+    except FileExistsError:
+        raise KacheryError(f"{dest} already exists (load_dir writes a new directory)") from None
+    except OSError as exc:
+        raise KacheryError(f"could not create {dest}: {exc.strerror}") from None
+    for rel, item in entry.walk():
+        target = dest / rel
+        try:
+            if isinstance(item, Directory):
+                target.mkdir(exist_ok=True)
+            else:
+                shutil.copyfile(load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir,
+                                          progress=progress), target)
+        except OSError as exc:
+            raise KacheryError(f"could not write {target}: {exc.strerror}") from None
+    return str(dest)
+
+
+def _dir_entry(uri: str, storage_dir, config_dir, progress) -> Directory | FileEntry:
+    """What a ``sha1dir://`` URI names; the directory manifest is fetched from peers if need be."""
+    parsed = parse_dir_uri(uri)
+    manifest_path = load_file(parsed.sha1, storage_dir=storage_dir, config_dir=config_dir, progress=progress)
+    return Directory.from_bytes(Path(manifest_path).read_bytes()).lookup(parsed.path)
+
+
+def resolve_file_uri(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:
+    """A ``sha1://`` URI for any file URI: a ``sha1dir://<hash>/path`` is looked up in its directory
+    manifest (which carries the file's hash and chunk manifest)."""
+    if not is_dir_uri(uri):
+        return str(parse_uri(uri))
+    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    if isinstance(entry, Directory):
+        raise IsADirectory(f"{uri} (read_dir lists it; load_dir or `kacheryfs load --dest DIR` copies it)")
+    return entry.uri(parse_dir_uri(uri).path.rpartition("/")[2])
+
+
+def load_file(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
-    the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never)."""
+    the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never).
+    ``uri`` may also name a file in a stored directory: ``sha1dir://<hash>/path/in/dir``."""
     from .api_client import NoDaemon, daemon_load
     from .progress import ByteProgress
 
-    parsed = parse_uri(uri)
+    parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     store = _store(storage_dir)
     if store.info(parsed.sha1) is None:
+        config_dir = Config.from_env(storage_dir=storage_dir, config_dir=config_dir).config_dir
         try:  # fetch from channel peers through the running daemon
             with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
-                return daemon_load(Config.from_env(storage_dir=storage_dir).config_dir, str(parsed), bar)
+                return daemon_load(config_dir, str(parsed), bar)
         except NoDaemon:
             raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}, and no kacheryfs "
-                                 "daemon is running to fetch it") from None
+                                 "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
     store.touch(parsed.sha1)
     store.flush_touches()  # a script may exit without closing the store
     return str(store.object_path(parsed.sha1))
 
 
-def load_bytes(uri: str, *, storage_dir=None, progress: bool | None = None) -> bytes:
-    return Path(load_file(uri, storage_dir=storage_dir, progress=progress)).read_bytes()
+def load_bytes(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> bytes:
+    return Path(load_file(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress)).read_bytes()
 
 
-def load_text(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:
-    return load_bytes(uri, storage_dir=storage_dir, progress=progress).decode("utf-8")
+def load_text(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:
+    return load_bytes(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress).decode("utf-8")
 
 
-def load_object(uri: str, *, storage_dir=None, progress: bool | None = None) -> Any:
+def load_object(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> Any:
     try:
-        return json.loads(load_bytes(uri, storage_dir=storage_dir, progress=progress))
+        return json.loads(load_bytes(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     except ValueError as exc:
         raise KacheryError(f"{uri} is not JSON: {exc}") from None
 
 
-def load_npy(uri: str, *, mmap_mode: str | None = None, storage_dir=None, progress: bool | None = None):
+def load_npy(uri: str, *, mmap_mode: str | None = None, storage_dir=None, config_dir=None,
+             progress: bool | None = None):
     import numpy as np
 
-    path = load_file(uri, storage_dir=storage_dir, progress=progress)
+    path = load_file(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress)
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as exc:
@@ -122,6 +190,6 @@ def load_npy(uri: str, *, mmap_mode: str | None = None, storage_dir=None, progre
 
 
 __all__ = [
-    "store_file", "store_text", "store_object", "store_npy",
-    "load_file", "load_bytes", "load_text", "load_object", "load_npy", "InvalidURI",
+    "store_file", "store_text", "store_object", "store_npy", "store_dir",
+    "load_file", "load_bytes", "load_text", "load_object", "load_npy", "read_dir", "load_dir", "InvalidURI",
 ]

@@ -13,10 +13,12 @@ from pathlib import Path
 import click
 
 from .config import Config
-from .errors import KacheryError, MountError, ObjectNotFound
+from .errors import IsADirectory, KacheryError, MountError, NoSuchFile, ObjectNotFound, UnmountError
 from .cli_cache import human as _human
 from .progress import ByteProgress
-from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
+from .store import (
+    CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_dir_uri, parse_uri,
+)
 
 storage_option = click.option(
     "--storage", "storage_dir", type=click.Path(file_okay=False), default=None,
@@ -133,43 +135,53 @@ def unmount(mountpoint, lazy):
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Store directories: every file in them, and the "
+              "directory itself (printed as sha1dir://<hash>.<name>).")
 @storage_option
-def store(paths, storage_dir):
-    """Store files; prints one URI per line."""
+def store(paths, recursive, storage_dir):
+    """Store files (and, with -r, directories); prints one URI per line."""
     local = LocalStore(_config(storage_dir).storage_dir)
-    for path in paths:
-        with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
-            obj = local.put_file(path, on_progress=progress)
-        click.echo(obj.uri(Path(path).name))
-
-
-def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
-    """The object's path in the local store; fetched through the running daemon if need be."""
-    from .api_client import NoDaemon, daemon_load
-
-    config = _config(storage_dir, config_dir)
-    parsed = parse_uri(uri)
-    local = LocalStore(config.storage_dir)
-    try:  # closing writes the use of a cached copy (its place in the eviction order)
-        if local.use(parsed.sha1) is not None:
-            return local.object_path(parsed.sha1)
-        with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
-            return Path(daemon_load(config.config_dir, str(parsed), progress))
-    except NoDaemon:
-        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
-                             "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+    try:
+        for path in paths:
+            if not os.path.lexists(path):
+                raise NoSuchFile(path)
+            if os.path.isdir(path):
+                if not recursive:
+                    raise IsADirectory(f"{path} (use `kacheryfs store -r` to store a directory)")
+                obj, _directory = local.put_dir(path)
+                click.echo(format_dir_uri(obj.sha1, Path(path).resolve().name))
+                continue
+            with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
+                obj = local.put_file(path, on_progress=progress)
+            click.echo(obj.uri(Path(path).name))
     finally:
         local.close()
 
 
+def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
+    """The object's path in the local store; fetched through the running daemon if need be."""
+    from . import api
+
+    return Path(api.load_file(uri, storage_dir=storage_dir, config_dir=config_dir))
+
+
 @cli.command()
 @click.argument("uri")
-@click.option("--dest", type=click.Path(dir_okay=False), default=None, help="Write the file here.")
+@click.option("--dest", type=click.Path(), default=None,
+              help="Write the file here (for a directory, sha1dir://..., a new directory).")
 @storage_option
 @config_option
 def load(uri, dest, storage_dir, config_dir):
-    """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path."""
+    """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path.
+    A stored directory (sha1dir://<hash>[/subdir]) is written to --dest as a directory."""
+    from . import api
+
+    if is_dir_uri(uri) and dest is not None:
+        entry = api._dir_entry(uri, storage_dir, config_dir, None)
+        if not isinstance(entry, api.FileEntry):
+            click.echo(api.load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
+            return
     path = _local_path(uri, storage_dir, config_dir)
     if dest is None:
         click.echo(str(path))
@@ -199,17 +211,23 @@ def cat(uri, storage_dir, config_dir):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 def uri(path):
-    """Print the URI of a file: from the mount's xattr, or by hashing a local file (nothing stored)."""
+    """Print the URI of a file or directory: from the mount's xattr, or by hashing a local one
+    (nothing stored)."""
     try:
         click.echo(os.getxattr(path, "user.kachery.uri").decode())
         return
     except FileNotFoundError:
-        raise ObjectNotFound(f"no such file: {path}") from None
+        raise NoSuchFile(path) from None
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise KacheryError(f"{path}: {exc.strerror}") from None
+    if os.path.isdir(path):
+        from .store.local import hash_local_dir
+
+        click.echo(format_dir_uri(hash_local_dir(path).sha1, Path(path).resolve().name))
+        return
     hasher = ContentHasher()
     try:
         with open(path, "rb") as f:

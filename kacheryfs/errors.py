@@ -26,7 +26,7 @@ class KacheryError(Exception):
 
 
 class InvalidURI(KacheryError):
-    """Not a valid kachery URI (expected sha1://<40 hex>[/name][?manifest=<40 hex>])"""
+    """Not a valid kachery URI (expected sha1://<40 hex>[/name][?manifest=<40 hex>], sha1dir://<40 hex>[/path], or a bare 40-hex hash)"""
 
     errno = _errno.EINVAL
 
@@ -51,6 +51,28 @@ class NotFound(KacheryError):
 
 class ObjectNotFound(NotFound):
     """No object with this hash is in the local store"""
+
+
+class NoSuchFile(NotFound):
+    """No such file or directory"""
+
+
+class AlreadyExists(KacheryError):
+    """File exists"""
+
+    errno = _errno.EEXIST
+
+
+class IsADirectory(KacheryError):
+    """Is a directory"""
+
+    errno = _errno.EISDIR
+
+
+class DirectoryNotEmpty(KacheryError):
+    """Directory not empty"""
+
+    errno = _errno.ENOTEMPTY
 
 
 class ReadOnly(KacheryError):
@@ -83,6 +105,12 @@ class CorruptObject(KacheryError):
     errno = _errno.EIO
 
 
+class NotADirectoryManifest(CorruptObject):
+    """This object is not a kacheryfs directory (expected {"dirs": {...}, "files": {...}})"""
+
+    errno = _errno.ENOTDIR
+
+
 class CorruptChunk(KacheryError):
     """A downloaded chunk does not match its hash in the manifest; it was not stored"""
 
@@ -106,9 +134,15 @@ class NotOpenForWriting(KacheryError):
 class NotADirectory(KacheryError):
     """Not a directory"""
 
+    errno = _errno.ENOTDIR
+
 
 class BadFileHandle(KacheryError):
     """Bad file handle"""
+
+
+class UnmountError(KacheryError):
+    """Could not unmount"""
 
 
 class MountError(KacheryError):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kacheryfs.errors import ObjectNotFound
+from kacheryfs.errors import IsADirectory, NoSuchFile, ObjectNotFound
 from kacheryfs.store import CHUNK_SIZE, LocalStore, Manifest
 
 from .conftest import random_bytes
@@ -96,9 +96,11 @@ def test_put_file_stat_cache_skips_rehash(store, tmp_path, monkeypatch):
 
 
 def test_put_file_errors(store, tmp_path):
-    with pytest.raises(ObjectNotFound, match="no such file"):
+    # a missing path is a missing file, not a missing object (the message once talked of hashes)
+    with pytest.raises(NoSuchFile, match="No such file or directory: .*missing") as info:
         store.put_file(tmp_path / "missing")
-    with pytest.raises(Exception, match="directory"):
+    assert not isinstance(info.value, ObjectNotFound) and "hash" not in str(info.value)
+    with pytest.raises(IsADirectory, match="store -r"):
         store.put_file(tmp_path)
 
 

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS names (
     manifest_sha1 TEXT,
     mtime_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_dirs (  -- directories under store/ (kept when empty); names hold paths
+    path TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS object_channels (  -- the channels a cached copy came from
     sha1 TEXT NOT NULL,
     channel_id TEXT NOT NULL,
@@ -248,6 +251,33 @@ class Index:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def rename_dir(self, old: str, new: str) -> None:
+        """A directory of store/ and everything below it moves from ``old`` to ``new``."""
+        with self._lock, _index_errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column in (("names", "name"), ("store_dirs", "path")):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                                     (new, len(new) + 1, new + "/"))
+                    self._db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                        (new, len(old) + 1, old, len(old) + 1, old + "/"))
+                self._db.execute("INSERT OR IGNORE INTO store_dirs VALUES (?)", (new,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def add_dir(self, path: str) -> None:
+        self._run("INSERT OR IGNORE INTO store_dirs VALUES (?)", (path,))
+
+    def remove_dir(self, path: str) -> None:
+        self._run("DELETE FROM store_dirs WHERE path=?", (path,))
+
+    def all_dirs(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT path FROM store_dirs ORDER BY path")]
 
     def all_names(self) -> list[NameRecord]:
         return [NameRecord(*r) for r in self._query("SELECT name, sha1, size, manifest_sha1, mtime_ns FROM names ORDER BY name")]
