@@ -104,14 +104,27 @@ def daemon(storage_dir, config_dir, **net):
 
 @cli.command()
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept nodes.")
+@click.option("--relay-circuit-bytes", metavar="SIZE", default="64G", show_default=True,
+              help="Bytes one relay circuit may carry (both directions); then it is closed.")
+@click.option("--relay-circuit-seconds", type=float, default=86400.0, show_default=True,
+              help="Seconds one relay circuit may live.")
+@click.option("--relay-node-circuits", type=int, default=64, show_default=True,
+              help="Relay circuits one node may have open at once.")
+@click.option("--relay-node-bytes", metavar="SIZE", default="256G", show_default=True,
+              help="Bytes relayed for one node per hour.")
 @storage_option
 @config_option
-def bootstrap(listen, storage_dir, config_dir):
-    """Run a rendezvous node: keeps a registry of channel hashes -> nodes; knows no channel names."""
+def bootstrap(listen, storage_dir, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+              relay_node_bytes):
+    """Run a rendezvous node: keeps a registry of channel hashes -> nodes (knows no channel names),
+    coordinates hole punches and relays, within its limits, between nodes that cannot punch."""
     from .net.daemon import run_daemon
 
     logging.getLogger("kacheryfs").setLevel(logging.INFO)
-    run_daemon(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen), bootstrap_mode=True)
+    run_daemon(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen,
+                               relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
+                               relay_node_circuits=relay_node_circuits, relay_node_bytes=relay_node_bytes),
+               bootstrap_mode=True)
 
 
 @cli.command()
@@ -247,11 +260,19 @@ def uri(path):
 @cli.command()
 @storage_option
 @config_option
-def status(storage_dir, config_dir):
-    """Show the storage directory, what it holds, and running mounts."""
+@click.option("--json", "as_json", is_flag=True, help="Print the running daemon's status as JSON.")
+def status(storage_dir, config_dir, as_json):
+    """Show the storage directory, what it holds, running mounts, and the daemon's peers."""
     from .fs.mount import live_mounts
 
     config = _config(storage_dir, config_dir)
+    if as_json:
+        import json
+
+        from .api_client import call
+
+        click.echo(json.dumps(call(config.config_dir, "status")["status"]))
+        return
     local = LocalStore(config.storage_dir)
     count, total = local.index.object_totals()
     usage = local.disk_usage()
@@ -273,12 +294,14 @@ def status(storage_dir, config_dir):
         return
     click.echo(f"node id:  {node['node_id']}")
     click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
+    if node.get("observed"):
+        click.echo(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")
     click.echo(f"channels: {node['channels']}")
     click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
     click.echo(f"peers:    {len(node['peers'])}")
     for p in node["peers"]:
         rate_in = p["received"] / max(p["seconds"], 1)
-        click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
+        click.echo(f"  {p['node'][:16]}  {p.get('path', p['direction']):<12} {p['remote']:<28} channels {p['channels']}  "
                    f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
 
 

@@ -223,6 +223,7 @@ def test_circuit_byte_limit_closes_the_circuit_naming_the_limit():
     with pytest.raises(RelayLimitExceeded) as info:
         table.route(a, cid, 1, 1.0)
     assert info.value.message == "relay limit reached: 10 MiB per circuit (--relay-circuit-bytes)"
+    assert info.value.ends == (a, b)  # both are told
     assert table.route(a, cid, 1, 1.0) is None and table.circuits == {}
     assert table.status()["bytes"] == 10 << 20 and table.status()["closed_by_limit"] == {"circuit-bytes": 1}
 

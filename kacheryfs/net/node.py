@@ -26,7 +26,7 @@ from ..protocol.messages import (
     FeedEntries, FeedQuery, FeedSubscribe, PeersRequest, PeersResponse, Ping, Pong, Register,
     RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
 )
-from .relay import RelayStream, RelayTable
+from .relay import RelayLimitExceeded, RelayStream, RelayTable
 from ..store import LocalStore
 from .session import PeerGone, PeerSession, handshake
 
@@ -205,7 +205,7 @@ class Node:
                 self._wake_peers()
             if self.feed_sync is not None:
                 self.feed_sync.on_session_closed(session)
-            for circuit, other in self.relay_table.drop_session(session):
+            for circuit, other in self.relay_table.drop_end(session):
                 self._nursery.start_soon(self._send_quietly, other, RelayClose(circuit=circuit, reason="peer left"))
             for key in [k for k in self._relay_streams if k[0] == id(session)]:
                 self._relay_streams.pop(key).remote_closed()
@@ -221,7 +221,13 @@ class Node:
     async def _relay_message(self, session: PeerSession, msg: Message) -> None:
         if self.bootstrap_mode:  # forward between the two ends of a circuit
             if isinstance(msg, RelayData):
-                other = self.relay_table.route(session, msg.circuit, len(msg.payload))
+                try:
+                    other = self.relay_table.route(session, msg.circuit, len(msg.payload), trio.current_time())
+                except RelayLimitExceeded as exc:
+                    log.info("relay circuit %d closed: %s", msg.circuit, exc.message)
+                    for end in exc.ends:
+                        await self._send_quietly(end, RelayClose(circuit=msg.circuit, reason=exc.message))
+                    return
                 if other is None:
                     await self._send_quietly(session, RelayClose(circuit=msg.circuit, reason="no such circuit"))
                 else:
@@ -344,9 +350,10 @@ class Node:
             target = self.sessions.get(msg.target)
             if target is None or target.closed.is_set():
                 return ErrorResponse(req=msg.req, code="unreachable", message="target not connected here")
-            circuit = self.relay_table.open(session, target)
-            if circuit is None:
-                return ErrorResponse(req=msg.req, code="busy", message="too many circuits")
+            try:
+                circuit = self.relay_table.open(session, target, trio.current_time())
+            except RelayLimitExceeded as exc:
+                return ErrorResponse(req=msg.req, code="relay-limit", message=exc.message)
             await target.send(RelayIncoming(circuit=circuit, peer=session.peer_id))
             log.info("relaying %s <-> %s (circuit %d)", session.peer_id[:12], msg.target[:12], circuit)
             return RelayOpened(req=msg.req, circuit=circuit)

@@ -43,10 +43,11 @@ class RelayLimits:
 
 
 class RelayLimitExceeded(Exception):
-    def __init__(self, limit: str, message: str):
+    def __init__(self, limit: str, message: str, ends: tuple = ()):
         super().__init__(message)
         self.limit = limit
         self.message = message
+        self.ends = ends  # of the circuit that was closed (none when a new circuit was refused)
 
 
 @dataclass
@@ -135,9 +136,9 @@ class RelayTable:
         return used
 
     def _drop(self, circuit: int, limit: str):
-        self.circuits.pop(circuit, None)
-        self._over(limit)
+        c = self.circuits.pop(circuit)
+        self._over(limit, c.ends)
 
-    def _over(self, limit: str):
+    def _over(self, limit: str, ends: tuple = ()):
         self.closed_by_limit[limit] = self.closed_by_limit.get(limit, 0) + 1
-        raise RelayLimitExceeded(limit, self.limits.describe(limit))
+        raise RelayLimitExceeded(limit, self.limits.describe(limit), ends)
