@@ -25,9 +25,11 @@ class LocalProtocolError(KacheryError):
 MESSAGE_TYPES: dict[int, type["Message"]] = {}
 
 
-def message(code: int):
+def message(code: int, *, reply: bool = False):
+    """Register a message type under its wire code; ``reply``: it answers a request (same ``req``)."""
     def register(cls):
         cls.TYPE = code
+        cls.IS_REPLY = reply
         MESSAGE_TYPES[code] = cls
         return dataclass(frozen=True)(cls)
     return register
@@ -35,6 +37,7 @@ def message(code: int):
 
 class Message:
     TYPE: ClassVar[int]
+    IS_REPLY: ClassVar[bool] = False  # goes to the request waiting for its ``req``, never to a handler
     HAS_PAYLOAD: ClassVar[bool] = False
 
     def encode(self) -> bytes:
@@ -147,7 +150,7 @@ class FindRequest(_Validating):
     sha1: str
 
 
-@message(3)
+@message(3, reply=True)
 class FindResponse(_Validating):
     req: int
     sha1: str
@@ -170,14 +173,14 @@ class ChunkRequest(_Validating):
             raise ValueError("chunk request too long")
 
 
-@message(5)
+@message(5, reply=True)
 class ChunkData(_Validating):
     req: int
     HAS_PAYLOAD = True
     payload: bytes = b""
 
 
-@message(6)
+@message(6, reply=True)
 class ErrorResponse(_Validating):
     req: int
     code: str
@@ -193,9 +196,11 @@ class Announce(_Validating):
 
 @message(8)
 class Register(_Validating):
-    """To a bootstrap: the channel ids (hashes) I am in and where I listen."""
+    """To a bootstrap: the channel ids (hashes) I am in, where I listen (local addresses), and
+    where other bootstraps observed me (protocol.md §5b)."""
     channel_ids: list
     addrs: list
+    observed: list = field(default_factory=list)
 
     def validate(self) -> None:
         if len(self.channel_ids) > 256 or len(self.addrs) > 32:
@@ -206,6 +211,7 @@ class Register(_Validating):
             _check_hex(c, 32, "channel id")
         if not all(isinstance(a, str) and len(a) < 300 for a in self.addrs):
             raise ValueError("bad address")
+        _check_addrs(self.observed, "observed")
 
 
 @message(9)
@@ -214,7 +220,7 @@ class PeersRequest(_Validating):
     channel_ids: list
 
 
-@message(10)
+@message(10, reply=True)
 class PeersResponse(_Validating):
     req: int
     peers: list  # [{"node": hex, "addrs": [...], "channel_ids": [...]}]
@@ -225,7 +231,7 @@ class Ping(_Validating):
     req: int
 
 
-@message(12)
+@message(12, reply=True)
 class Pong(_Validating):
     req: int
 
@@ -246,7 +252,7 @@ class RelayOpen(_Validating):
         _check_hex(self.target, 64, "target")
 
 
-@message(15)
+@message(15, reply=True)
 class RelayOpened(_Validating):
     req: int
     circuit: int
@@ -284,7 +290,7 @@ class FeedQuery(_Validating):
         _check_hex(self.feed_id, 64, "feed_id")
 
 
-@message(20)
+@message(20, reply=True)
 class FeedInfo(_Validating):
     req: int
     feed_id: str
@@ -310,7 +316,7 @@ class FeedSubscribe(_Validating):
             raise ValueError("negative start")
 
 
-@message(22)
+@message(22, reply=True)
 class FeedSubscribed(_Validating):
     req: int
     count: int  # entries the server holds now
@@ -403,7 +409,7 @@ class PunchReply(_Validating):
         _check_addrs(self.addrs)
 
 
-@message(44)
+@message(44, reply=True)
 class PunchReady(_Validating):
     """From a bootstrap, the reply to PunchRequest: the target's addresses. The requester measures
     the round trip request -> ready, sends PunchSync and dials half that time later."""
