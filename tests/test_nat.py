@@ -25,7 +25,10 @@ MB = 1_000_000
 
 
 def status(env: dict) -> dict:
+    """The daemon's status, or {} while it is not up yet."""
     result = subprocess.run([KACHERYFS, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0 and "No kacheryfs daemon is running" in result.stderr:
+        return {}
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -37,8 +40,8 @@ def peer_path(env: dict, peer_id: str) -> str | None:
     return None
 
 
-def node_id(env: dict) -> str:
-    return status(env)["node_id"]
+def node_id(env: dict) -> str | None:
+    return status(env).get("node_id")
 
 
 def wait_for(what: str, check, timeout: float = 40.0, logs=()):
@@ -202,7 +205,7 @@ async def main(boot_host, boot_port, target):
                 r = await s.request(msg, 5)
                 out[name] = type(r).__name__
             except RequestFailed as exc:
-                out[name] = str(exc).split(":")[0]
+                out[name] = exc.detail.split(":")[0]
         await ask("unregistered", PunchRequest(req=s.next_req(), target=target, addrs=["198.51.100.2:1"]))
         await s.send(Register(channel_ids=["0" * 32], addrs=[]))
         with trio.fail_after(5):
@@ -219,7 +222,7 @@ async def main(boot_host, boot_port, target):
                 r = await s.request(PunchRequest(req=s.next_req(), target=target, addrs=[observed[0]]), 5)
                 codes["ready"] = codes.get("ready", 0) + 1
             except RequestFailed as exc:
-                code = str(exc).split(":")[0]
+                code = exc.detail.split(":")[0]
                 codes[code] = codes.get(code, 0) + 1
             except trio.TooSlowError:
                 codes["timeout"] = codes.get("timeout", 0) + 1
