@@ -102,3 +102,17 @@ async def test_a_late_reply_gets_no_answer(cluster):
     received = session.stats.bytes_received
     await trio.sleep(0.3)
     assert session.stats.bytes_received == received  # no error came back (nor went on forever)
+
+
+def test_direct_providers_are_preferred_over_relayed_ones():
+    from types import SimpleNamespace
+
+    from kacheryfs.net.finding import Provider, prefer_direct
+
+    def provider(direction):
+        return Provider(SimpleNamespace(direction=direction), 10, None)
+
+    relayed, punched, direct = provider("relayed"), provider("punched"), provider("outbound")
+    assert prefer_direct([relayed, punched, direct]) == [punched, direct]
+    assert prefer_direct([relayed]) == [relayed]  # the relay when nothing else has it
+    assert prefer_direct([]) == []
