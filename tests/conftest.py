@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from kacheryfs.store import LocalStore
 
@@ -115,6 +116,10 @@ async def cluster(tmp_path, nursery):
     yield c
     for node in c.nodes:
         node.cancel()
+    with trio.move_on_after(10):  # let every task see the cancellation before the stores close
+        for node in c.nodes:
+            await node.stopped.wait()
+    for node in c.nodes:
         if hasattr(node, "store"):  # the bootstrap has none
             node.store.close()
             node.feed_sync.feeds.close()

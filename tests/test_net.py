@@ -45,7 +45,15 @@ class Cluster:
             bootstraps = (tuple(bootstrap),) if bootstrap else ()
             node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
                             find_timeout=find_timeout, feeds=feeds)
-        await self.nursery.start(node.run)
+        node.stopped = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            try:
+                await node.run(task_status=task_status)
+            finally:
+                node.stopped.set()
+
+        await self.nursery.start(run)
         node.name = name
         self.nodes.append(node)
         return node

@@ -205,7 +205,14 @@ class SessionHost:
                     if route is None:
                         return
                     if route.inline:  # in the receive loop: messages of one stream stay in order
-                        reply = await route.handler(sess, msg)
+                        try:
+                            reply = await route.handler(sess, msg)
+                        except KacheryError as exc:
+                            log.warning("message %s from %r failed: %s", type(msg).__name__, sess, exc)
+                            return
+                        except Exception:  # a bug in one handler must not take the node down
+                            log.exception("message %s from %r crashed", type(msg).__name__, sess)
+                            return
                         if reply is not None:
                             await send_quietly(sess, reply)
                         return
