@@ -83,7 +83,8 @@ def load_file(uri: str, *, storage_dir=None) -> str:
         except NoDaemon:
             raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}, and no kacheryfs "
                                  "daemon is running to fetch it") from None
-    store.index.touch(parsed.sha1)
+    store.touch(parsed.sha1)
+    store.flush_touches()  # a script may exit without closing the store
     return str(store.object_path(parsed.sha1))
 
 

@@ -273,7 +273,7 @@ def status(storage_dir, config_dir, as_json):
         click.echo(json.dumps(call(config.config_dir, "status")["status"]))
         return
     local = LocalStore(config.storage_dir)
-    count, total = local.index.object_totals()
+    count, total = local.totals()
     usage = local.disk_usage()
     click.echo(f"storage:  {config.storage_dir}")
     click.echo(f"objects:  {count} ({_human(total)})")

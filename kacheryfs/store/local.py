@@ -12,6 +12,7 @@ import mmap
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +174,17 @@ class LocalStore:
         try:
             for d in (self.root, self.objects_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self.index = Index(self.root / INDEX_FILE)
+            self.index = Index(self.root / INDEX_FILE)  # private to the store: use the methods below
         except OSError as exc:
             raise from_os_error(exc, f"opening storage directory {self.root}") from None
+        self._touched: dict[str, float] = {}  # sha1 -> last access not yet written to the index
+        self._touched_lock = threading.Lock()
 
     def close(self) -> None:
+        try:
+            self.flush_touches()
+        except KacheryError as exc:  # only the eviction order suffers
+            log.warning("last-access times not saved: %s", exc)
         self.index.close()
 
     # layout
@@ -208,9 +215,29 @@ class LocalStore:
     def list_objects(self) -> list[ObjectRecord]:
         return self.index.all_objects()
 
+    def use(self, sha1: str) -> ObjectRecord | None:
+        """The record of an object about to be read (None if not held); a cached copy is touched."""
+        record = self.info(sha1)
+        if record is not None and not record.pinned:
+            self.touch(sha1)
+        return record
+
+    def totals(self) -> tuple[int, int]:
+        """(number of objects, their total size in bytes)."""
+        return self.index.object_totals()
+
+    # last access, for evicting cached copies least recently used first
     def touch(self, sha1: str) -> None:
-        """A cached copy was used: it moves to the back of the eviction order."""
-        self.index.touch(sha1)
+        """A cached copy was used. Kept in memory, no SQLite write: reading must never wait for
+        another process's write. Written by ``flush_touches``: before evicting, and at close."""
+        with self._touched_lock:
+            self._touched[sha1] = time.time()
+
+    def flush_touches(self) -> None:
+        with self._touched_lock:
+            touched, self._touched = self._touched, {}
+        if touched:
+            self.index.touch_many(touched)
 
     # the channels a cached copy came from: it is served on those only
     def channels_of(self, sha1: str) -> frozenset[str]:
@@ -218,6 +245,13 @@ class LocalStore:
 
     def add_channels(self, sha1: str, channel_ids) -> None:
         self.index.add_channels(sha1, channel_ids)
+
+    # the channels a replicated feed came from: it is served on those only
+    def feed_channels_of(self, feed_id: str) -> frozenset[str]:
+        return self.index.feed_channels_of(feed_id)
+
+    def add_feed_channels(self, feed_id: str, channel_ids) -> None:
+        self.index.add_feed_channels(feed_id, channel_ids)
 
     # writing
     def writer(self, pinned: bool = True) -> ObjectWriter:
@@ -330,6 +364,7 @@ class LocalStore:
     def evict_cached(self, limit_bytes: int) -> list[str]:
         """Delete least recently used cached copies (never stored-here objects) until the cache
         fits in ``limit_bytes``; a manifest goes with its object. Returns the evicted hashes."""
+        self.flush_touches()
         total = self.index.cached_total()
         evicted: list[str] = []
         for sha1, size, manifest_sha1 in self.index.cached_by_age():
