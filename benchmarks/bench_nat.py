@@ -95,11 +95,14 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         first_session = wait("a session to b", lambda: path_to(a.env, id_b)) and time.monotonic()
         want = "relayed" if symmetric else "hole-punched"
         if symmetric:
-            wait("the punch to fail", lambda: status(a.env).get("punch", {}).get("failed"), timeout=60)
+            wait("the punch to fail", lambda: status(a.env).get("punch", {}).get("failed")
+                 or status(env_b).get("punch", {}).get("failed"), timeout=60)
         else:
             wait("punched", lambda: path_to(a.env, id_b) == "hole-punched", timeout=60)
         upgraded = time.monotonic()
-        punch = status(a.env).get("punch", {})
+        # whichever of the two started the punch (the smaller node id) timed it from its request
+        punches = [status(a.env).get("punch", {}), status(env_b).get("punch", {})]
+        punch = next((p for p in punches if p.get("attempted")), punches[0])
         relay_before = status(boot.env)["relay"]["bytes"]
         dest = work / "a-out.bin"
         t0 = time.perf_counter()

@@ -112,6 +112,7 @@ class PunchClient:
             await _send_quietly(bootstrap, PunchReply(punch=msg.punch, addrs=[], accept=False))
             return
         state = ResponderPunch(msg.punch, msg.peer, msg.addrs)
+        started = time.monotonic()
         send, receive = trio.open_memory_channel(8)
         self._responders[key] = send
         self.stats["answered"] += 1
@@ -126,9 +127,16 @@ class PunchClient:
                         session = await self._dial(event, msg.peer, initiator=False)
                         events = state.dial_result(session is not None)
                         if any(isinstance(e, Punched) for e in events):
+                            self.stats["punched"] += 1
+                            self.stats["last_seconds"] = round(time.monotonic() - started, 3)
                             log.info("punched through to %s (asked by it)", msg.peer[:12])
+                        for failed in (e for e in events if isinstance(e, PunchFailed)):
+                            self.stats["failed"] += 1
+                            log.info("no hole punch to %s: %s", msg.peer[:12], failed.reason)
                     continue
-                state.timed_out()
+                for failed in state.timed_out():
+                    self.stats["failed"] += 1
+                    log.info("no hole punch to %s: %s", msg.peer[:12], failed.reason)
         except PeerGone:
             pass
         finally:
