@@ -4,8 +4,10 @@ B's router (the same path, no kacheryfs), and the time the punch takes to upgrad
 
     .venv/bin/python benchmarks/bench_nat.py [--size-mb 500] [--rate-mbit N]
 
-Each transfer lands on disk (kacheryfs load --dest / the plain receiver writes and fsyncs), so all
-three pay the same disk cost. Prints a table, saves benchmarks/results/nat-<time>.json.
+Each transfer lands on disk (kacheryfs load --dest / the plain receiver writes and fsyncs). "MB/s"
+is the whole `kacheryfs load` (find, download, copy to --dest); "download" is the node's own
+figure for the download alone (its log line). A direct kacheryfs session over LAN 1 (C -> A) is the
+control for what our session costs on these machines, apart from the path. Prints a table, saves benchmarks/results/nat-<time>.json.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ def wait(what: str, check, timeout: float = 60.0):
     return value
 
 
-def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | None, src: Path, size: int) -> dict:
-    """One B -> A `kacheryfs load` through the topology; returns MB/s, path, upgrade times."""
+def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | None, src: Path, size: int,
+                       server: str = "b") -> dict:
+    """One B -> A `kacheryfs load` through the topology (``server="c"``: C -> A over LAN 1, the
+    direct-session control); returns MB/s, path, upgrade times."""
     env_b = cli_env(work / "b" / "storage", work / "b" / "config")
     uri = subprocess.run([KACHERYFS, "store", str(src)], env=env_b, check=True, capture_output=True,
                          text=True).stdout.strip()
@@ -83,7 +87,7 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         boot = Daemon(work / "boot", "bootstrap", "--listen", "0.0.0.0:7000", prefix=topo.prefix("pub"))
         stack.callback(boot.stop)
         boot.start().wait_log("listening on")
-        b = Daemon(work / "b", "daemon", "--channel", "bench", "--bootstrap", BOOT, prefix=topo.prefix("b"))
+        b = Daemon(work / "b", "daemon", "--channel", "bench", "--bootstrap", BOOT, prefix=topo.prefix(server))
         stack.callback(b.stop)
         b.start()
         id_b = wait("b", lambda: status(env_b).get("node_id"))
@@ -93,8 +97,10 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         started = time.monotonic()
         a.start()
         first_session = wait("a session to b", lambda: path_to(a.env, id_b)) and time.monotonic()
-        want = "relayed" if symmetric else "hole-punched"
-        if symmetric:
+        want = "relayed" if symmetric else "hole-punched" if server == "b" else "direct"
+        if server != "b":
+            wait("direct", lambda: path_to(a.env, id_b) == "direct", timeout=60)
+        elif symmetric:
             wait("the punch to fail", lambda: status(a.env).get("punch", {}).get("failed")
                  or status(env_b).get("punch", {}).get("failed"), timeout=60)
         else:
@@ -110,9 +116,13 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
                        timeout=1800)
         seconds = time.perf_counter() - t0
         final_path = path_to(a.env, id_b)
+        import re
+
+        fetched = re.findall(r"fetched \w+: \d+ bytes in ([0-9.]+)s", a.read_log())
         relayed = status(boot.env)["relay"]["bytes"] - relay_before
         dest.unlink()
     return {"path": final_path, "expected_path": want, "seconds": seconds, "MBps": size / seconds / 1e6,
+            "download_MBps": size / float(fetched[-1]) / 1e6 if fetched else None,
             "relay_bytes": relayed, "seconds_to_first_session": round(first_session - started, 3),
             "seconds_to_upgrade_from_start": round(upgraded - started, 3),
             "punch_seconds": punch.get("last_seconds"), "punch": punch}
@@ -153,19 +163,23 @@ def main() -> int:
             left -= n
     res = {"size": size, "rate_mbit": a.rate_mbit, "loadavg_before": os.getloadavg()}
     res["plain"] = plain_transfer(work, a.rate_mbit, src, size)
-    for label, symmetric in (("punched", ()), ("relayed", ("r2",))):
-        sub = work / label
+    for label, symmetric, server in (("direct (LAN, C -> A)", (), "c"), ("punched", (), "b"),
+                                     ("relayed", ("r2",), "b")):
+        sub = work / label.split()[0]
         sub.mkdir()
-        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size)
+        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size, server)
     res["loadavg_after"] = os.getloadavg()
     plain = res["plain"]["MBps"]
-    print(f"{'B -> A, ' + str(a.size_mb) + ' MB':34} {'MB/s':>8} {'vs plain':>9} {'relay MB':>9}  path")
-    for label in ("plain", "punched", "relayed"):
+    print(f"{'B -> A, ' + str(a.size_mb) + ' MB':24} {'MB/s':>7} {'vs plain':>9} {'download':>9} {'relay MB':>9}  path")
+    for label in ("plain", "direct (LAN, C -> A)", "punched", "relayed"):
         r = res[label]
         relay = f"{r['relay_bytes'] / 1e6:9.1f}" if "relay_bytes" in r else f"{'':9}"
-        print(f"{label:34} {r['MBps']:8.1f} {r['MBps'] / plain:9.2f} {relay}  {r['path']}")
+        download = f"{r['download_MBps']:9.1f}" if r.get("download_MBps") else f"{'':9}"
+        print(f"{label:24} {r['MBps']:7.1f} {r['MBps'] / plain:9.2f} {download} {relay}  {r['path']}")
     res["ratios"] = {"punched_vs_plain": res["punched"]["MBps"] / plain,
+                     "punched_vs_direct": res["punched"]["MBps"] / res["direct (LAN, C -> A)"]["MBps"],
                      "relayed_vs_punched": res["relayed"]["MBps"] / res["punched"]["MBps"]}
+    print(f"punched / direct session over the LAN: {res['ratios']['punched_vs_direct']:.2f}")
     print(f"relayed / punched: {res['ratios']['relayed_vs_punched']:.2f}")
     print(f"upgrade: punch {res['punched']['punch_seconds']} s (request -> direct session); "
           f"daemon start -> first session {res['punched']['seconds_to_first_session']} s, "

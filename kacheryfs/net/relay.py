@@ -19,6 +19,7 @@ from .session import PeerGone, PeerSession
 log = logging.getLogger(__name__)
 
 RELAY_PIECE = 1 << 20
+RELAY_STALL_SECONDS = 30.0
 
 
 class RelayStream(trio.abc.Stream):
@@ -32,16 +33,29 @@ class RelayStream(trio.abc.Stream):
         self._on_close = on_close
         self.close_reason: str | None = None  # why the relay closed the circuit (e.g. a limit it names)
 
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived for this circuit (called in order by the relay session's receive loop)."""
+    async def feed(self, data: bytes) -> None:
+        """Bytes arrived for this circuit (called in order by the relay session's receive loop).
+
+        When the reader is 64 pieces behind, wait for it: the relay session's receive loop stops,
+        TCP pushes back to the relay and through it to the sender (flow control, instead of the
+        transfer failing whenever the reader is briefly slower, e.g. on a busy machine). A reader
+        stuck for RELAY_STALL_SECONDS closes the circuit, so one circuit cannot block the others
+        of that relay session for ever."""
         try:
             self._send.send_nowait(data)
+            return
         except trio.WouldBlock:
-            # the reader is 64 MiB behind: treat as a broken circuit rather than block the relay session
-            log.warning("relay circuit %d overflowed; closing it", self.circuit)
-            self.remote_closed()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        with trio.move_on_after(RELAY_STALL_SECONDS):
+            try:
+                await self._send.send(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+            return
+        log.warning("relay circuit %d: reader stalled for %.0fs; closing it", self.circuit, RELAY_STALL_SECONDS)
+        self.remote_closed("relay circuit stalled")
 
     def remote_closed(self, reason: str | None = None) -> None:
         if reason and self.close_reason is None:

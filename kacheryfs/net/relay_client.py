@@ -69,7 +69,7 @@ class RelayClient:
     async def _data(self, session: PeerSession, msg: RelayData) -> None:
         stream = self._streams.get((id(session), msg.circuit))
         if stream is not None:
-            stream.feed(msg.payload)
+            await stream.feed(msg.payload)
 
     async def _closed(self, session: PeerSession, msg: RelayClose) -> None:
         stream = self._streams.pop((id(session), msg.circuit), None)
