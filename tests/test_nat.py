@@ -158,6 +158,24 @@ def test_symmetric_nat_falls_back_to_the_relay_within_its_limit(tmp_path):
         assert a.proc.poll() is None and b.proc.poll() is None and topo.boot.proc.poll() is None
 
 
+@pytest.mark.timeout(180)
+def test_a_peer_that_only_dials_out_serves_what_it_holds_through_the_relay(tmp_path):
+    env_b = cli_env(tmp_path / "b" / "storage", tmp_path / "b" / "config")
+    digest, uri = store_file(env_b, tmp_path / "data.bin", 5 * MB, seed=16)
+    with nat_cluster(tmp_path) as (topo, start):
+        b = start("daemon", "b", "b", "--channel", "x", "--bootstrap", BOOT, "--listen", "none")
+        a = start("daemon", "a", "a", "--channel", "x", "--bootstrap", BOOT)
+        logs = (a.log_path, b.log_path, topo.boot.log_path)
+        id_b = wait_for("b's node id", lambda: node_id(env_b), logs=logs)
+        wait_for("A-B relayed", lambda: peer_path(a.env, id_b) == "relayed", logs=logs)
+        assert status(env_b)["listen"] == [] and status(env_b)["punch"]["attempted"] == 0
+        result = subprocess.run([KACHERYFS, "load", uri, "--dest", str(tmp_path / "out.bin")], env=a.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert sha1_of(tmp_path / "out.bin") == digest
+        assert status(topo.boot.env)["relay"]["bytes"] >= 5 * MB
+
+
 @pytest.mark.timeout(120)
 def test_lan_peers_behind_a_nat_connect_directly_without_a_bootstrap(tmp_path):
     env_c = cli_env(tmp_path / "c" / "storage", tmp_path / "c" / "config")
