@@ -60,7 +60,7 @@ print(n, time.perf_counter() - t0, flush=True)
 
 def status(env: dict) -> dict:
     out = subprocess.run([KACHERYFS, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
+    return (json.loads(out.stdout)["daemon"] or {}) if out.returncode == 0 else {}
 
 
 def path_to(env: dict, peer: str) -> str | None:

@@ -123,18 +123,19 @@ def free_port() -> int:
 class Daemon:
     """`kacheryfs bootstrap` or `kacheryfs daemon` in a subprocess, always stopped."""
 
-    def __init__(self, root: Path, *args: str, prefix: list[str] = ()):
+    def __init__(self, root: Path, *args: str, program: str = KACHERYFS, prefix: list[str] = ()):
         root.mkdir(parents=True, exist_ok=True)
         self.prefix = list(prefix)
         self.root = root
         self.args = args
+        self.command = [program, "-v"] if program == KACHERYFS else [program]
         self.log_path = root / "daemon.log"
         self.env = cli_env(root / "storage", root / "config")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.prefix, KACHERYFS, "-v", *self.args], env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.prefix, *self.command, *self.args], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -25,12 +25,10 @@ MB = 1_000_000
 
 
 def status(env: dict) -> dict:
-    """The daemon's status, or {} while it is not up yet."""
+    """The running daemon's status (`kacheryfs status --json`), or {} while it is not up yet."""
     result = subprocess.run([KACHERYFS, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
-    if result.returncode != 0 and "No kacheryfs daemon is running" in result.stderr:
-        return {}
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["daemon"] or {}
 
 
 def peer_path(env: dict, peer_id: str) -> str | None:

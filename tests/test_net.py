@@ -45,15 +45,20 @@ class Cluster:
             bootstraps = (tuple(bootstrap),) if bootstrap else ()
             node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
                             find_timeout=find_timeout, feeds=feeds)
-        node.stopped = trio.Event()
+        # The fixture stops every task of a node (node.cancel() stops its host, not its services)
+        # and closes its stores only once they are done.
+        stopped = trio.Event()
+        scope = trio.CancelScope()
 
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
+        async def run_node(task_status=trio.TASK_STATUS_IGNORED):
             try:
-                await node.run(task_status=task_status)
+                with scope:
+                    await node.run(task_status=task_status)
             finally:
-                node.stopped.set()
+                stopped.set()
 
-        await self.nursery.start(run)
+        await self.nursery.start(run_node)
+        node.stop, node.stopped = scope.cancel, stopped
         node.name = name
         self.nodes.append(node)
         return node
