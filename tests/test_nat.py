@@ -194,8 +194,8 @@ def test_lan_peers_behind_a_nat_connect_directly_without_a_bootstrap(tmp_path):
         assert sha1_of(tmp_path / "out.bin") == digest
 
 
-# A client that speaks to the bootstrap directly (registered from its listening port like a node)
-# and sends forged punch messages and a storm. Prints one JSON object of what came back.
+# A client that speaks to the bootstrap directly (registered from its listening port like a node,
+# in B's channel: a malicious member) and sends forged punch messages and a storm. Prints one JSON object of what came back.
 FORGER = r"""
 import json, sys, trio
 from kacheryfs.crypto import NodeKey
@@ -225,7 +225,8 @@ async def main(boot_host, boot_port, target):
             except RequestFailed as exc:
                 out[name] = exc.detail.split(":")[0]
         await ask("unregistered", PunchRequest(req=s.next_req(), target=target, addrs=["198.51.100.2:1"]))
-        await s.send(Register(channel_ids=["0" * 32], addrs=[]))
+        from kacheryfs.crypto import channel_id, channel_key
+        await s.send(Register(channel_ids=[channel_id(channel_key("x"))], addrs=[]))  # a channel member
         with trio.fail_after(5):
             while not observed:
                 await trio.sleep(0.05)

@@ -89,6 +89,7 @@ def test_registry_tells_nodes_behind_nat_from_reachable_ones():
     peer = {p["node"]: p for p in reg.peers(["c1"], "x", {"n1", "n2"})}
     assert peer["n1"]["nat"] and peer["n1"]["observed"] == "198.51.100.2:4000" and not peer["n2"]["nat"]
     assert reg.is_registered("n4")
+    assert reg.share_channel("n1", "n2") and not reg.share_channel("n1", "nx")
     reg.forget("n4")
     assert not reg.is_registered("n4")
 

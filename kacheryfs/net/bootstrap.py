@@ -75,6 +75,10 @@ class BootstrapRegistry:
     def is_registered(self, node: str) -> bool:
         return node in self.nodes
 
+    def share_channel(self, a: str, b: str) -> bool:
+        """Both registered under one channel id (the only pairs a punch is coordinated for)."""
+        return any(a in nodes and b in nodes for nodes in self.channels.values())
+
     def forget(self, node: str) -> None:
         self.nodes.pop(node, None)
 
@@ -94,7 +98,7 @@ class BootstrapNode(HostedNode):
         self.host = SessionHost(key, {}, listen=listen, agent=AGENT)
         self.registry = BootstrapRegistry()
         self.relay_table = RelayTable(relay_limits or RelayLimits())  # circuits between two registered nodes
-        self.punches = PunchService(self.host.sessions, self.registry.is_registered)
+        self.punches = PunchService(self.host.sessions, self.registry.is_registered, self.registry.share_channel)
         host = self.host
         host.register(Register, self._register)
         host.register(PeersRequest, self._peers)

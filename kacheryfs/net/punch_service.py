@@ -32,9 +32,10 @@ def observed_addr(session: PeerSession) -> str | None:
 
 class PunchService:
     def __init__(self, sessions: Mapping[str, PeerSession], is_registered: Callable[[str], bool],
-                 broker: PunchBroker | None = None):
+                 share_channel: Callable[[str, str], bool] = lambda a, b: True, broker: PunchBroker | None = None):
         self.sessions = sessions
         self.is_registered = is_registered
+        self.share_channel = share_channel  # punches only between nodes registered in one channel
         self.broker = broker or PunchBroker()
 
     def observed(self, node: str) -> set[str]:
@@ -52,8 +53,9 @@ class PunchService:
     async def on_request(self, session: PeerSession, msg: PunchRequest) -> Message | None:
         now = trio.current_time()
         try:
+            target_observed = self.observed(msg.target) if self.share_channel(session.peer_id, msg.target) else set()
             punch = self.broker.request(now, session.peer_id, msg.req, self.observed(session.peer_id), msg.target,
-                                        self.observed(msg.target), msg.addrs)
+                                        target_observed, msg.addrs)
         except PunchRefused as refused:
             log.info("refused punch from %s to %s: %s", session.peer_id[:12], msg.target[:12], refused.message)
             return ErrorResponse(req=msg.req, code=refused.code, message=refused.message)
