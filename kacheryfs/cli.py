@@ -273,6 +273,13 @@ def status(as_json, storage_dir, config_dir):
     click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
     if node.get("observed"):
         click.echo(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")
+    if node.get("relay"):  # a bootstrap
+        relay, punch = node["relay"], node.get("punch", {})
+        limits = ", ".join(f"{k} {v}" for k, v in relay["closed_by_limit"].items()) or "none"
+        click.echo(f"relay:    {_human(relay['bytes'])} relayed, {relay['open']} circuits open "
+                   f"({relay['opened']} opened), limits hit: {limits}")
+        refused = ", ".join(f"{k} {v}" for k, v in punch.get("refused", {}).items()) or "none"
+        click.echo(f"punches:  {punch.get('forwarded', 0)} coordinated, refused: {refused}")
     if node.get("http"):
         click.echo(f"http:     {node['http']}")
     click.echo(f"channels: {node['channels']}")
