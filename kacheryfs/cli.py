@@ -69,10 +69,11 @@ http_option = click.option(
 
 
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size, http=None) -> Config:
+                cache_size, http=None, allow_other=False) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout, cache_size=cache_size, http=http)
+                           find_timeout=find_timeout, cache_size=cache_size, http=http,
+                           allow_other=allow_other)
 
 
 @cli.command()
@@ -81,15 +82,16 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
 @config_option
 @network_options
 @http_option
+@click.option("--allow-other", is_flag=True,
+              help="Let other local users (a Jupyter server, a container) read the mount; needs "
+                   "user_allow_other in /etc/fuse.conf unless you are root.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-def mount(mountpoint, storage_dir, config_dir, debug, **net):
+def mount(mountpoint, storage_dir, config_dir, debug, allow_other, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
     from .daemon import run
 
     logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
-    config = _net_config(storage_dir, config_dir, **net)
-    click.echo(f"kacheryfs: mounting {Path(mountpoint).absolute()} (storage {config.storage_dir}); "
-               "Ctrl-C or `kacheryfs unmount` to stop", err=True)
+    config = _net_config(storage_dir, config_dir, allow_other=allow_other, **net)
     run(config, mountpoint, debug=debug)
 
 

@@ -37,6 +37,7 @@ class Config:
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
     relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
+    allow_other: bool = False  # other local users may read the mount (--allow-other)
 
     @classmethod
     def from_env(
@@ -55,6 +56,7 @@ class Config:
         relay_node_circuits: int | None = None,
         relay_node_bytes: str | int | None = None,
         http: str | None = None,
+        allow_other: bool = False,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -81,6 +83,7 @@ class Config:
             relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
                                        relay_node_bytes),
             http=parse_http_bind(http) if http else None,
+            allow_other=allow_other,
         )
 
     @property
