@@ -261,12 +261,13 @@ def uri(path):
 def status(as_json, storage_dir, config_dir):
     """Show the storage directory, what it holds, running mounts and the daemon."""
     from .cli_cache import daemon_status
+    from .cli_status import status_lines
     from .fs.mount import live_mounts
 
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
     try:
-        count, total = local.totals()
+        count, total = local.totals(files_only=True)
         usage = local.disk_usage()
         info = {"storage_dir": str(config.storage_dir), "objects": count, "bytes": total,
                 "cached_bytes": local.cached_total(), "names": len(local.list_names()),
@@ -277,53 +278,29 @@ def status(as_json, storage_dir, config_dir):
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"storage:  {info['storage_dir']}")
-    click.echo(f"objects:  {count} ({_human(total)}; cached copies {_human(info['cached_bytes'])})")
-    click.echo(f"names:    {info['names']} under store/")
-    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
-    if not info["mounts"]:
-        click.echo("mounts:   none")
-    for m in info["mounts"]:
-        click.echo(f"mount:    {m['mountpoint']} (pid {m['pid']}, storage {m['storage_dir']})")
-    node = info["daemon"]
-    if node is None:
-        click.echo("daemon:   not running")
-        return
-    click.echo(f"node id:  {node['node_id']}")
-    click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
-    if node.get("observed"):
-        click.echo(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")
-    if node.get("relay"):  # a bootstrap
-        relay, punch = node["relay"], node.get("punch", {})
-        limits = ", ".join(f"{k} {v}" for k, v in relay["closed_by_limit"].items()) or "none"
-        click.echo(f"relay:    {_human(relay['bytes'])} relayed, {relay['open']} circuits open "
-                   f"({relay['opened']} opened), limits hit: {limits}")
-        refused = ", ".join(f"{k} {v}" for k, v in punch.get("refused", {}).items()) or "none"
-        click.echo(f"punches:  {punch.get('forwarded', 0)} coordinated, refused: {refused}")
-    if node.get("http"):
-        click.echo(f"http:     {node['http']}")
-    click.echo(f"channels: {node['channels']}")
-    click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
-    click.echo(f"peers:    {len(node['peers'])}")
-    for p in node["peers"]:
-        rate_in = p["received"] / max(p["seconds"], 1)
-        click.echo(f"  {p['node'][:16]}  {p.get('path', p['direction']):<12} {p['remote']:<28} channels {p['channels']}  "
-                   f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
+    for line in status_lines(info):
+        click.echo(line)
 
 
 @cli.command()
 @click.argument("uri")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@storage_option
 @config_option
-def find(uri, config_dir):
+def find(uri, as_json, storage_dir, config_dir):
     """List the channel peers that hold a file (asks the running daemon)."""
+    from . import api
     from .api_client import call
 
-    parsed = parse_uri(uri)
-    providers = call(_config(None, config_dir).config_dir, "find", uri=str(parsed))["providers"]
+    parsed = parse_uri(api.resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir))
+    providers = call(_config(storage_dir, config_dir).config_dir, "find", uri=str(parsed))["providers"]
+    if as_json:
+        click.echo(json.dumps({"sha1": parsed.sha1, "providers": providers}))
     if not providers:
         raise ObjectNotFound(f"no peer in this node's channels holds {parsed.sha1}")
-    for p in providers:
-        click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
+    if not as_json:
+        for p in providers:
+            click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
 
 
 @cli.group()

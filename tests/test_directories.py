@@ -142,4 +142,4 @@ def test_store_r_refuses_what_it_cannot_store_before_storing_anything(cli, tmp_p
     os.mkfifo(proj / "sub" / "pipe")
     result = cli("store", "-r", str(proj), check=False)
     assert result.returncode == 1 and "pipe is not a regular file" in result.stderr.decode()
-    assert "objects:  0" in cli("status").stdout.decode()
+    assert "objects:  0 files" in cli("status").stdout.decode()

@@ -114,8 +114,7 @@ class ApiServer:
     async def _dispatch(self, request: dict, reply) -> None:
         op = request.get("op")
         if op == "status":
-            await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
-                                                 "channels": len(self.node.channel_keys), "pid": os.getpid()}})
+            await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(), "pid": os.getpid()}})
         elif op == "find":
             uri = parse_uri(str(request.get("uri", "")))
             providers = await self.node.find(uri.sha1)

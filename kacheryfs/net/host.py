@@ -9,6 +9,8 @@ host's nursery.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -293,6 +295,15 @@ class HostedNode:
 
     def cancel(self) -> None:
         self.host.cancel()
+
+
+def session_status(s: PeerSession, role: str, channels: list[str]) -> dict:
+    """One session in `kacheryfs status`: who, how reached, shared channels, bytes and current rates."""
+    now = time.monotonic()
+    return {"node": s.peer_id, "role": role, "remote": s.remote, "direction": s.direction, "path": s.path,
+            "channels": channels, "sent": s.stats.bytes_sent, "received": s.stats.bytes_received,
+            "rate_in": round(s.stats.received_rate.rate(now)), "rate_out": round(s.stats.sent_rate.rate(now)),
+            "seconds": math.floor(now - s.stats.started)}
 
 
 async def send_quietly(session: PeerSession, msg: Message) -> None:

@@ -16,8 +16,6 @@ protocols of interfaces.py, which this class satisfies. The bootstrap is another
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -28,7 +26,7 @@ from .dialing import Dialer, parse_hostport
 from .discovery import Discovery
 from .dispatch import Handler
 from .finding import Finder, Provider
-from .host import Closed, HostedNode, Opened, SessionHost
+from .host import Closed, HostedNode, Opened, SessionHost, session_status
 from .interfaces import PeerHint
 from ..protocol.messages import Observed, PunchIncoming, PunchSync
 from .dialing import DIAL_ERRORS, DialTarget
@@ -49,8 +47,10 @@ class Node(HostedNode):
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
-                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None):
+                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
+                 channel_names: Mapping[str, str] | None = None):
         self.key = key
+        self.channel_names = dict(channel_names or {})  # channel id -> name, for status
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
@@ -214,10 +214,9 @@ class Node(HostedNode):
             "observed": self.observed_addrs(),
             "behind_nat": self.behind_nat(),
             "punch": dict(self.punch.stats),
-            "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction, "path": s.path,
-                       "channels": len(s.channel_ids), "sent": s.stats.bytes_sent,
-                       "received": s.stats.bytes_received,
-                       "seconds": math.floor(time.monotonic() - s.stats.started)}
+            "channels": [self.channel_names.get(c, c) for c in self.channel_keys],
+            "peers": [session_status(s, "bootstrap" if s in self.relay_client.relays else "peer",
+                                     [self.channel_names.get(c, c) for c in sorted(s.channel_ids)])
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
@@ -236,6 +235,7 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds,
+                channel_names={cid: name for cid, (name, _k) in channels.items()},
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
                 lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

@@ -165,8 +165,11 @@ class Index:
         rows = self._query("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects ORDER BY sha1")
         return [ObjectRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
-    def object_totals(self) -> tuple[int, int]:
-        count, total = self._query("SELECT count(*), coalesce(sum(size), 0) FROM objects")[0]
+    def object_totals(self, files_only: bool = False) -> tuple[int, int]:
+        """(count, bytes) of every object, or of files only: not the chunk manifests of objects held."""
+        where = (" WHERE sha1 NOT IN (SELECT manifest_sha1 FROM objects WHERE manifest_sha1 IS NOT NULL)"
+                 if files_only else "")
+        count, total = self._query(f"SELECT count(*), coalesce(sum(size), 0) FROM objects{where}")[0]
         return count, total
 
     def cached_by_age(self) -> list[tuple[str, int, str | None]]:

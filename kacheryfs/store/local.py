@@ -238,9 +238,10 @@ class LocalStore:
             self.touch(sha1)
         return record
 
-    def totals(self) -> tuple[int, int]:
-        """(number of objects, their total size in bytes)."""
-        return self.index.object_totals()
+    def totals(self, files_only: bool = False) -> tuple[int, int]:
+        """(number of objects, their total size in bytes); ``files_only``: without the chunk
+        manifests of large files (bookkeeping a user never stored)."""
+        return self.index.object_totals(files_only)
 
     # last access, for evicting cached copies least recently used first
     def touch(self, sha1: str) -> None:
