@@ -313,7 +313,7 @@ class KNode:
         return self.kfs("store", str(path)).strip().splitlines()[-1]
 
     def start(self, timeout: float = 30.0) -> None:
-        args = self.cli + ["-v", self.kind]
+        args = self.cli + [self.kind]
         if self.kind == "mount":
             self.mnt.mkdir(exist_ok=True)
             args.append(str(self.mnt))

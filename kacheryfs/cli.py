@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from .config import Config
-from .errors import IsADirectory, KacheryError, MountError, NoSuchFile, ObjectNotFound, UnmountError
+from .config import DEFAULT_LISTEN, Config
+from .errors import IsADirectory, KacheryError, NoSuchFile, ObjectNotFound, UnmountError
 from .cli_cache import human as _human
 from .progress import ByteProgress
 from .store import (
@@ -35,10 +35,29 @@ def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="kacheryfs")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """kacheryfs: share files by content hash over a FUSE mount."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"verbose": verbose}
+    _set_log_levels(verbose)
+
+
+def _set_log_levels(verbose: int, serving: bool = False) -> None:
+    """Commands log warnings, -v info, -vv debug. A node (mount, daemon, bootstrap) always logs
+    what it does (info), -v its debug output, -vv the libraries' too."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours = max(logging.DEBUG, (logging.INFO if serving else logging.WARNING) - 10 * verbose)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    logging.getLogger("kacheryfs").setLevel(ours)
+
+
+def _serving_logs(verbose: int) -> None:
+    """Log levels of a node; -v works before the command (kacheryfs -v mount) and after it."""
+    ctx = click.get_current_context()
+    _set_log_levels((ctx.find_root().obj or {}).get("verbose", 0) + verbose, serving=True)
+
+
+verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 
 
 def network_options(fn):
@@ -48,8 +67,9 @@ def network_options(fn):
                      help="Channel to join (repeatable). Files this node stores are shared on all of them."),
         click.option("--channel-secret-file", "secret_files", multiple=True, metavar="[NAME=]FILE",
                      help="Makes a channel private: members must know the secret in FILE."),
-        click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT|none",
-                     help="Where to accept peers; 'none' accepts no inbound connections."),
+        click.option("--listen", default=None, metavar="HOST:PORT|none",
+                     help=f"Where to accept peers (default {DEFAULT_LISTEN}, any free port if that one is "
+                          "taken; PORT 0: any free port); 'none' accepts no inbound connections."),
         click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
                      help="A rendezvous node to find channel peers through (repeatable)."),
         click.option("--find-timeout", default=3.0, show_default=True, type=float,
@@ -86,11 +106,12 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
               help="Let other local users (a Jupyter server, a container) read the mount; needs "
                    "user_allow_other in /etc/fuse.conf unless you are root.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-def mount(mountpoint, storage_dir, config_dir, debug, allow_other, **net):
+@verbose_option
+def mount(mountpoint, storage_dir, config_dir, debug, allow_other, verbose, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
     from .daemon import run
 
-    logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
+    _serving_logs(verbose + (1 if debug else 0))
     config = _net_config(storage_dir, config_dir, allow_other=allow_other, **net)
     run(config, mountpoint, debug=debug)
 
@@ -100,11 +121,12 @@ def mount(mountpoint, storage_dir, config_dir, debug, allow_other, **net):
 @config_option
 @network_options
 @http_option
-def daemon(storage_dir, config_dir, **net):
+@verbose_option
+def daemon(storage_dir, config_dir, verbose, **net):
     """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
     from .daemon import run
 
-    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    _serving_logs(verbose)
     run(_net_config(storage_dir, config_dir, **net))
 
 
@@ -120,13 +142,14 @@ def daemon(storage_dir, config_dir, **net):
               help="Bytes relayed for one node per hour.")
 @storage_option
 @config_option
+@verbose_option
 def bootstrap(listen, storage_dir, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
-              relay_node_bytes):
+              relay_node_bytes, verbose):
     """Run a rendezvous node: keeps a registry of channel hashes -> nodes (knows no channel names),
     coordinates hole punches and relays, within its limits, between nodes that cannot punch."""
     from .daemon import run_bootstrap
 
-    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    _serving_logs(verbose)
     run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen,
                                   relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
                                   relay_node_circuits=relay_node_circuits, relay_node_bytes=relay_node_bytes))
@@ -140,12 +163,12 @@ def unmount(mountpoint, lazy):
     from .fs.mount import fusermount_unmount, is_mounted
 
     if not is_mounted(mountpoint):
-        raise MountError(f"{mountpoint} is not mounted")
+        raise UnmountError(f"{mountpoint} is not mounted")
     result = fusermount_unmount(mountpoint, lazy=lazy)
     if result.returncode != 0:
         reason = (result.stderr or "").strip().splitlines()[-1:] or ["unknown reason"]
         hint = " (files open? try --lazy)" if "busy" in reason[0] else ""
-        raise MountError(f"{reason[0]}{hint}")
+        raise UnmountError(f"{reason[0]}{hint}")
 
 
 @cli.command()

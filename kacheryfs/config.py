@@ -12,7 +12,12 @@ from .errors import KacheryError
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
 DEFAULT_API_PORT = 20431
-DEFAULT_LISTEN = "0.0.0.0:0"
+# A fixed port (not a random one): firewall rules and port forwards are written once, and the
+# address a node registers stays valid across restarts. 14507 is the port kachery-p2p's daemons used
+# (UDP) by default; unassigned by IANA. Taken (a second daemon here)? The default falls back to any
+# free port with a warning; an explicit --listen that is taken is an error.
+DEFAULT_LISTEN_PORT = 14507
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_LISTEN_PORT}"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
 
@@ -29,6 +34,7 @@ class Config:
     channels: tuple[str, ...] = field(default_factory=tuple)
     channel_secret_files: tuple[tuple[str, Path], ...] = ()  # (channel name, file holding its secret)
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
+    listen_fallback: bool = False  # the default address: if its port is taken, listen on any free port
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
     discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
@@ -47,7 +53,7 @@ class Config:
         channels: tuple[str, ...] | list[str] = (),
         environ: dict[str, str] | None = None,
         channel_secret_files: tuple[str, ...] | list[str] = (),
-        listen: str | None = DEFAULT_LISTEN,
+        listen: str | None = None,  # None: the default (DEFAULT_LISTEN); "none": no listening
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
@@ -73,8 +79,9 @@ class Config:
             api_port=port,
             channels=tuple(dict.fromkeys(channels)),
             channel_secret_files=_pair_secret_files(tuple(channels), tuple(channel_secret_files)),
-            listen=None if (listen or "").lower() == "none" else listen,
-            bootstraps=tuple(bootstraps),
+            listen=_listen(listen),
+            listen_fallback=listen is None,
+            bootstraps=tuple(_checked_address(b, "--bootstrap", zero_port=False) for b in bootstraps),
             find_timeout=find_timeout,
             cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
@@ -116,6 +123,31 @@ def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
     if min(limits.circuit_bytes, limits.circuit_seconds, limits.node_circuits, limits.node_bytes) <= 0:
         raise ConfigError("relay limits must be positive")
     return limits
+
+
+def parse_hostport(text: str, what: str = "address", zero_port: bool = True) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` (an empty host is 0.0.0.0); the port must fit in 16 bits
+    (1 and up where a port to dial is meant: ``zero_port=False``)."""
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT (e.g. 0.0.0.0:{DEFAULT_LISTEN_PORT})")
+    lowest = 0 if zero_port else 1
+    if not lowest <= int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r}: the port must be {lowest} to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _checked_address(text: str, what: str, zero_port: bool = True) -> str:
+    parse_hostport(text, what, zero_port)
+    return str(text).strip()
+
+
+def _listen(text: str | None) -> str | None:
+    if text is None:
+        return DEFAULT_LISTEN
+    if text.strip().lower() == "none":
+        return None
+    return _checked_address(text, "--listen")
 
 
 def parse_size(text: str | int) -> int:

@@ -31,6 +31,7 @@ CACHE_CHECK_SECONDS = 30.0
 
 def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: bool = False) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (or, with a mountpoint, an unmount)."""
+    log.debug("starting with %s", config)
     tune_malloc()
     if mountpoint is not None:
         from .fs.mount import prepare_mountpoint
@@ -83,6 +84,7 @@ async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, 
 def run_bootstrap(config: Config) -> None:
     """The bootstrap node, until SIGINT/SIGTERM. Its local API answers `kacheryfs status` (relay
     and punch counters) for its config dir."""
+    log.debug("starting the bootstrap with %s", config)
     tune_malloc()
     claim_socket(config.config_dir)
     node = build_bootstrap(config)

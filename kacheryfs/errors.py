@@ -145,6 +145,10 @@ class UnmountError(KacheryError):
     """Could not unmount"""
 
 
+class ListenError(KacheryError):
+    """Cannot listen for peers"""
+
+
 class MountError(KacheryError):
     """Could not mount"""
 

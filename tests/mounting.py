@@ -59,7 +59,7 @@ class Mount:
         """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
+            [*self.prefix, KACHERYFS, "mount", str(self.mountpoint), *args], env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -128,7 +128,7 @@ class Daemon:
         self.prefix = list(prefix)
         self.root = root
         self.args = args
-        self.command = [program, "-v"] if program == KACHERYFS else [program]
+        self.command = [program]
         self.log_path = root / "daemon.log"
         self.env = cli_env(root / "storage", root / "config")
         self.proc: subprocess.Popen | None = None

@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 from ..config import Config
-from ..errors import MountError
+from ..errors import MountError, UnmountError
 from .operations import KacheryOperations
 from .tree import VirtualTree
 
@@ -75,7 +75,7 @@ def is_mounted(mountpoint: str | os.PathLike) -> bool:
 def fusermount_unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> subprocess.CompletedProcess:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
-        raise MountError("fusermount3 not found (install the fuse3 package)")
+        raise UnmountError("fusermount3 not found (install the fuse3 package)")
     args = [tool, "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
     return subprocess.run(args, capture_output=True, text=True)
 

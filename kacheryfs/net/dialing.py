@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from ..config import parse_hostport  # noqa: F401 (what the dialer's addresses are parsed with)
 from ..errors import KacheryError
 from .host import SessionHost
 from .interfaces import PeerHint
@@ -20,13 +21,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 DIAL_ERRORS = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError)
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise KacheryError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass(frozen=True)

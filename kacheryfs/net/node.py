@@ -48,13 +48,13 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 channel_names: Mapping[str, str] | None = None):
+                 channel_names: Mapping[str, str] | None = None, listen_fallback: bool = False):
         self.key = key
         self.channel_names = dict(channel_names or {})  # channel id -> name, for status
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
-        self.host = SessionHost(key, channel_keys, listen=listen)
+        self.host = SessionHost(key, channel_keys, listen=listen, listen_fallback=listen_fallback)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout)
         self.relay_client = RelayClient(self.host)
@@ -236,6 +236,7 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds,
                 channel_names={cid: name for cid, (name, _k) in channels.items()},
+                listen_fallback=config.listen_fallback,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
                 lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")
