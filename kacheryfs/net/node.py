@@ -19,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
+import trio
+
 from ..config import DEFAULT_FIND_TIMEOUT
 from ..crypto import NodeKey
 from ..store import LocalStore
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 RELAY_LIMIT_HOLD_OFF = 60.0  # after a relay limit closed our circuit to a peer, do not reopen one at once
 
+ALONE_WARNING_SECONDS = 10.0  # after start, a node with no peer in a channel says so
+
 __all__ = ["Node", "NodeCounters", "Provider", "build_node", "parse_hostport"]
 
 
@@ -48,9 +52,11 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 channel_names: Mapping[str, str] | None = None, listen_fallback: bool = False):
+                 channel_names: Mapping[str, str] | None = None, listen_fallback: bool = False,
+                 alone_warning_after: float = ALONE_WARNING_SECONDS):
         self.key = key
         self.channel_names = dict(channel_names or {})  # channel id -> name, for status
+        self.alone_warning_after = alone_warning_after
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
@@ -85,7 +91,41 @@ class Node(HostedNode):
         self.server.rate_limit = value
 
     def services(self):
-        return self.discovery.services()
+        return self.discovery.services() + [self._warn_while_alone]
+
+    def channels_without_peers(self) -> list[str]:
+        """Names of the joined channels no connected peer shares."""
+        shared = {c for s in self.channel_peers() for c in s.channel_ids}
+        return [self.channel_names.get(c, c) for c in self.channel_keys if c not in shared]
+
+    async def _warn_while_alone(self) -> None:
+        """A node that finds nobody shares nothing and fetches nothing: say so, and why it may be,
+        some seconds after start (not at once: discovery takes a moment), and say when it ends."""
+        await trio.sleep(self.alone_warning_after)
+        if not self.channel_keys:
+            log.warning("this node joined no channel: it shares and fetches nothing (give --channel NAME)")
+            return
+        alone = self.channels_without_peers()
+        if not alone:
+            return
+        bootstraps = [f"{h}:{p}" for h, p in self.discovery.bootstraps]
+        if not bootstraps:
+            why = ("on one machine or LAN peers meet by themselves; across networks every node needs "
+                   "--bootstrap HOST:PORT")
+        elif not self.relay_client.relays:
+            why = f"the bootstrap ({', '.join(bootstraps)}) cannot be reached"
+        else:
+            why = "the bootstrap knows no other member of it yet"
+        log.warning("no peer in channel %s %.0f s after start: peers must join the same channel name "
+                    "(and secret, for a private one); %s (see Connectivity in docs/user-guide.md)",
+                    ", ".join(alone), self.alone_warning_after, why)
+        while alone:
+            await self.host.wait_peers_changed()
+            now_alone = self.channels_without_peers()
+            for name in alone:
+                if name not in now_alone:
+                    log.info("channel %s: a peer is connected now", name)
+            alone = now_alone
 
     # ---- the protocols of interfaces.py, for the roles -----------------------------------------
     def register(self, msg_type, handler: Handler, *, inline: bool = False) -> None:
