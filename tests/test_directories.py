@@ -99,6 +99,10 @@ import kacheryfs as kfs, json
 print(json.dumps(kfs.read_dir({uri!r})))
 print(json.dumps(kfs.read_dir({uri!r} + "/sub", recursive=False)))
 print(kfs.load_text({uri!r} + "/a.txt"), end="")
+import kachery_p2p as kp  # the seed's module reads directories too
+assert kp.load_text({uri!r} + "/a.txt") == "alpha\\n"
+assert kp.read_dir({uri!r})["dirs"]["sub"]["files"]["b.bin"]["size"] == {(5 << 20) + 123}
+assert kp.load_file({uri!r} + "/no/such/file") is None
 """
     result = subprocess.run([sys.executable, "-c", code], env=c.env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
