@@ -164,13 +164,11 @@ class SessionHost:
                     if route is None:
                         return
                     if route.inline:  # in the receive loop: messages of one stream stay in order
-                        reply = await route.handler(sess, msg)
-                        if reply is not None:
-                            await send_quietly(sess, reply)
+                        await self._answer(sess, msg, route.handler)
                         return
                     token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER handlers at once
                     await limiter.acquire_on_behalf_of(token)
-                    handlers.start_soon(self._answer, sess, msg, route.handler, limiter, token)
+                    handlers.start_soon(self._answer_in_task, sess, msg, route.handler, limiter, token)
 
                 await session.receive_loop(on_message)
                 handlers.cancel_scope.cancel()
@@ -182,8 +180,7 @@ class SessionHost:
                 closed(session)
             log.info("disconnected %r", session)
 
-    async def _answer(self, session: PeerSession, msg: Message, handler: Handler, limiter: trio.CapacityLimiter,
-                      token: object) -> None:
+    async def _answer(self, session: PeerSession, msg: Message, handler: Handler) -> None:
         try:
             reply = await handler(session, msg)
             if reply is not None:
@@ -192,8 +189,13 @@ class SessionHost:
             pass
         except KacheryError as exc:
             log.warning("request %s from %r failed: %s", type(msg).__name__, session, exc)
-        except Exception:  # a bug in serving one request must not take the node down
+        except Exception:  # a bug in handling one message must not take the node down
             log.exception("request %s from %r crashed", type(msg).__name__, session)
+
+    async def _answer_in_task(self, session: PeerSession, msg: Message, handler: Handler,
+                              limiter: trio.CapacityLimiter, token: object) -> None:
+        try:
+            await self._answer(session, msg, handler)
         finally:
             limiter.release_on_behalf_of(token)
 
