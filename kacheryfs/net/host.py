@@ -15,12 +15,12 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..crypto import NodeKey
-from ..errors import KacheryError
-from ..protocol import Connection, ProtocolError
+from ..errors import KacheryError, PeerGone, ProtocolError
+from ..protocol import Connection
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import Message, Ping, Pong
 from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
-from .session import PeerGone, PeerSession, handshake
+from .session import PeerSession, handshake
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import trio
 
+from ..errors import PeerGone
 from ..protocol.messages import RelayClose, RelayData
-from .session import PeerGone, PeerSession
+from .session import PeerSession
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The synchronous Python API, named as in kachery-p2p: ``store_*`` return URIs, ``load_*`` take them."""
+"""The synchronous Python calls for objects, named as in kachery-p2p: ``store_*`` return URIs,
+``load_*`` take them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import InvalidURI, KacheryError, ObjectNotFound
-from .store import LocalStore, parse_uri
+from ..config import Config
+from ..errors import InvalidURI, KacheryError, NoDaemon, ObjectNotFound
+from ..store import LocalStore, parse_uri
 
 _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
@@ -73,7 +74,7 @@ class _WriterFile(io.RawIOBase):
 
 def load_file(uri: str, *, storage_dir=None) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it)."""
-    from .api_client import NoDaemon, daemon_load
+    from .client import daemon_load
 
     parsed = parse_uri(uri)
     store = _store(storage_dir)
