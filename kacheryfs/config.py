@@ -34,6 +34,7 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
+    http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
     @classmethod
     def from_env(
@@ -47,6 +48,7 @@ class Config:
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
+        http: str | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -70,6 +72,7 @@ class Config:
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
+            http=parse_http_bind(http) if http else None,
         )
 
     @property
@@ -105,11 +108,24 @@ def parse_size(text: str | int) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if raw and raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        return int(raw)
+        value = int(float(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else int(raw)
     except ValueError:
         raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)") from None
+    if value < 0:
+        raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)")
+    return value
+
+
+def parse_http_bind(text: str) -> tuple[str, int]:
+    """``PORT`` (loopback), ``HOST:PORT`` or ``[IPv6]:PORT``: any other address than loopback only
+    when one is written out."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {text!r}: expected PORT or HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def _positive_float(text: str | None, name: str) -> float | None:

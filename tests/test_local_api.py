@@ -28,7 +28,7 @@ def test_an_errno_set_on_one_error_survives_and_unknown_classes_degrade():
     back = messages.error_from_reply(messages.error_reply(exc))
     assert isinstance(back, StoreFailed) and back.errno == errno.EACCES and str(back) == str(exc)
     for name in ("FutureError", "Exception", "OSError", "sqlite3"):  # not a class of errors.py
-        back = messages.error_from_reply({"error": "it broke", "error_type": name, "errno": 5})
+        back = messages.error_from_reply({"error": "it broke", "kind": name, "errno": 5})
         assert type(back) is KacheryError and str(back) == "it broke"
     assert type(messages.error_from_reply({"error": "old daemon"})) is KacheryError
 

@@ -5,9 +5,10 @@ the running daemon. One request per connection, a JSON object on one line: ``{"o
 Replies are JSON objects, one per line, until the last:
 
 - ``{"progress": done, "total": size}``: a load under way
+- ``{"data": base64}``: bytes of a read, in order
 - ``{"index": i, "message": value}``: an entry of a feed read
 - ``{"ok": true, ...}``: the answer
-- ``{"error": message, "error_type": class, "errno": n, "detail": detail}``: the request failed;
+- ``{"error": message, "kind": class, "errno": n, "detail": detail}``: the request failed;
   the client raises the same class of errors.py, with the same errno and message.
 """
 
@@ -21,7 +22,7 @@ from ..errors import KacheryError
 
 SOCKET_NAME = "api.sock"
 MAX_REQUEST = 64 << 10  # bytes of a request line
-OPS = ("status", "find", "load", "feed_create", "feed_append", "feed_read", "feed_ls")
+OPS = ("status", "find", "load", "cache", "read", "feed_create", "feed_append", "feed_read", "feed_ls")
 
 
 def socket_path(config_dir: Path) -> Path:
@@ -47,13 +48,13 @@ def decode_request(line: bytes) -> dict:
 
 
 def error_reply(exc: KacheryError) -> dict:
-    return {"error": str(exc), "error_type": type(exc).__name__, "errno": exc.errno, "detail": exc.detail}
+    return {"error": str(exc), "kind": type(exc).__name__, "errno": exc.errno, "detail": exc.detail}
 
 
 def error_from_reply(reply: dict) -> KacheryError:
     """The error a reply carries, as the class the daemon raised (a plain KacheryError if the class
     is not one of errors.py's, say from another version)."""
-    cls = getattr(errors, str(reply.get("error_type")), None)
+    cls = getattr(errors, str(reply.get("kind")), None)
     if isinstance(cls, type) and issubclass(cls, KacheryError):
         exc = cls(reply.get("detail"))
         if str(exc) != reply.get("error"):  # a message built some other way: keep the daemon's

@@ -80,8 +80,8 @@ class ApiServer:
         self.fetcher = fetcher
         self.config_dir = config_dir
         self.extra_status = extra_status or (lambda: {})
-        self._ops = {"status": self._status, "find": self._find, "load": self._load,
-                     "feed_create": self._feed_create, "feed_append": self._feed_append,
+        self._ops = {"status": self._status, "find": self._find, "load": self._load, "cache": self._cache,
+                     "read": self._read, "feed_create": self._feed_create, "feed_append": self._feed_append,
                      "feed_read": self._feed_read, "feed_ls": self._feed_ls}
         assert set(self._ops) == set(messages.OPS)
 
@@ -125,7 +125,7 @@ class ApiServer:
 
     async def _status(self, request: dict, reply: Reply) -> None:
         await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
-                                             "channels": len(self.node.channel_keys)}})
+                                             "channels": len(self.node.channel_keys), "pid": os.getpid()}})
 
     async def _find(self, request: dict, reply: Reply) -> None:
         uri = parse_uri(str(request.get("uri", "")))
@@ -171,6 +171,39 @@ class ApiServer:
             raise error
         await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
 
+    async def _cache(self, request: dict, reply: Reply) -> None:
+        """Write the daemon's record of recent reads; with "to", evict down to that many bytes."""
+        store, limit = self.node.store, request.get("to")
+        evicted = []
+        if limit is None:
+            await trio.to_thread.run_sync(store.flush_touches)
+        else:
+            evicted = await trio.to_thread.run_sync(store.evict_cached, int(limit))
+        await reply({"ok": True, "evicted": evicted})
+
+    async def _read(self, request: dict, reply: Reply) -> None:
+        """Bytes [start, end) of an object, fetching only the chunks they cover."""
+        import base64
+
+        from ..gateway.objects import BLOCK, open_source
+
+        uri = parse_uri(str(request.get("uri", "")))
+        start, end = int(request.get("start", 0)), request.get("end")
+        if start < 0 or (end is not None and int(end) < start):
+            raise KacheryError(f"bad byte range: start {start}, end {end}")
+        source = await open_source(self.node.store, self.fetcher, uri.sha1, uri.manifest_sha1)
+        try:
+            end = source.size if end is None else min(int(end), source.size)
+            offset = min(start, end)
+            while offset < end:
+                n = min(BLOCK - offset % BLOCK, end - offset)
+                await reply({"data": base64.b64encode(await source.read(offset, n)).decode()})
+                offset += n
+        finally:
+            with trio.CancelScope(shield=True):
+                await source.aclose()
+        await reply({"ok": True, "size": source.size})
+
     async def _resolve_feed(self, ref: str, discover: bool = True) -> str:
         """A feed id from an id, a feed:// URI or a local label; unknown ids are looked for on peers."""
         sync = self._sync()
@@ -184,6 +217,7 @@ class ApiServer:
         if feed_id not in sync.feeds.feed_ids():
             if not discover or not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
+            await sync.wait_for_backlog(feed_id)
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep a replica live while someone reads it
         return feed_id

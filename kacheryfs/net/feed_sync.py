@@ -60,6 +60,7 @@ class FeedSync:
         self._changed: dict[Where, trio.Event] = defaultdict(trio.Event)
         self._subscribed: set[tuple[int, Where]] = set()  # (id(session), where)
         self.rejected = 0
+        self._backlogs: dict[str, dict[str, int]] = {}  # feed id -> subfeed -> count a peer had (discover)
         node.register(FeedQuery, self._query)
         node.register(FeedSubscribe, self._subscribe_request)
         node.register(FeedEntries, self.on_entries, inline=True)  # in order, as pushed
@@ -167,6 +168,10 @@ class FeedSync:
             except (KacheryError, trio.TooSlowError):
                 return
             if isinstance(info, FeedInfo) and info.found:
+                backlog = self._backlogs.setdefault(feed_id, {})
+                for name, count in info.subfeeds.items():
+                    if isinstance(name, str) and isinstance(count, int):
+                        backlog[name] = max(backlog.get(name, 0), count)
                 found.set()
 
         with trio.move_on_after(timeout):
@@ -179,6 +184,15 @@ class FeedSync:
             self.feeds.add_feed(feed_id)
             self.follow(feed_id)
         return found.is_set()
+
+    async def wait_for_backlog(self, feed_id: str, timeout: float | None = None) -> None:
+        """After ``discover``: until the entries the peer said it had have arrived (or ``timeout``),
+        so a first read of a feed new here is not empty."""
+        timeout = self.find_timeout if timeout is None else timeout
+        backlog = self._backlogs.pop(feed_id, {})
+        with trio.move_on_after(timeout):
+            for subfeed, count in backlog.items():
+                await self.wait_for_more(feed_id, subfeed, count - 1, timeout)
 
     # ---- messages from peers ---------------------------------------------------------------------
     async def _query(self, session: PeerSession, msg: FeedQuery) -> Message:

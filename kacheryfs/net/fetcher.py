@@ -138,9 +138,10 @@ class NetworkFetcher:
                 download.progress.remove(progress)
             self.release(sha1, running)
 
-    async def open_remote(self, sha1: str) -> RemoteReader | None:
-        """For a read through the mount: a lazy reader, or None once the object is local."""
-        running = await self._acquire(sha1)
+    async def open_remote(self, sha1: str, manifest_sha1: str | None = None) -> RemoteReader | None:
+        """For a read through the mount: a lazy reader, or None once the object is local. A manifest
+        hash from the reader's URI is tried before the ones providers name."""
+        running = await self._acquire(sha1, manifest_sha1)
         return None if running is None else RemoteReader(self, sha1, running)
 
     async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS feed_channels (  -- the channels a replicated feed ca
     channel_id TEXT NOT NULL,
     PRIMARY KEY (feed_id, channel_id)
 );
+CREATE TABLE IF NOT EXISTS pins (  -- objects the user pinned (kacheryfs pin): never evicted
+    sha1 TEXT PRIMARY KEY,
+    pinned_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stat_cache (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
@@ -155,8 +159,29 @@ class Index:
         return count, total
 
     def cached_by_age(self) -> list[tuple[str, int, str | None]]:
-        """Cached (evictable) objects, least recently used first: (sha1, size, manifest sha1)."""
-        return self._query("SELECT sha1, size, manifest_sha1 FROM objects WHERE pinned = 0 ORDER BY last_access")
+        """Evictable objects, least recently used first: (sha1, size, manifest sha1). Cached copies
+        that nobody pinned; a manifest of an object held here goes with that object, never alone."""
+        return self._query(
+            "SELECT sha1, size, manifest_sha1 FROM objects WHERE pinned = 0 "
+            "AND sha1 NOT IN (SELECT sha1 FROM pins) "
+            "AND sha1 NOT IN (SELECT manifest_sha1 FROM objects WHERE manifest_sha1 IS NOT NULL) "
+            "ORDER BY last_access")
+
+    # pins: user-chosen objects kept whatever the cache size
+    def pin(self, sha1s) -> None:
+        with self._lock, _index_errors():
+            self._db.executemany("INSERT OR IGNORE INTO pins VALUES (?, ?)", [(s, time.time()) for s in sha1s])
+
+    def unpin(self, sha1s) -> int:
+        with self._lock, _index_errors():
+            return sum(self._db.execute("DELETE FROM pins WHERE sha1=?", (s,)).rowcount for s in sha1s)
+
+    def pinned_sha1s(self) -> frozenset[str]:
+        return frozenset(r[0] for r in self._query("SELECT sha1 FROM pins"))
+
+    def manifest_sha1s(self) -> dict[str, str]:
+        """manifest sha1 -> the sha1 of the object it describes, for every object held here."""
+        return dict(self._query("SELECT manifest_sha1, sha1 FROM objects WHERE manifest_sha1 IS NOT NULL"))
 
     def cached_total(self) -> int:
         return self._query("SELECT coalesce(sum(size), 0) FROM objects WHERE pinned = 0")[0][0]

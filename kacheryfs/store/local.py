@@ -42,6 +42,21 @@ class StoredObject:
         return format_uri(self.sha1, name, self.manifest_sha1)
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    sha1: str
+    size: int
+    stored: bool  # stored on this node (shared on all its channels), else a cached copy from peers
+    pinned: bool  # pinned by the user: never evicted
+    last_access: float
+    names: tuple[str, ...]  # its names under store/
+    manifest_of: str | None  # when this object is the chunk manifest of another
+
+    @property
+    def evictable(self) -> bool:
+        return not (self.stored or self.pinned)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -292,8 +307,9 @@ class LocalStore:
             w.write(data)
             return w.commit()
 
-    def put_file(self, path: str | os.PathLike) -> StoredObject:
-        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed."""
+    def put_file(self, path: str | os.PathLike, on_progress=None) -> StoredObject:
+        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed.
+        ``on_progress(bytes copied, size)`` is called as blocks go in."""
         path = Path(path)
         try:
             with open(path, "rb") as src:
@@ -304,6 +320,8 @@ class LocalStore:
                 with self.writer() as w:
                     while block := src.read(COPY_BLOCK):
                         w.write(block)
+                        if on_progress is not None:
+                            on_progress(w.size, st.st_size)
                     obj = w.commit()
                 self.index.put_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                     _fingerprint(src, st.st_size), obj.sha1, obj.manifest_sha1)
@@ -360,6 +378,34 @@ class LocalStore:
 
     def rename(self, old: str, new: str) -> bool:
         return self.index.rename(old, new)
+
+    # cache control (kacheryfs ls / pin / unpin / gc)
+    def pin(self, sha1: str) -> ObjectRecord:
+        """Keep a cached copy whatever the cache size (stored-here objects are kept anyway)."""
+        record = self.require(sha1)
+        self.index.pin([sha1])
+        return record
+
+    def unpin(self, sha1: str) -> bool:
+        """False if it was not pinned."""
+        return self.index.unpin([sha1]) > 0
+
+    def listing(self) -> list["ListedObject"]:
+        """Every object held here with what `kacheryfs ls` shows, most recently used first."""
+        pins = self.index.pinned_sha1s()
+        manifests = self.index.manifest_sha1s()
+        names: dict[str, list[str]] = {}
+        for record in self.index.all_names():
+            names.setdefault(record.sha1, []).append(record.name)
+        out = [ListedObject(r.sha1, r.size, r.pinned, r.sha1 in pins, r.last_access,
+                            tuple(names.get(r.sha1, ())), manifests.get(r.sha1))
+               for r in self.index.all_objects()]
+        out.sort(key=lambda o: o.last_access, reverse=True)
+        return out
+
+    def cached_total(self) -> int:
+        """Bytes of cached copies (what --cache-size caps), pinned ones included."""
+        return self.index.cached_total()
 
     def evict_cached(self, limit_bytes: int) -> list[str]:
         """Delete least recently used cached copies (never stored-here objects) until the cache
@@ -439,4 +485,4 @@ def open_mmap(path: Path) -> mmap.mmap | None:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-__all__ = ["LocalStore", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
+__all__ = ["LocalStore", "ListedObject", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
