@@ -205,6 +205,7 @@ class HostedNode:
     the node's background services."""
 
     host: SessionHost
+    _nursery: trio.Nursery | None = None  # the node's: its host and its services
 
     @property
     def node_id(self) -> str:
@@ -224,13 +225,16 @@ class HostedNode:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.host.run)
             for service in self.services():
                 nursery.start_soon(service)
             task_status.started(self)
 
     def cancel(self) -> None:
-        self.host.cancel()
+        """Stop every task of the node: its sessions and its services."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
 
 async def send_quietly(session: PeerSession, msg: Message) -> None:
