@@ -34,6 +34,7 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
+    relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
     @classmethod
@@ -48,6 +49,10 @@ class Config:
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
+        relay_circuit_bytes: str | int | None = None,
+        relay_circuit_seconds: float | None = None,
+        relay_node_circuits: int | None = None,
+        relay_node_bytes: str | int | None = None,
         http: str | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
@@ -72,6 +77,8 @@ class Config:
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
+            relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+                                       relay_node_bytes),
             http=parse_http_bind(http) if http else None,
         )
 
@@ -99,6 +106,20 @@ class Config:
             key = channel_key(name, secret)
             out[channel_id(key)] = (name, key)
         return out
+
+
+def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
+    from .protocol.relay_limits import RelayLimits
+
+    defaults = RelayLimits()
+    limits = RelayLimits(
+        circuit_bytes=parse_size(circuit_bytes) if circuit_bytes is not None else defaults.circuit_bytes,
+        circuit_seconds=circuit_seconds if circuit_seconds is not None else defaults.circuit_seconds,
+        node_circuits=node_circuits if node_circuits is not None else defaults.node_circuits,
+        node_bytes=parse_size(node_bytes) if node_bytes is not None else defaults.node_bytes)
+    if min(limits.circuit_bytes, limits.circuit_seconds, limits.node_circuits, limits.node_bytes) <= 0:
+        raise ConfigError("relay limits must be positive")
+    return limits
 
 
 def parse_size(text: str | int) -> int:

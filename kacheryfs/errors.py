@@ -162,6 +162,10 @@ class FetchFailed(KacheryError):
     """Could not fetch the file from any peer"""
 
 
+class PunchError(KacheryError):
+    """The hole punch failed"""
+
+
 # ---- the daemon and its local API ----------------------------------------------------------------
 class DaemonAlreadyRunning(KacheryError):
     """Another kacheryfs daemon is running with this config directory"""
@@ -169,6 +173,10 @@ class DaemonAlreadyRunning(KacheryError):
 
 class NoDaemon(KacheryError):
     """No kacheryfs daemon is running for this config directory (start `kacheryfs mount` or `kacheryfs daemon`)"""
+
+
+class GatewayError(KacheryError):
+    """The HTTP gateway could not start"""
 
 
 # ---- feeds (signed append-only logs) ---------------------------------------------------------
