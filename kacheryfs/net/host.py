@@ -141,15 +141,7 @@ class SessionHost:
                              expected_peer: str) -> PeerSession:
         """Run the handshake as responder, expecting ``expected_peer`` (a hole punch's other end);
         returns once the session is registered. Raises on a failed handshake."""
-        conn = self._connection(RESPONDER, expected_peer)
-        try:
-            info = await handshake(stream, conn)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        session = PeerSession(stream, conn, info, direction, remote)
-        await self.start(self._run_session, session)
-        return session
+        return await self._start_session(RESPONDER, stream, remote, direction, expected_peer)
 
     async def connect(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -173,7 +165,11 @@ class SessionHost:
     async def open_session(self, stream: trio.abc.Stream, remote: str, direction: str,
                            expected_peer: str | None = None) -> PeerSession:
         """Run the handshake as initiator over ``stream``; returns once the session is registered."""
-        conn = self._connection(INITIATOR, expected_peer)
+        return await self._start_session(INITIATOR, stream, remote, direction, expected_peer)
+
+    async def _start_session(self, role: bytes, stream: trio.abc.Stream, remote: str, direction: str,
+                             expected_peer: str | None) -> PeerSession:
+        conn = self._connection(role, expected_peer)
         try:
             info = await handshake(stream, conn)
         except BaseException:
