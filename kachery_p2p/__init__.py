@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from kacheryfs import api as _api
-from kacheryfs import feeds_api as _feeds
+from kacheryfs.api import feeds as _feeds
+from kacheryfs.api import objects as _api
 from kacheryfs.config import Config
 from kacheryfs.errors import KacheryError, NotFound, ObjectNotFound, UnknownFeed
 from kacheryfs.store import format_uri, is_dir_uri, parse_uri
@@ -95,7 +95,8 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
                p2p: bool = True, from_node: str | None = None, from_channel: str | None = None) -> bytes | None:
     """Bytes [start, end) of a file (all of it without start/end); from peers only the chunks they
     cover are fetched. None if nobody has the file."""
-    from kacheryfs.api_client import NoDaemon, request
+    from kacheryfs.api.client import request
+    from kacheryfs.errors import NoDaemon
 
     try:
         parsed = parse_uri(_api.resolve_file_uri(uri) if is_dir_uri(uri) else uri)
@@ -212,7 +213,7 @@ def store_dir(path: str, label: str | None = None) -> str:
 # ---- the network ------------------------------------------------------------------------------------
 
 def _daemon_call(op: str, **fields) -> dict:
-    from kacheryfs.api_client import call
+    from kacheryfs.api.client import call
 
     return call(Config.from_env().config_dir, op, **fields)
 

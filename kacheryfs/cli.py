@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from .config import DEFAULT_LISTEN, Config
-from .errors import IsADirectory, KacheryError, NoSuchFile, ObjectNotFound, UnmountError
 from .cli_cache import human as _human
+from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
+from .errors import IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
 from .progress import ByteProgress
 from .store import (
-    CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_dir_uri, parse_uri,
+    CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_uri,
 )
 
 storage_option = click.option(
@@ -72,9 +72,9 @@ def network_options(fn):
                           "taken; PORT 0: any free port); 'none' accepts no inbound connections."),
         click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
                      help="A rendezvous node to find channel peers through (repeatable)."),
-        click.option("--find-timeout", default=3.0, show_default=True, type=float,
+        click.option("--find-timeout", default=DEFAULT_FIND_TIMEOUT, show_default=True, type=float,
                      help="Seconds to wait for peers to answer who holds a file."),
-        click.option("--cache-size", default="100G", show_default=True, metavar="SIZE",
+        click.option("--cache-size", default=f"{DEFAULT_CACHE_SIZE >> 30}G", show_default=True, metavar="SIZE",
                      help="Keep at most this much of files fetched from peers (least recently used go first)."),
     ]
     for option in reversed(options):
@@ -212,13 +212,11 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
 def load(uri, dest, storage_dir, config_dir):
     """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path.
     A stored directory (sha1dir://<hash>[/subdir]) is written to --dest as a directory."""
-    from . import api
+    from .api.objects import dir_entry, load_dir
 
-    if is_dir_uri(uri) and dest is not None:
-        entry = api._dir_entry(uri, storage_dir, config_dir, None)
-        if not isinstance(entry, api.FileEntry):
-            click.echo(api.load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
-            return
+    if is_dir_uri(uri) and dest is not None and isinstance(dir_entry(uri, storage_dir, config_dir, None), Directory):
+        click.echo(load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
+        return
     path = _local_path(uri, storage_dir, config_dir)
     if dest is None:
         click.echo(str(path))
@@ -313,7 +311,7 @@ def status(as_json, storage_dir, config_dir):
 def find(uri, as_json, storage_dir, config_dir):
     """List the channel peers that hold a file (asks the running daemon)."""
     from . import api
-    from .api_client import call
+    from .api.client import call
 
     parsed = parse_uri(api.resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir))
     providers = call(_config(storage_dir, config_dir).config_dir, "find", uri=str(parsed))["providers"]
@@ -337,7 +335,7 @@ def feed():
 @config_option
 def feed_create(label, storage_dir, config_dir):
     """Create a feed this node owns; prints its id."""
-    from .feeds_api import create_feed
+    from .api.feeds import create_feed
 
     click.echo(create_feed(label, storage_dir=storage_dir, config_dir=config_dir).feed_id)
 
@@ -352,7 +350,7 @@ def feed_append(feed_ref, subfeed, messages, storage_dir, config_dir):
     """Append JSON messages to a subfeed of a feed you own; prints their indices."""
     import json
 
-    from .feeds_api import load_feed
+    from .api.feeds import load_feed
 
     try:
         values = [json.loads(m) for m in messages]
@@ -374,7 +372,7 @@ def feed_read(feed_ref, subfeed, follow, start, storage_dir, config_dir):
     """Print a subfeed's messages as JSON lines (fetched from channel peers if need be)."""
     import json
 
-    from .feeds_api import load_feed
+    from .api.feeds import load_feed
 
     sub = load_feed(feed_ref, storage_dir=storage_dir, config_dir=config_dir).get_subfeed(subfeed)
     sub.set_position(start)
@@ -393,15 +391,15 @@ def feed_read(feed_ref, subfeed, follow, start, storage_dir, config_dir):
 @config_option
 def feed_ls(feed_ref, storage_dir, config_dir):
     """List feeds (or one feed's subfeeds) with their message counts."""
-    from .api_client import NoDaemon, call
+    from .api.client import call
     from .feeds import FeedStore
 
     config = _config(storage_dir, config_dir)
     try:
         feeds = call(config.config_dir, "feed_ls", **({"feed": feed_ref} if feed_ref else {}))["feeds"]
     except NoDaemon:
-        store = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
-        from .feeds_api import _Backend
+        store = FeedStore(config.feeds_db, config.feed_keys_dir)
+        from .api.feeds import _Backend
 
         ids = [_Backend(config).resolve(feed_ref)] if feed_ref else store.feed_ids()
         feeds = [{"feed_id": f, "label": store.label_of(f), "owned": store.owns(f),

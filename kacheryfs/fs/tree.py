@@ -24,7 +24,6 @@ of ``names``, so they apply in one order.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ import trio
 
 from ..errors import (
     AlreadyExists, BadFileHandle, DirectoryNotEmpty, InvalidName, IsADirectory, KacheryError, NameTooLong,
-    NotADirectory, NotADirectoryManifest, NotFound, NotPermitted, ObjectNotFound, ReadOnly,
+    NoSuchAttribute, NotADirectory, NotADirectoryManifest, NotAnAppend, NotFound, NotPermitted, ObjectNotFound,
+    ReadOnly,
 )
 from ..store import (
     Directory, FileEntry, LocalStore, NameRecord, StoredObject, build_directory, format_dir_uri, format_uri,
@@ -47,7 +47,9 @@ from ..store import (
 from .dir_view import DirectoryViews, root_sha1
 from .drafts import Draft, Drafts
 from .handles import DirHandle, Handle, ObjectHandle
-from .inodes import FEEDS_DIR_INO, ROOT_INO, SHA1_DIR_INO, SHA1DIR_DIR_INO, STORE_DIR_INO, InodeTable, Key
+from .inodes import (
+    FEEDS_DIR_INO, FIRST_DYNAMIC_INO, ROOT_INO, SHA1_DIR_INO, SHA1DIR_DIR_INO, STORE_DIR_INO, InodeTable, Key,
+)
 from .remote import RemoteHandle
 from .store_names import StoreNames, is_under, join, moved
 
@@ -316,7 +318,7 @@ class VirtualTree:
         return ino in (SHA1_DIR_INO, SHA1DIR_DIR_INO) or (key is not None and key[0] == "sha1dir")
 
     def _remember(self, attr: Attr) -> Attr:
-        if attr.ino >= 16:
+        if attr.ino >= FIRST_DYNAMIC_INO:  # the fixed directories need no lookup count
             self.inodes.remember(attr.ino)
         return attr
 
@@ -503,7 +505,7 @@ class VirtualTree:
         return Step(partial(self.store.use, sha1), finish)  # use: a cached copy moves up the LRU order
 
     def _open_subfeed(self, ino: int, name: str, flags: int) -> int:
-        from .feeds_view import FeedHandle, FeedWriter, NotAnAppend
+        from .feeds_view import FeedHandle, FeedWriter
 
         feed_id, subfeed = name.split("/", 1)
         writer = None
@@ -580,8 +582,6 @@ class VirtualTree:
         if key is None:
             raise NotFound(f"inode {ino}")
         if key[0] == "subfeed":
-            from .feeds_view import NotAnAppend
-
             raise NotAnAppend("feeds cannot be truncated")
         if key[0] != "store":
             raise ReadOnly(key[1])
@@ -784,7 +784,7 @@ class VirtualTree:
             return no_query(lambda: json.dumps(self.fetcher.stats()).encode())
         if name == URI_XATTR:
             return self._uri_of(ino).then(partial(_uri_xattr, name))
-        raise _NoAttr(name)
+        raise NoSuchAttribute(name)
 
     def listxattr(self, ino: int) -> list[str]:
         return self._listxattr(ino).now()
@@ -809,7 +809,7 @@ class VirtualTree:
 
 def _uri_xattr(name: str, uri: str | None) -> bytes:
     if uri is None:
-        raise _NoAttr(name)
+        raise NoSuchAttribute(name)
     return uri.encode()
 
 
@@ -817,9 +817,3 @@ def _is_feed_id(name: str) -> bool:
     from ..feeds.entry import is_feed_id
 
     return is_feed_id(name)
-
-
-class _NoAttr(KacheryError):
-    """No such extended attribute"""
-
-    errno = errno.ENODATA

@@ -1,4 +1,5 @@
-"""The synchronous Python API, named as in kachery-p2p: ``store_*`` return URIs, ``load_*`` take them."""
+"""The synchronous Python calls for objects, named as in kachery-p2p: ``store_*`` return URIs,
+``load_*`` take them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import InvalidURI, IsADirectory, KacheryError, NotADirectory, ObjectNotFound
-from .store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
+from ..config import Config
+from ..errors import InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, ObjectNotFound
+from ..store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
 
 _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
@@ -34,7 +35,7 @@ def store_file(path: str | os.PathLike, *, storage_dir: str | os.PathLike | None
                progress: bool | None = None) -> str:
     """Store a local file; returns ``sha1://<hash>/<basename>[?manifest=...]``. A progress bar
     shows for files that take a while (on a terminal or in Jupyter; ``progress=False``: never)."""
-    from .progress import ByteProgress
+    from ..progress import ByteProgress
 
     with ByteProgress(Path(path).name, progress, delay=0.5) as bar:
         return _store(storage_dir).put_file(path, on_progress=bar).uri(Path(path).name)
@@ -88,7 +89,7 @@ def read_dir(uri: str, *, recursive: bool = True, storage_dir=None, config_dir=N
              progress: bool | None = None) -> dict:
     """A stored directory's listing, as kachery's read_dir: ``{"files": {name: {"sha1", "size"
     [, "manifest"]}}, "dirs": {name: {...}}}`` (subdirectories empty unless ``recursive``)."""
-    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    entry = dir_entry(uri, storage_dir, config_dir, progress)
     if not isinstance(entry, Directory):
         raise NotADirectory(f"{uri} is a file (load it with load_file)")
     return entry.listing(recursive)
@@ -100,7 +101,7 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
     not exist yet; files not held here come from channel peers. Returns ``dest``."""
     import shutil
 
-    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    entry = dir_entry(uri, storage_dir, config_dir, progress)
     if not isinstance(entry, Directory):
         raise NotADirectory(f"{uri} is a file (load it with load_file)")
     dest = Path(dest)
@@ -123,7 +124,7 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
     return str(dest)
 
 
-def _dir_entry(uri: str, storage_dir, config_dir, progress) -> Directory | FileEntry:
+def dir_entry(uri: str, storage_dir, config_dir, progress) -> Directory | FileEntry:
     """What a ``sha1dir://`` URI names; the directory manifest is fetched from peers if need be."""
     parsed = parse_dir_uri(uri)
     manifest_path = load_file(parsed.sha1, storage_dir=storage_dir, config_dir=config_dir, progress=progress)
@@ -135,7 +136,7 @@ def resolve_file_uri(uri: str, *, storage_dir=None, config_dir=None, progress: b
     manifest (which carries the file's hash and chunk manifest)."""
     if not is_dir_uri(uri):
         return str(parse_uri(uri))
-    entry = _dir_entry(uri, storage_dir, config_dir, progress)
+    entry = dir_entry(uri, storage_dir, config_dir, progress)
     if isinstance(entry, Directory):
         raise IsADirectory(f"{uri} (read_dir lists it; load_dir or `kacheryfs load --dest DIR` copies it)")
     return entry.uri(parse_dir_uri(uri).path.rpartition("/")[2])
@@ -145,8 +146,8 @@ def load_file(uri: str, *, storage_dir=None, config_dir=None, progress: bool | N
     """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
     the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never).
     ``uri`` may also name a file in a stored directory: ``sha1dir://<hash>/path/in/dir``."""
-    from .api_client import NoDaemon, daemon_load
-    from .progress import ByteProgress
+    from ..progress import ByteProgress
+    from .client import daemon_load
 
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     store = _store(storage_dir)
