@@ -57,3 +57,26 @@ def test_first_reads_of_a_colleagues_feed_are_complete(stack):
         result = subprocess.run([sys.executable, "-c", code], env=b.env, capture_output=True, timeout=60)
         assert result.returncode == 0, result.stderr.decode()
         assert json.loads(result.stdout) == expected
+
+
+def test_without_a_daemon_an_unknown_feed_is_an_error_not_silence(cli, tmp_path):
+    unknown = "ab" * 32
+    for args in (("feed", "read", unknown, "queue"), ("feed", "ls", unknown), ("feed", "read", f"feed://{unknown}/q", "q")):
+        result = cli(*args, check=False)
+        err = result.stderr.decode()
+        assert result.returncode == 1 and result.stdout == b"", err
+        assert "not in the local feed store, and no kacheryfs daemon is running" in err and len(err.splitlines()) == 1
+    code = f"""
+import kacheryfs as kfs
+from kacheryfs.errors import UnknownFeed
+try:
+    kfs.load_feed({unknown!r}).get_subfeed("queue").get_num_messages()
+except UnknownFeed as exc:
+    print("UnknownFeed")
+"""
+    result = subprocess.run([sys.executable, "-c", code], env=cli.env, capture_output=True, timeout=60)
+    assert result.stdout.decode().strip() == "UnknownFeed", result.stderr.decode()
+    # a feed held here still reads without a daemon
+    feed_id = cli("feed", "create", "--label", "mine").stdout.decode().strip()
+    cli("feed", "append", "mine", "queue", '{"a": 1}')
+    assert cli("feed", "read", feed_id, "queue").stdout.decode().splitlines() == ['{"a": 1}']

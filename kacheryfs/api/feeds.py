@@ -3,7 +3,8 @@
 
 With a daemon running (``kacheryfs mount`` / ``kacheryfs daemon``), calls go through its local API:
 appends reach subscribers at once and unknown feeds are fetched from channel peers. Without one,
-the local feed store is used directly (no network).
+the local feed store is used directly (no network), and a feed it does not hold is an error
+(UnknownFeed), never an empty read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class _Backend:
             return reply["feeds"][0]["feed_id"]
         feed_id = parse_feed_uri(ref).feed_id if ref.startswith("feed://") else ref
         if is_feed_id(feed_id):
+            if feed_id not in self.store().feed_ids():  # reading it would give nothing, silently
+                raise UnknownFeed(f"{feed_id} is not in the local feed store, and no kacheryfs daemon is "
+                                  "running to fetch it from channel peers (start `kacheryfs mount` or "
+                                  "`kacheryfs daemon`)")
             return feed_id
         found = self.store().find_by_label(ref)
         if found is None:
