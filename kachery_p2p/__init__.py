@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from kacheryfs.api import feeds as _feeds
 from kacheryfs.api import objects as _api
-from kacheryfs.config import Config
+from kacheryfs.running import located_config
 from kacheryfs.errors import KacheryError, NotFound, ObjectNotFound, UnknownFeed
 from kacheryfs.store import format_uri, is_dir_uri, parse_uri
 
@@ -119,7 +119,7 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
 
         parts = []
         try:
-            for reply in request(Config.from_env().config_dir, "read", uri=str(parsed), start=start, end=end):
+            for reply in request(located_config().config_dir, "read", uri=str(parsed), start=start, end=end):
                 if "data" in reply:
                     parts.append(base64.b64decode(reply["data"]))
         except (NoDaemon, ObjectNotFound):
@@ -215,7 +215,7 @@ def store_dir(path: str, label: str | None = None) -> str:
 def _daemon_call(op: str, **fields) -> dict:
     from kacheryfs.api.client import call
 
-    return call(Config.from_env().config_dir, op, **fields)
+    return call(located_config().config_dir, op, **fields)
 
 
 def find_file(uri: str, timeout_sec: float = 5) -> list[dict]:

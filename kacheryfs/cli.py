@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .cli_cache import cli_config
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
 from .errors import IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
@@ -28,8 +29,9 @@ config_option = click.option(
     help="Config directory (default: $KACHERY_P2P_CONFIG_DIR or ~/.kachery-p2p).")
 
 
-def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
-    return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels)
+def _config(storage_dir=None, config_dir=None) -> Config:
+    """The dirs to work with: those of the running mount or daemon, if one runs (cli_cache.cli_config)."""
+    return cli_config(storage_dir, config_dir)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,9 +178,10 @@ def unmount(mountpoint, lazy):
 @click.option("-r", "--recursive", is_flag=True, help="Store directories: every file in them, and the "
               "directory itself (printed as sha1dir://<hash>.<name>).")
 @storage_option
-def store(paths, recursive, storage_dir):
+@config_option
+def store(paths, recursive, storage_dir, config_dir):
     """Store files (and, with -r, directories); prints one URI per line."""
-    local = LocalStore(_config(storage_dir).storage_dir)
+    local = LocalStore(_config(storage_dir, config_dir).storage_dir)
     try:
         for path in paths:
             if not os.path.lexists(path):
@@ -421,8 +424,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(cli, argv, "kacheryfs")
 
 
+def _one_line_warnings(prog_name: str) -> None:
+    """Warnings (a store other than the running daemon's, say) as one line, like errors."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"{prog_name}: warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
     """Run a click command; every error is one line on stderr and an exit code."""
+    _one_line_warnings(prog_name)
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:

@@ -32,6 +32,11 @@ def status_lines(info: dict) -> list[str]:
         lines.append("daemon:   not running")
         return lines
     lines.append(f"node id:  {node['node_id']}" + ("  (a bootstrap)" if node.get("bootstrap") else ""))
+    if node.get("storage_dir"):
+        lines.append(f"daemon:   pid {node.get('pid')}, storage {node['storage_dir']}, config dir {node.get('config_dir')}")
+        if node["storage_dir"] != info["storage_dir"]:
+            lines.append(f"warning:  the storage above is {info['storage_dir']}, not the daemon's: files stored "
+                         "there are not served to peers")
     lines.append(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
     if node.get("observed"):
         lines.append(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")

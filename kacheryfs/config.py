@@ -11,7 +11,6 @@ from .errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
-DEFAULT_API_PORT = 20431
 # A fixed port (not a random one): firewall rules and port forwards are written once, and the
 # address a node registers stays valid across restarts. 14507 is the port kachery-p2p's daemons used
 # (UDP) by default; unassigned by IANA. Taken (a second daemon here)? The default falls back to any
@@ -21,6 +20,7 @@ DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_LISTEN_PORT}"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
 DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
+API_SOCKET = "api.sock"  # in the config dir: the running daemon's local API (api/messages.py)
 FEEDS_DB = "feeds.sqlite3"  # in the storage dir
 FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
 
@@ -29,7 +29,6 @@ FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
 class Config:
     storage_dir: Path
     config_dir: Path
-    api_port: int = DEFAULT_API_PORT
     channels: tuple[str, ...] = field(default_factory=tuple)
     channel_secret_files: tuple[tuple[str, Path], ...] = ()  # (channel name, file holding its secret)
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
@@ -37,6 +36,7 @@ class Config:
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
     discovery_dir: Path = DEFAULT_DISCOVERY_DIR  # KACHERYFS_DISCOVERY_DIR
+    running_dir: Path = Path(DEFAULT_CONFIG_DIR).expanduser() / "running"  # this user's running daemons (running.py)
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
@@ -67,15 +67,11 @@ class Config:
         env = os.environ if environ is None else environ
         storage = storage_dir or env.get("KACHERY_STORAGE_DIR") or DEFAULT_STORAGE_DIR
         config = config_dir or env.get("KACHERY_P2P_CONFIG_DIR") or DEFAULT_CONFIG_DIR
-        port_text = env.get("KACHERY_P2P_API_PORT") or str(DEFAULT_API_PORT)
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigError(f"KACHERY_P2P_API_PORT={port_text!r} is not a port number") from None
+        # KACHERY_P2P_API_PORT (kachery-p2p's local HTTP API port) is ignored: the local API is a Unix
+        # socket in the config dir, and a daemon is chosen by its config dir (docs/user-guide.md).
         return cls(
-            storage_dir=Path(storage).expanduser().absolute(),
-            config_dir=Path(config).expanduser().absolute(),
-            api_port=port,
+            storage_dir=_expand(storage, env),
+            config_dir=_expand(config, env),
             channels=tuple(dict.fromkeys(channels)),
             channel_secret_files=_pair_secret_files(tuple(channels), tuple(channel_secret_files)),
             listen=_listen(listen),
@@ -84,6 +80,7 @@ class Config:
             find_timeout=find_timeout,
             cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
+            running_dir=_running_dir(env),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
             relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
@@ -116,6 +113,25 @@ class Config:
             key = channel_key(name, secret)
             out[channel_id(key)] = (name, key)
         return out
+
+
+def _running_dir(env) -> Path:
+    """Where this user's daemons register, whatever their config dirs, so the CLI and Python find
+    one started with other flags: KACHERYFS_RUNTIME_DIR, $XDG_RUNTIME_DIR/kacheryfs, else
+    ~/.kachery-p2p/running (the default config dir)."""
+    if env.get("KACHERYFS_RUNTIME_DIR"):
+        return _expand(env["KACHERYFS_RUNTIME_DIR"], env)
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "kacheryfs"
+    return _expand(DEFAULT_CONFIG_DIR, env) / "running"
+
+
+def _expand(path: str | os.PathLike, env) -> Path:
+    """``~`` is the HOME of the environment given (the process's when none is)."""
+    text = os.fspath(path)
+    if (text == "~" or text.startswith("~/")) and env.get("HOME"):
+        text = env["HOME"] + text[1:]
+    return Path(text).expanduser().absolute()
 
 
 def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):

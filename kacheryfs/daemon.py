@@ -22,6 +22,7 @@ from .gateway import make_gateway
 from .net.bootstrap import BootstrapNode, build_bootstrap
 from .net.fetcher import NetworkFetcher
 from .net.node import Node, build_node
+from .running import Registration
 from .store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,20 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
 
         mountpoint = prepare_mountpoint(mountpoint)
     store = LocalStore(config.storage_dir)
-    feeds = None
+    feeds = registration = None
     try:
         store.reconcile()
         claim_socket(config.config_dir)  # one daemon per config dir, checked before mounting
+        # the CLI and Python find this daemon, and its storage dir, whatever flags they are given
+        registration = Registration(config, mountpoint)
         feeds = FeedStore(config.feeds_db, config.feed_keys_dir)
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
         gateway = make_gateway(config, store, fetcher, node.feed_sync)  # None without --http
 
         def status() -> dict:
-            return {"http": gateway and gateway.url, "cache_size": config.cache_size}
+            return {"http": gateway and gateway.url, "cache_size": config.cache_size,
+                    "storage_dir": str(config.storage_dir), "config_dir": str(config.config_dir)}
 
         if mountpoint is None:
             trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway)
@@ -62,6 +66,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         with FuseMount(tree, mountpoint, config, debug) as mount:
             trio.run(_serve, node, api, store, config, mount, gateway)
     finally:
+        if registration is not None:
+            registration.remove()
         if feeds is not None:
             feeds.close()
         store.close()

@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+class KacheryWarning(UserWarning):
+    """Something works, but likely not as meant (e.g. a store other than the running daemon's)"""
+
+
 class KacheryError(Exception):
     """kacheryfs failed"""
 

@@ -38,6 +38,8 @@ def cli_env(storage: Path, config: Path) -> dict[str, str]:
     env["KACHERY_P2P_CONFIG_DIR"] = str(config)
     # same-machine discovery stays inside the test: nodes of one test share <test tmp>/discovery
     env.setdefault("KACHERYFS_DISCOVERY_DIR", str(storage.parent.parent / "discovery"))
+    # and so does the registry of running daemons (kacheryfs/running.py), out of the real home
+    env.setdefault("KACHERYFS_RUNTIME_DIR", str(storage.parent.parent / "running"))
     return env
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..config import Config
+from ..running import located_config
 from ..errors import NoDaemon, UnknownFeed
 from ..feeds import FeedStore, feed_uri, parse_feed_uri
 from ..feeds.entry import is_feed_id
@@ -129,7 +130,7 @@ class Feed:
 
 
 def create_feed(label: str | None = None, *, storage_dir=None, config_dir=None) -> Feed:
-    backend = _Backend(Config.from_env(storage_dir=storage_dir, config_dir=config_dir))
+    backend = _Backend(located_config(storage_dir, config_dir))
     reply = backend.call("feed_create", label=label)
     feed_id = reply["feed_id"] if reply is not None else backend.store().create_feed(label)
     return Feed(feed_id, backend)
@@ -137,5 +138,5 @@ def create_feed(label: str | None = None, *, storage_dir=None, config_dir=None) 
 
 def load_feed(feed: str, *, storage_dir=None, config_dir=None) -> Feed:
     """By feed id, ``feed://`` URI or local label; fetched from channel peers if need be."""
-    backend = _Backend(Config.from_env(storage_dir=storage_dir, config_dir=config_dir))
+    backend = _Backend(located_config(storage_dir, config_dir))
     return Feed(backend.resolve(feed), backend)

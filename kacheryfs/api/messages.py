@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 from .. import errors
+from ..config import API_SOCKET
 from ..errors import KacheryError
 
-SOCKET_NAME = "api.sock"
+SOCKET_NAME = API_SOCKET
 MAX_REQUEST = 64 << 10  # bytes of a request line
 OPS = ("status", "find", "load", "cache", "read", "feed_create", "feed_append", "feed_read", "feed_ls")
 

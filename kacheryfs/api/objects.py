@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..running import located_config
 from ..errors import InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, ObjectNotFound
 from ..store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
 
@@ -18,8 +19,14 @@ _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
 
 
-def _store(storage_dir: str | os.PathLike | None = None) -> LocalStore:
-    root = Config.from_env(storage_dir=storage_dir).storage_dir
+def _config(storage_dir=None, config_dir=None) -> Config:
+    """The dirs to use: a running daemon's (its storage too, unless one is given; kacheryfs/running.py),
+    else flags, environment and defaults."""
+    return located_config(storage_dir, config_dir)
+
+
+def _store(storage_dir: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None) -> LocalStore:
+    root = _config(storage_dir, config_dir).storage_dir
     with _stores_lock:
         store = _stores.get(root)
         if store is None:
@@ -27,38 +34,40 @@ def _store(storage_dir: str | os.PathLike | None = None) -> LocalStore:
         return store
 
 
-def _put_bytes_named(data: bytes, name: str, storage_dir) -> str:
-    return _store(storage_dir).put_bytes(data).uri(name)
+def _put_bytes_named(data: bytes, name: str, storage_dir, config_dir=None) -> str:
+    return _store(storage_dir, config_dir).put_bytes(data).uri(name)
 
 
+# Every store_* and load_* takes storage_dir= and config_dir= (the commands' --storage and
+# --config-dir). Without them, a running mount or daemon is found and its store used.
 def store_file(path: str | os.PathLike, *, storage_dir: str | os.PathLike | None = None,
-               progress: bool | None = None) -> str:
+               config_dir: str | os.PathLike | None = None, progress: bool | None = None) -> str:
     """Store a local file; returns ``sha1://<hash>/<basename>[?manifest=...]``. A progress bar
     shows for files that take a while (on a terminal or in Jupyter; ``progress=False``: never)."""
     from ..progress import ByteProgress
 
     with ByteProgress(Path(path).name, progress, delay=0.5) as bar:
-        return _store(storage_dir).put_file(path, on_progress=bar).uri(Path(path).name)
+        return _store(storage_dir, config_dir).put_file(path, on_progress=bar).uri(Path(path).name)
 
 
-def store_text(text: str, *, name: str = "file.txt", storage_dir=None) -> str:
-    return _put_bytes_named(text.encode("utf-8"), name, storage_dir)
+def store_text(text: str, *, name: str = "file.txt", storage_dir=None, config_dir=None) -> str:
+    return _put_bytes_named(text.encode("utf-8"), name, storage_dir, config_dir)
 
 
-def store_object(obj: Any, *, name: str = "file.json", storage_dir=None) -> str:
+def store_object(obj: Any, *, name: str = "file.json", storage_dir=None, config_dir=None) -> str:
     """Store a JSON-serialisable object."""
     try:
         data = json.dumps(obj).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise KacheryError(f"object is not JSON-serialisable: {exc}") from None
-    return _put_bytes_named(data, name, storage_dir)
+    return _put_bytes_named(data, name, storage_dir, config_dir)
 
 
-def store_npy(array, *, name: str = "file.npy", storage_dir=None) -> str:
+def store_npy(array, *, name: str = "file.npy", storage_dir=None, config_dir=None) -> str:
     """Store a numpy array in .npy format, streamed into the store (no in-memory copy of the file)."""
     import numpy as np
 
-    store = _store(storage_dir)
+    store = _store(storage_dir, config_dir)
     with store.writer() as writer:
         np.save(_WriterFile(writer), np.asanyarray(array), allow_pickle=False)
         return writer.commit().uri(name)
@@ -77,11 +86,11 @@ class _WriterFile(io.RawIOBase):
         return self._writer.write(data)
 
 
-def store_dir(path: str | os.PathLike, *, label: str | None = None, storage_dir=None) -> str:
+def store_dir(path: str | os.PathLike, *, label: str | None = None, storage_dir=None, config_dir=None) -> str:
     """Store every file under a local directory and the directory's manifest; returns
     ``sha1dir://<hash>.<label>`` (label: the directory's name). A file inside it is then
     ``sha1dir://<hash>.<label>/path/in/dir``, for load_* and the mount's sha1dir/<hash>/."""
-    obj, _directory = _store(storage_dir).put_dir(path)
+    obj, _directory = _store(storage_dir, config_dir).put_dir(path)
     return format_dir_uri(obj.sha1, Path(path).resolve().name if label is None else label)
 
 
@@ -150,9 +159,9 @@ def load_file(uri: str, *, storage_dir=None, config_dir=None, progress: bool | N
     from .client import daemon_load
 
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
-    store = _store(storage_dir)
+    store = _store(storage_dir, config_dir)
     if store.info(parsed.sha1) is None:
-        config_dir = Config.from_env(storage_dir=storage_dir, config_dir=config_dir).config_dir
+        config_dir = _config(storage_dir, config_dir).config_dir
         try:  # fetch from channel peers through the running daemon
             with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
                 return daemon_load(config_dir, str(parsed), bar)
