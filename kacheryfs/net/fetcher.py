@@ -138,6 +138,9 @@ class NetworkFetcher:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             await download.run()
+            running = self._downloads.get(download.manifest.sha1)
+            if running is not None and running.download is download and running.refs <= 0:
+                self._drop(download.manifest.sha1, running)  # its last user left while it installed
 
     def _drop(self, sha1: str, running: _RunningDownload) -> None:
         if self._downloads.get(sha1) is running:
@@ -151,6 +154,10 @@ class NetworkFetcher:
         """One user of this download is done (the one it acquired, even if since replaced)."""
         running.refs -= 1
         if running.refs <= 0:
+            if running.download.partial.is_complete() and not running.download.settled.is_set():
+                # Every chunk is here: let it install (hash, fsync, rename, index) rather than
+                # cancel it half way, which left a complete object in partial/, not served.
+                return
             self._drop(sha1, running)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:

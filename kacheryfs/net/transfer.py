@@ -101,9 +101,8 @@ async def fetch_small_into_store(node: TransferHost, providers: list[Provider], 
     """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
     (re-served on the channels it came from)."""
     data = await fetch_small(node, providers, sha1, providers[0].size)
-    obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
-    node.store.add_channels(sha1, _channels_of(providers))
-    return obj
+    node.store.add_channels(sha1, _channels_of(providers))  # before it is installed: see Download.run
+    return await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
 
 
 async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
@@ -141,8 +140,8 @@ async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str
         if manifest.sha1 != sha1 or manifest.size != size:
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
-        await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
         node.store.add_channels(candidate, _channels_of(providers))
+        await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
@@ -295,8 +294,9 @@ class Download:
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
             if failure is not None:
                 raise failure
-            self.result = await trio.to_thread.run_sync(self.partial.finish)
+            # Channels first: an installed cached copy is servable at once, never briefly refused.
             self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
+            self.result = await trio.to_thread.run_sync(self.partial.finish)
             elapsed = time.monotonic() - self.started
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))

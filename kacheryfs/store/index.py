@@ -109,7 +109,10 @@ class Index:
         return ObjectRecord(*rows[0][:3], bool(rows[0][3]), rows[0][4]) if rows else None
 
     def remove_object(self, sha1: str) -> None:
-        self._run("DELETE FROM objects WHERE sha1=?", (sha1,))
+        """Forget an object, and the channels a cached copy came from (a later copy brings its own)."""
+        with self._lock, _index_errors():
+            self._db.execute("DELETE FROM objects WHERE sha1=?", (sha1,))
+            self._db.execute("DELETE FROM object_channels WHERE sha1=?", (sha1,))
 
     def all_objects(self) -> list[ObjectRecord]:
         rows = self._run("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects ORDER BY sha1")
