@@ -15,6 +15,11 @@ DEFAULT_API_PORT = 20431
 DEFAULT_LISTEN = "0.0.0.0:0"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
+# Connections that have not proved anything yet (net/admission.py): see docs/security.md.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds to complete a handshake, however idle or slow the peer
+DEFAULT_MAX_HANDSHAKES = 256  # handshakes in progress at once, from everyone
+DEFAULT_MAX_HANDSHAKES_PER_IP = 16  # handshakes in progress at once from one address
+DEFAULT_MAX_INBOUND_PER_IP = 128  # inbound connections (handshaking or not) from one address
 
 
 class ConfigError(KacheryError):
@@ -35,6 +40,10 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # KACHERYFS_HANDSHAKE_TIMEOUT
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # KACHERYFS_MAX_HANDSHAKES
+    max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP  # KACHERYFS_MAX_HANDSHAKES_PER_IP
+    max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP  # KACHERYFS_MAX_INBOUND_PER_IP
 
     @classmethod
     def from_env(
@@ -71,6 +80,11 @@ class Config:
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
+            handshake_timeout=_positive_float(env.get("KACHERYFS_HANDSHAKE_TIMEOUT"), "KACHERYFS_HANDSHAKE_TIMEOUT")
+            or DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES", DEFAULT_MAX_HANDSHAKES),
+            max_handshakes_per_ip=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES_PER_IP", DEFAULT_MAX_HANDSHAKES_PER_IP),
+            max_inbound_per_ip=_positive_int(env, "KACHERYFS_MAX_INBOUND_PER_IP", DEFAULT_MAX_INBOUND_PER_IP),
         )
 
     @property
@@ -112,6 +126,19 @@ def _positive_float(text: str | None, name: str) -> float | None:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _positive_int(env, name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
     return value

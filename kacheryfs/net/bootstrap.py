@@ -18,6 +18,7 @@ from ..protocol.messages import (
     ErrorResponse, Message, PeersRequest, PeersResponse, Register, RelayClose, RelayData, RelayIncoming,
     RelayOpen, RelayOpened,
 )
+from .admission import Limits
 from .host import HostedNode, SessionHost, send_quietly
 from .relay import RelayTable
 from .session import PeerSession
@@ -58,8 +59,8 @@ class BootstrapRegistry:
 
 
 class BootstrapNode(HostedNode):
-    def __init__(self, key: NodeKey, *, listen: tuple[str, int] | None):
-        self.host = SessionHost(key, {}, listen=listen, agent=AGENT)
+    def __init__(self, key: NodeKey, *, listen: tuple[str, int] | None, limits: Limits | None = None):
+        self.host = SessionHost(key, {}, listen=listen, agent=AGENT, limits=limits)
         self.registry = BootstrapRegistry()
         self.relay_table = RelayTable()  # circuits between two registered nodes
         host = self.host
@@ -112,4 +113,5 @@ def build_bootstrap(config) -> BootstrapNode:
     from .dialing import parse_hostport
 
     return BootstrapNode(NodeKey.load_or_create(config.config_dir),
-                         listen=parse_hostport(config.listen) if config.listen else None)
+                         listen=parse_hostport(config.listen) if config.listen else None,
+                         limits=Limits.from_config(config))

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from ..config import DEFAULT_FIND_TIMEOUT
 from ..crypto import NodeKey
 from ..store import LocalStore
+from .admission import Limits
 from .dialing import Dialer, parse_hostport
 from .discovery import Discovery
 from .dispatch import Handler
@@ -42,12 +43,13 @@ class Node(HostedNode):
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
-                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None):
+                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
+                 limits: Limits | None = None):
         self.key = key
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
-        self.host = SessionHost(key, channel_keys, listen=listen)
+        self.host = SessionHost(key, channel_keys, listen=listen, limits=limits)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout)
         self.relay_client = RelayClient(self.host)
@@ -127,6 +129,9 @@ class Node(HostedNode):
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
+            # inbound connections that never became sessions: refused by a limit, bad handshake
+            # bytes, handshake timeout, or cut by the peer
+            "rejected": dict(self.host.rejected),
         }
 
 
@@ -141,6 +146,6 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
-                serve_rate_limit=config.serve_rate_limit, feeds=feeds,
+                serve_rate_limit=config.serve_rate_limit, feeds=feeds, limits=Limits.from_config(config),
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")
