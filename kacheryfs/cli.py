@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .config import Config
-from .errors import KacheryError, MountError, ObjectNotFound
+from .errors import CorruptObject, KacheryError, MountError, ObjectNotFound
 from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
 
 storage_option = click.option(
@@ -165,15 +165,17 @@ class Progress:
             click.echo(err=True)
 
 
-def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
-    """The object's path in the local store; fetched through the running daemon if need be."""
+def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, LocalStore | None]:
+    """The object's path in the local store, fetched through the running daemon if need be; and the
+    store when the object was already here (its bytes are then checked as they are read: it may have
+    rotted since it was stored), None when the daemon has just fetched and verified it."""
     from .api_client import NoDaemon, daemon_load
 
     config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
     local = LocalStore(config.storage_dir)
     if local.info(parsed.sha1) is not None:
-        return local.object_path(parsed.sha1)
+        return local.object_path(parsed.sha1), local
     progress = Progress(parsed.name or parsed.sha1[:12])
     try:
         path = Path(daemon_load(config.config_dir, str(parsed), progress))
@@ -182,7 +184,18 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
                              "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
     finally:
         progress.close()
-    return path
+    return path, None
+
+
+VERIFIED_BLOCK = 8 * CHUNK_SIZE
+
+
+def _copy_verified(local: LocalStore, sha1: str, out) -> None:
+    """Write a stored object to ``out``, each chunk checked before it is written (RottenObject,
+    and the object quarantined, if one fails)."""
+    size = local.require(sha1).size
+    for offset in range(0, size, VERIFIED_BLOCK):
+        out.write(local.integrity.read_range(sha1, offset, VERIFIED_BLOCK))
 
 
 @cli.command()
@@ -192,12 +205,20 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
 @config_option
 def load(uri, dest, storage_dir, config_dir):
     """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path."""
-    path = _local_path(uri, storage_dir, config_dir)
+    path, held = _local_path(uri, storage_dir, config_dir)
     if dest is None:
         click.echo(str(path))
         return
     try:
-        shutil.copyfile(path, dest)
+        if held is None:
+            shutil.copyfile(path, dest)
+        else:
+            try:
+                with open(dest, "wb") as out:
+                    _copy_verified(held, parse_uri(uri).sha1, out)
+            except KacheryError:
+                Path(dest).unlink(missing_ok=True)
+                raise
     except OSError as exc:
         raise KacheryError(f"could not write {dest}: {exc.strerror}") from None
     click.echo(dest)
@@ -209,15 +230,18 @@ def load(uri, dest, storage_dir, config_dir):
 @config_option
 def cat(uri, storage_dir, config_dir):
     """Write a file's bytes to stdout (fetched from channel peers if need be)."""
-    path = _local_path(uri, storage_dir, config_dir)
+    path, held = _local_path(uri, storage_dir, config_dir)
     out = sys.stdout.buffer
-    with open(path, "rb") as f:
-        try:
-            while block := f.read(1 << 20):
-                out.write(block)
-            out.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    try:
+        if held is not None:
+            _copy_verified(held, parse_uri(uri).sha1, out)
+        else:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    out.write(block)
+        out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()
@@ -280,6 +304,54 @@ def status(storage_dir, config_dir):
         rate_in = p["received"] / max(p["seconds"], 1)
         click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
                    f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Quarantine corrupt objects and fetch good copies from channel peers (needs a running daemon).")
+@storage_option
+@config_option
+def verify(repair, storage_dir, config_dir):
+    """Re-hash every object in the store; report (or with --repair, replace) the corrupt ones."""
+    from .api_client import NoDaemon, daemon_load
+
+    config = _config(storage_dir, config_dir)
+    local = LocalStore(config.storage_dir)
+    integrity = local.integrity
+    progress = Progress("verifying")
+    try:
+        report = integrity.scrub(repair=repair, progress=progress)
+    finally:
+        progress.close()
+    click.echo(f"verified: {report.objects} objects, {_human(report.bytes)}")
+    for record in report.rotten:
+        kind = "stored here" if record.pinned else "cached copy"
+        click.echo(f"corrupt:  {record.sha1}  {_human(record.size)}  {kind}"
+                   + ("  (quarantined)" if repair else ""))
+    for record in report.missing:
+        click.echo(f"missing:  {record.sha1}  {_human(record.size)}" + ("  (dropped from the index)" if repair else ""))
+    if not repair:
+        if report.rotten or report.missing:
+            raise CorruptObject(f"{len(report.rotten)} corrupt and {len(report.missing)} missing objects in "
+                                f"{local.root}; `kacheryfs verify --repair` quarantines them and fetches good copies")
+        return
+    lost = []
+    for record in integrity.quarantined():  # this run's and earlier ones' (or the daemon's)
+        try:
+            daemon_load(config.config_dir, format_uri(record.sha1, "", record.manifest_sha1))
+        except NoDaemon:
+            raise CorruptObject(f"{len(integrity.quarantined())} objects are in quarantine "
+                                f"({integrity.quarantine_dir}); no daemon is running to fetch good copies: "
+                                "start `kacheryfs daemon` or `kacheryfs mount` and run `kacheryfs verify --repair` again") from None
+        except KacheryError as exc:
+            lost.append(record)
+            click.echo(f"lost:     {record.sha1}  {_human(record.size)}  ({exc})")
+            continue
+        integrity.restored(record)
+        click.echo(f"restored: {record.sha1}  {_human(record.size)}  from channel peers")
+    if lost:
+        raise CorruptObject(f"{len(lost)} corrupt objects could not be fetched from any peer "
+                            f"(their corrupt copies are in {integrity.quarantine_dir})")
 
 
 @cli.command()

@@ -44,7 +44,7 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
         if mountpoint is None:
-            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir), store, config, None)
+            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir), store, config, None, fetcher)
             return
         from .fs.feeds_view import FeedsView
         from .fs.mount import FuseMount
@@ -53,14 +53,16 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         tree = VirtualTree(store, fetcher, FeedsView(node.feed_sync))
         api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
         with FuseMount(tree, mountpoint, config, debug) as mount:
-            trio.run(_serve, node, api, store, config, mount)
+            trio.run(_serve, node, api, store, config, mount, fetcher)
     finally:
         if feeds is not None:
             feeds.close()
         store.close()
 
 
-async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount) -> None:
+async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount,
+                 fetcher: NetworkFetcher) -> None:
+    store.integrity.on_rotten = fetcher.rot_handler()  # rotten objects are fetched again from peers
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         await nursery.start(api.serve)

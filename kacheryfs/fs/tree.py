@@ -26,7 +26,7 @@ from ..errors import (
     InvalidName, KacheryError, NameTooLong, NotFound, NotPermitted, ReadOnly, StoreFailed,
 )
 from ..store import LocalStore, ObjectWriter, StoredObject, format_uri, is_sha1_hex, open_mmap
-from ..store.index import NameRecord
+from ..store.index import NameRecord, ObjectRecord
 from .inodes import FEEDS_DIR_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class ObjectReader:
     ino: int
     size: int
     map: object  # mmap.mmap | None (empty object)
+    record: ObjectRecord | None = None  # what is read: checked chunk by chunk (store/integrity.py)
+    inode: int | None = None  # of the mapped file
 
     def read(self, offset: int, size: int):
         if self.map is None or offset >= self.size:
@@ -284,7 +286,16 @@ class VirtualTree:
             return await handle.reader.read(offset, size)
         if isinstance(handle, FeedHandle):
             return self.feeds_view.read(handle.feed_id, handle.subfeed, offset, size)
+        if isinstance(handle, ObjectReader) and handle.map is not None and handle.record is not None:
+            record = handle.record
+            if self.store.integrity.unverified(record.sha1, record.size, offset, size):
+                # first read of these chunks by this daemon: hash them (EIO and quarantine if rotten)
+                await trio.to_thread.run_sync(self._verify_mapped, handle, offset, size, limiter=self._limiter)
         return self.read(fh, offset, size)
+
+    def _verify_mapped(self, handle: ObjectReader, offset: int, size: int) -> None:
+        with memoryview(handle.map) as view:
+            self.store.integrity.verify(handle.record.sha1, offset, size, view, handle.inode, handle.record)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -351,12 +362,14 @@ class VirtualTree:
         record = self.store.require(sha1)
         if not record.pinned:
             self.store.touch(sha1)  # LRU order for evicting cached copies
+        path = self.store.object_path(sha1)
         try:
-            mapping = open_mmap(self.store.object_path(sha1))
+            inode = os.stat(path).st_ino
+            mapping = open_mmap(path)
         except FileNotFoundError:
             raise NotFound(sha1) from None
         self.inodes.opened(ino)
-        return self._new_handle(ObjectReader(ino, record.size, mapping))
+        return self._new_handle(ObjectReader(ino, record.size, mapping, record, inode))
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open an existing file; returns (fh, keep_cache)."""

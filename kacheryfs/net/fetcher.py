@@ -84,6 +84,7 @@ class NetworkFetcher:
         self.node = node
         self._downloads: dict[str, _RunningDownload] = {}
         self._opening: dict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._restoring: set[str] = set()
 
     async def locate(self, sha1: str) -> int | None:
         """The size of ``sha1`` if a channel peer holds it (bounded wait), else None."""
@@ -159,6 +160,41 @@ class NetworkFetcher:
                 # cancel it half way, which left a complete object in partial/, not served.
                 return
             self._drop(sha1, running)
+
+    def rot_handler(self):
+        """What store.integrity.on_rotten should be: restore(), callable from the worker thread that
+        found the rot (run on the trio thread, soon)."""
+        token = trio.lowlevel.current_trio_token()
+
+        def handler(record) -> None:
+            try:
+                token.run_sync_soon(self.restore, record)
+            except trio.RunFinishedError:
+                pass
+
+        return handler
+
+    def restore(self, record) -> None:
+        """A stored object turned out rotten and was quarantined (store/integrity.py): fetch a good
+        copy from channel peers, in the background, and pin it again if it was stored here."""
+        if record.sha1 in self._restoring:
+            return
+        try:
+            self.node.start_soon(self._restore, record)
+            self._restoring.add(record.sha1)
+        except RuntimeError as exc:  # shutting down
+            log.debug("restore of %s skipped: %s", record.sha1[:12], exc)
+
+    async def _restore(self, record) -> None:
+        try:
+            await self.fetch(record.sha1, record.manifest_sha1)
+        except KacheryError as exc:
+            log.error("could not restore quarantined object %s from peers: %s", record.sha1, exc)
+            return
+        finally:
+            self._restoring.discard(record.sha1)
+        self.node.store.integrity.restored(record)
+        log.warning("restored quarantined object %s from peers", record.sha1)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         """Tell channel peers, in the background: a slow peer must not delay close(), and a

@@ -115,8 +115,9 @@ class Node(HostedNode):
         self.counters.fetched_bytes += nbytes
 
     def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
-        """The bytes this node serves (blocking). Tests override it to play a lying peer."""
-        return self.store.read_range(sha1, offset, length)
+        """The bytes this node serves (blocking), each chunk checked against its hash the first time
+        (store/integrity.py). Tests override it to play a lying peer."""
+        return self.store.integrity.read_range(sha1, offset, length)
 
     def status(self) -> dict:
         return {

@@ -14,6 +14,7 @@ from typing import Callable
 
 import trio
 
+from ..errors import KacheryError
 from ..protocol.messages import ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
@@ -74,8 +75,12 @@ class Server:
             start = max(now, self._free_at)
             self._free_at = start + msg.length / self.rate_limit
             await trio.sleep(self._free_at - now)
-        data = await trio.to_thread.run_sync(self.read_range, msg.sha1, msg.offset, msg.length,
-                                             limiter=self._limiter)
+        try:
+            data = await trio.to_thread.run_sync(self.read_range, msg.sha1, msg.offset, msg.length,
+                                                 limiter=self._limiter)
+        except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
+            log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
         self.counters.served_bytes[session.peer_id] += len(data)
         log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
         return ChunkData(req=msg.req, payload=data)

@@ -7,6 +7,7 @@ Files larger than one chunk also get a manifest object (see manifest.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -384,6 +385,13 @@ class LocalStore:
     def disk_usage(self):
         """(total, used, free) bytes of the storage directory's filesystem."""
         return shutil.disk_usage(self.root)
+
+    @functools.cached_property
+    def integrity(self):
+        """Checks stored bytes before they leave this node; quarantines rotten objects (integrity.py)."""
+        from .integrity import Integrity
+
+        return Integrity(self)
 
 
 def _fingerprint(src, size: int) -> str:
