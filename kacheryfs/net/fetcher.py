@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import KacheryError
+from ..errors import KacheryError, StorageFull
 from .interfaces import FetcherHost
 from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
@@ -123,12 +123,29 @@ class NetworkFetcher:
         if progress is not None:
             download.progress.append(progress)
         try:
+            try:
+                await self._check_room(download)
+            except StorageFull:
+                if running.refs == 1 and download.partial.present_bytes() == 0:
+                    download.partial.abort()  # nothing in it, nobody else reading: leave no trace
+                raise
             download.want(range(len(download.manifest.chunk_sha1s)))
             await download.wait_complete()
         finally:
             if progress is not None:
                 download.progress.remove(progress)
             self.release(sha1, running)
+
+    async def _check_room(self, download) -> None:
+        """A whole fetch that cannot fit, even after evicting every cached copy, fails at once
+        (a lazy reader may still read parts of it, so open_remote does not check)."""
+        store = self.node.store
+        need = download.manifest.size - download.partial.present_bytes()
+        free, cached = store.disk_usage().free, store.index.cached_total()
+        if free + cached < need:  # evicting would not help: keep the cache
+            raise StorageFull(f"{download.manifest.sha1} needs {need} bytes; {free} are free in {store.root} "
+                              f"and cached copies that could be evicted take {cached}")
+        await trio.to_thread.run_sync(store.evict_bytes, need)
 
     async def open_remote(self, sha1: str) -> RemoteReader | None:
         """For a read through the mount: a lazy reader, or None once the object is local."""

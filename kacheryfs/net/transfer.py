@@ -16,7 +16,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
+from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound, StorageFull, StoreFailed
 from ..protocol.messages import ChunkData, ChunkRequest
 from ..store import CHUNK_SIZE, Manifest, StoredObject
 from ..store.partial import PartialObject
@@ -166,6 +166,7 @@ class Download:
             self.scheduler.add_peer(peer)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
+        self._local_failure: KacheryError | None = None  # our disk failed, not a peer: give up
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
@@ -231,8 +232,7 @@ class Download:
             for index in run:
                 a, b = self.manifest.chunk_range(index)
                 if not self.partial.has_chunk(index):
-                    await trio.to_thread.run_sync(self.partial.write_chunk, index, view[a - start:b - start],
-                                                  limiter=self._limiter)
+                    await self._write_chunk(index, view[a - start:b - start])
                 self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time())
                 pending.remove(index)
             for report in self.progress:
@@ -241,6 +241,9 @@ class Download:
             log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
                         peer[:12], pending[0], self.manifest.sha1[:12])
             self.scheduler.drop_peer(peer, "corrupt chunk")
+        except (StorageFull, StoreFailed) as exc:  # our disk, not the peer: no use asking others
+            if self._local_failure is None:
+                self._local_failure = exc
         except PeerGone:
             self.scheduler.remove_peer(peer)
         except (KacheryError, trio.TooSlowError):
@@ -248,6 +251,22 @@ class Download:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
         finally:
             self._wake()
+
+    async def _write_chunk(self, index: int, data) -> None:
+        """Verify and store a chunk; on a full disk, evict least recently used cached copies (never
+        files stored here) to fit what is still wanted of this download, and retry."""
+        try:
+            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+        except StorageFull:
+            chunk = self.manifest.chunk_size
+            still = sum(1 for c in self.scheduler.needed if not self.partial.has_chunk(c)) * chunk
+            evicted = len(await trio.to_thread.run_sync(self.node.store.evict_bytes, max(still, chunk),
+                                                        limiter=self._limiter))
+            if not evicted:
+                raise
+            log.info("disk full while fetching %s: evicted %d cached copies to make room",
+                     self.manifest.sha1[:12], evicted)
+            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
 
     async def _refresh_providers(self) -> None:
         """Providers that appeared since the download started (or came back) join it."""
@@ -283,6 +302,9 @@ class Download:
                             continue
                         for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
                             nursery.start_soon(self._get_run, peer, run)
+                    if self._local_failure is not None:
+                        failure = self._local_failure
+                        break
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
                         failure = FetchFailed(
@@ -292,6 +314,12 @@ class Download:
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            if isinstance(failure, StorageFull):
+                # Full even after evicting cached copies: give the space back rather than keep a
+                # partial that cannot complete (it would keep the disk full for everything else).
+                await trio.to_thread.run_sync(self.partial.abort)
+                raise StorageFull(f"fetching {self.manifest.sha1[:12]} ({self.manifest.size} bytes) into "
+                                  f"{self.node.store.root}; the partial download was discarded")
             if failure is not None:
                 raise failure
             # Channels first: an installed cached copy is servable at once, never briefly refused.
@@ -302,6 +330,9 @@ class Download:
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
+        except Exception as exc:  # a bug must fail this download, not take the daemon down
+            log.exception("download of %s crashed", self.manifest.sha1[:12])
+            self.error = KacheryError(f"internal error while fetching {self.manifest.sha1[:12]}: {exc!r}")
         finally:
             self.settled.set()
             self._wake()

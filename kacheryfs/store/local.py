@@ -19,7 +19,7 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import KacheryError, ObjectNotFound, StoreFailed, from_os_error
+from ..errors import KacheryError, ObjectNotFound, StorageFull, StoreFailed, from_os_error
 from .hashing import CHUNK_SIZE, ContentHasher, Digest
 from .index import Index, NameRecord, ObjectRecord
 from .manifest import Manifest
@@ -333,6 +333,7 @@ class LocalStore:
         fits in ``limit_bytes``; a manifest goes with its object. Returns the evicted hashes."""
         total = self.index.cached_total()
         evicted: list[str] = []
+        unindexed: list[str] = []
         for sha1, size, manifest_sha1 in self.index.cached_by_age():
             if total <= limit_bytes:
                 break
@@ -340,16 +341,29 @@ class LocalStore:
                 record = self.index.get_object(victim) if victim else None
                 if record is None or record.pinned:
                     continue
-                self.index.remove_object(victim)
-                try:
+                try:  # the file first: on a full disk the index needs the room to change
                     os.unlink(self.object_path(victim))  # open maps keep their pages until unmapped
                 except FileNotFoundError:
                     pass
+                try:
+                    self.index.remove_object(victim)
+                except StorageFull:
+                    unindexed.append(victim)
                 total -= record.size
                 evicted.append(victim)
+        for victim in unindexed:  # with some room now
+            self.index.remove_object(victim)
         if evicted:
             log.info("evicted %d cached objects to keep the cache under %d bytes", len(evicted), limit_bytes)
         return evicted
+
+    def evict_bytes(self, needed: int) -> list[str]:
+        """Evict least recently used cached copies until ``needed`` more bytes are free on the
+        storage filesystem (or no cached copy is left). Returns the evicted hashes."""
+        short = needed - self.disk_usage().free
+        if short <= 0:
+            return []
+        return self.evict_cached(max(0, self.index.cached_total() - short))
 
     # start-up housekeeping
     def reconcile(self) -> dict[str, int]:
