@@ -38,6 +38,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
     store = LocalStore(config.storage_dir)
     feeds = None
     try:
+        if config.storage_dir.stat().st_mode & 0o077:  # made 0700 when kacheryfs creates it
+            log.warning("storage directory %s can be read by other users (chmod 700 it)", config.storage_dir)
         store.reconcile()
         claim_socket(config.config_dir)  # one daemon per config dir, checked before mounting
         feeds = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")

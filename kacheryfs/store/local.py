@@ -172,7 +172,10 @@ class LocalStore:
         # of dead processes' files, but a partial download must survive a restart to be resumed.
         self.partial_dir = self.root / "partial"
         try:
-            for d in (self.root, self.objects_dir, self.tmp_dir):
+            if not self.root.exists():
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                self.root.mkdir(mode=0o700, exist_ok=True)  # other local users see nothing inside
+            for d in (self.objects_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)
             self.index = Index(self.root / INDEX_FILE)
         except OSError as exc:
