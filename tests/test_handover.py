@@ -89,3 +89,21 @@ async def test_last_reader_leaving_a_complete_download_lets_it_install(cluster):
         assert b.store.channels_of(obj.sha1) == set(chans("x"))
         await wait_for(lambda: obj.sha1 not in fetcher._downloads, timeout=5)  # dropped once installed
     assert not list((b.store.root / "partial").glob("*.part"))
+
+
+@pytest.mark.timeout(120)
+def test_a_provider_back_from_kill9_is_found_at_once(stack):
+    """A holder killed with SIGKILL comes back on a new port; the first read at B after A's mount
+    is up must find it (A dials B as soon as it starts, whatever B's backoff towards A's old port)."""
+    mount, _daemon = stack
+    a = mount("a", "--channel", "x", *LOCAL)
+    b = mount("b", "--channel", "x", *LOCAL, "--find-timeout", "5")
+    files = [os.urandom(3_000_000) for _ in range(2)]
+    for i, data in enumerate(files):
+        a.path("store", f"f{i}.bin").write_bytes(data)
+    wait_until_connected(b, a)
+    for data in files:  # a file B has not read yet each time: B must find A again
+        a.kill9()
+        time.sleep(3)  # B keeps dialling A's old port meanwhile, and backs off
+        a.start("--channel", "x", *LOCAL)
+        assert b.path("sha1", hashlib.sha1(data).hexdigest()).read_bytes() == data, b.read_log()[-3000:]

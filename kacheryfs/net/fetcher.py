@@ -94,22 +94,30 @@ class NetworkFetcher:
     async def _acquire(self, sha1: str, manifest_sha1: str | None = None) -> _RunningDownload | None:
         """The running download of ``sha1`` (started if need be, one more user), or None once the
         object is local (one-chunk objects are fetched whole right here)."""
-        async with self._opening[sha1]:
-            if self.node.store.info(sha1) is not None:
+        lock = self._opening[sha1]
+        try:
+            async with lock:
+                return await self._acquire_locked(sha1, manifest_sha1)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._opening.pop(sha1, None)  # one lock per object ever opened would only grow
+
+    async def _acquire_locked(self, sha1: str, manifest_sha1: str | None) -> _RunningDownload | None:
+        if self.node.store.info(sha1) is not None:
+            return None
+        running = self._downloads.get(sha1)
+        if running is None or running.download.settled.is_set():
+            if running is not None:  # a failed one: start afresh, resuming its chunks
+                self._drop(sha1, running)
+            providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
+            if manifest is None:
+                await fetch_small_into_store(self.node, providers, sha1)
                 return None
-            running = self._downloads.get(sha1)
-            if running is None or running.download.settled.is_set():
-                if running is not None:  # a failed one: start afresh, resuming its chunks
-                    self._drop(sha1, running)
-                providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
-                if manifest is None:
-                    await fetch_small_into_store(self.node, providers, sha1)
-                    return None
-                download = await Download.start(self.node, manifest, providers)
-                scope = await self.node.start(self._run_download, download)
-                running = self._downloads[sha1] = _RunningDownload(download, scope)
-            running.refs += 1
-            return running
+            download = await Download.start(self.node, manifest, providers)
+            scope = await self.node.start(self._run_download, download)
+            running = self._downloads[sha1] = _RunningDownload(download, scope)
+        running.refs += 1
+        return running
 
     async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
         """The whole object, verified, into the store."""
