@@ -48,10 +48,43 @@ def test_reads_check_each_chunk_once_and_quarantine_rot(store):
 def test_a_rotten_manifest_is_rebuilt_from_a_good_object(store):
     data = random_bytes(3 * CHUNK_SIZE, seed=2)
     obj = store.put_bytes(data)
+    store.index.remove_chunk_sums(obj.sha1)  # stored by a version that recorded no checksums
     rot(store, obj.manifest_sha1, [10])
     assert store.integrity.read_range(obj.sha1, 0, len(data)) == data  # hashed whole instead
     assert hashlib.sha1(store.read_bytes(obj.manifest_sha1)).hexdigest() == obj.manifest_sha1
     assert store.info(obj.sha1).manifest_sha1 == obj.manifest_sha1
+
+
+def test_checksums_recorded_at_write_are_the_fast_check_sha1_decides(store):
+    data = random_bytes(4 * CHUNK_SIZE + 5, seed=7)
+    obj = store.put_bytes(data)
+    sums = store.index.chunk_sums(obj.sha1)
+    assert len(sums) == 5 * 16
+    # wrong recorded sums, right bytes: SHA-1 clears the object and the sums are recorded again
+    store.index.put_chunk_sums(obj.sha1, b"\0" * len(sums))
+    assert store.integrity.read_range(obj.sha1, 0, CHUNK_SIZE) == data[:CHUNK_SIZE]
+    assert store.info(obj.sha1) is not None
+    store.integrity.read_range(obj.sha1, CHUNK_SIZE, len(data))  # the other chunks: learnt
+    assert store.index.chunk_sums(obj.sha1) == sums
+    # an object stored without sums gets them as its chunks are checked
+    other = store.put_bytes(random_bytes(2 * CHUNK_SIZE, seed=8))
+    recorded = store.index.chunk_sums(other.sha1)
+    store.index.remove_chunk_sums(other.sha1)
+    store.integrity.read_range(other.sha1, 0, 2 * CHUNK_SIZE)
+    assert store.index.chunk_sums(other.sha1) == recorded
+    # a downloaded (partial) object records them too
+    from kacheryfs.store import Manifest
+    from kacheryfs.store.partial import PartialObject
+
+    src = random_bytes(3 * CHUNK_SIZE, seed=9)
+    from kacheryfs.store.hashing import hash_bytes
+
+    digest = hash_bytes(src)
+    with PartialObject.open(store, Manifest.from_digest(digest)) as partial:
+        for i in range(3):
+            partial.write_chunk(i, src[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE])
+        fetched = partial.finish()
+    assert store.index.chunk_sums(fetched.sha1) == digest.chunk_sums
 
 
 def test_scrub_finds_rot_nobody_read_and_repair_quarantines_it(store):

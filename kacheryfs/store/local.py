@@ -243,6 +243,8 @@ class LocalStore:
         if digest.size > digest.chunk_size:
             manifest = Manifest.from_digest(digest)
             manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
+        if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
+            self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
         self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
         return StoredObject(digest.sha1, digest.size, manifest_sha1)
 
