@@ -44,6 +44,8 @@ class Config:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # KACHERYFS_MAX_HANDSHAKES
     max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP  # KACHERYFS_MAX_HANDSHAKES_PER_IP
     max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP  # KACHERYFS_MAX_INBOUND_PER_IP
+    relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
+    http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
     @classmethod
     def from_env(
@@ -57,6 +59,11 @@ class Config:
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
+        relay_circuit_bytes: str | int | None = None,
+        relay_circuit_seconds: float | None = None,
+        relay_node_circuits: int | None = None,
+        relay_node_bytes: str | int | None = None,
+        http: str | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -85,6 +92,9 @@ class Config:
             max_handshakes=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES", DEFAULT_MAX_HANDSHAKES),
             max_handshakes_per_ip=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES_PER_IP", DEFAULT_MAX_HANDSHAKES_PER_IP),
             max_inbound_per_ip=_positive_int(env, "KACHERYFS_MAX_INBOUND_PER_IP", DEFAULT_MAX_INBOUND_PER_IP),
+            relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+                                       relay_node_bytes),
+            http=parse_http_bind(http) if http else None,
         )
 
     @property
@@ -105,6 +115,20 @@ class Config:
         return out
 
 
+def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
+    from .protocol.relay_limits import RelayLimits
+
+    defaults = RelayLimits()
+    limits = RelayLimits(
+        circuit_bytes=parse_size(circuit_bytes) if circuit_bytes is not None else defaults.circuit_bytes,
+        circuit_seconds=circuit_seconds if circuit_seconds is not None else defaults.circuit_seconds,
+        node_circuits=node_circuits if node_circuits is not None else defaults.node_circuits,
+        node_bytes=parse_size(node_bytes) if node_bytes is not None else defaults.node_bytes)
+    if min(limits.circuit_bytes, limits.circuit_seconds, limits.node_circuits, limits.node_bytes) <= 0:
+        raise ConfigError("relay limits must be positive")
+    return limits
+
+
 def parse_size(text: str | int) -> int:
     """'500M', '50G', '1T' or a number of bytes."""
     if isinstance(text, int):
@@ -112,11 +136,24 @@ def parse_size(text: str | int) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if raw and raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        return int(raw)
+        value = int(float(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else int(raw)
     except ValueError:
         raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)") from None
+    if value < 0:
+        raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)")
+    return value
+
+
+def parse_http_bind(text: str) -> tuple[str, int]:
+    """``PORT`` (loopback), ``HOST:PORT`` or ``[IPv6]:PORT``: any other address than loopback only
+    when one is written out."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {text!r}: expected PORT or HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def _positive_float(text: str | None, name: str) -> float | None:

@@ -17,6 +17,7 @@ import trio
 
 from .config import Config
 from .feeds import FeedStore
+from .gateway import make_gateway
 from .net.api_server import ApiServer, claim_socket
 from .net.bootstrap import BootstrapNode, build_bootstrap
 from .net.fetcher import NetworkFetcher
@@ -45,28 +46,36 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         feeds = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
+        gateway = make_gateway(config, store, fetcher, node.feed_sync)  # None without --http
+
+        def status() -> dict:
+            return {"http": gateway and gateway.url, "cache_size": config.cache_size}
+
         if mountpoint is None:
-            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir), store, config, None, fetcher)
+            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway,
+                     fetcher)
             return
         from .fs.feeds_view import FeedsView
         from .fs.mount import FuseMount
         from .fs.tree import VirtualTree
 
         tree = VirtualTree(store, fetcher, FeedsView(node.feed_sync))
-        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
+        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint), **status()})
         with FuseMount(tree, mountpoint, config, debug) as mount:
-            trio.run(_serve, node, api, store, config, mount, fetcher)
+            trio.run(_serve, node, api, store, config, mount, gateway, fetcher)
     finally:
         if feeds is not None:
             feeds.close()
         store.close()
 
 
-async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount,
+async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount, gateway,
                  fetcher: NetworkFetcher) -> None:
     store.integrity.on_rotten = fetcher.rot_handler()  # rotten objects are fetched again from peers
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        if gateway is not None:
+            await nursery.start(gateway.serve)
         await nursery.start(api.serve)
         nursery.start_soon(_keep_cache_under, store, config.cache_size)
         if mount is not None:
@@ -77,14 +86,18 @@ async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, 
 
 
 def run_bootstrap(config: Config) -> None:
-    """The bootstrap node, until SIGINT/SIGTERM."""
+    """The bootstrap node, until SIGINT/SIGTERM. Its local API answers `kacheryfs status` (relay
+    and punch counters) for its config dir."""
     tune_malloc()
-    trio.run(_serve_bootstrap, build_bootstrap(config))
+    claim_socket(config.config_dir)
+    node = build_bootstrap(config)
+    trio.run(_serve_bootstrap, node, ApiServer(node, None, config.config_dir))
 
 
-async def _serve_bootstrap(node: BootstrapNode) -> None:
+async def _serve_bootstrap(node: BootstrapNode, api: ApiServer) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        await nursery.start(api.serve)
         await _until_signal()
         nursery.cancel_scope.cancel()
 

@@ -42,7 +42,8 @@ def cli_env(storage: Path, config: Path) -> dict[str, str]:
 
 
 class Mount:
-    def __init__(self, root: Path, storage: Path | None = None):
+    def __init__(self, root: Path, storage: Path | None = None, prefix: list[str] = ()):
+        self.prefix = list(prefix)  # e.g. nsenter into a network namespace (tests/nat_topology.py)
         self.root = root
         self.mountpoint = root / "mnt"
         self.storage = storage or root / "storage"
@@ -58,7 +59,7 @@ class Mount:
         """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
+            [*self.prefix, KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -85,13 +86,14 @@ class Mount:
     def kill9(self) -> None:
         """Kill the daemon and its auto_unmount helper: leaves a stale (ENOTCONN) mount."""
         assert self.proc is not None
-        helpers = children_of(self.proc.pid)  # fusermount3 runs in a session of its own
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        for pid in helpers:
+        # The auto_unmount helper (fusermount3, in a session of its own) goes first: killed after the
+        # daemon, it could see the daemon's end and unmount cleanly before its own SIGKILL arrived.
+        for pid in children_of(self.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
@@ -124,17 +126,19 @@ def free_port() -> int:
 class Daemon:
     """`kacheryfs bootstrap` or `kacheryfs daemon` in a subprocess, always stopped."""
 
-    def __init__(self, root: Path, *args: str):
+    def __init__(self, root: Path, *args: str, program: str = KACHERYFS, prefix: list[str] = ()):
         root.mkdir(parents=True, exist_ok=True)
+        self.prefix = list(prefix)
         self.root = root
         self.args = args
+        self.command = [program, "-v"] if program == KACHERYFS else [program]
         self.log_path = root / "daemon.log"
         self.env = cli_env(root / "storage", root / "config")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KACHERYFS, "-v", *self.args], env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.prefix, *self.command, *self.args], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -32,6 +32,11 @@ class RemoteReader:
         self._ahead = 0
         self._streak = 0  # bytes read sequentially so far
 
+    @property
+    def installed(self) -> bool:
+        """The download has completed: the object is in the store."""
+        return self.download.result is not None
+
     async def read(self, offset: int, size: int) -> bytes:
         download = self.download
         if download.result is not None:  # complete and installed: read the object
@@ -103,7 +108,7 @@ class NetworkFetcher:
                 self._opening.pop(sha1, None)  # one lock per object ever opened would only grow
 
     async def _acquire_locked(self, sha1: str, manifest_sha1: str | None) -> _RunningDownload | None:
-        if self.node.store.info(sha1) is not None:
+        if await self._held(sha1) is not None:
             return None
         running = self._downloads.get(sha1)
         if running is None or running.download.settled.is_set():
@@ -119,12 +124,16 @@ class NetworkFetcher:
         running.refs += 1
         return running
 
+    async def _held(self, sha1: str):
+        """The object's record if it is here (the index, off the trio thread)."""
+        return await trio.to_thread.run_sync(self.node.store.info, sha1)
+
     async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
         """The whole object, verified, into the store."""
         running = await self._acquire(sha1, manifest_sha1)
         if running is None:
             if progress is not None:
-                size = self.node.store.info(sha1).size
+                size = (await self._held(sha1)).size
                 progress(size, size)
             return
         download = running.download
@@ -149,15 +158,17 @@ class NetworkFetcher:
         (a lazy reader may still read parts of it, so open_remote does not check)."""
         store = self.node.store
         need = download.manifest.size - download.partial.present_bytes()
-        free, cached = store.disk_usage().free, store.index.cached_total()
+        free, cached = await trio.to_thread.run_sync(
+            lambda: (store.disk_usage().free, sum(size for _s, size, _m in store.index.cached_by_age())))
         if free + cached < need:  # evicting would not help: keep the cache
             raise StorageFull(f"{download.manifest.sha1} needs {need} bytes; {free} are free in {store.root} "
                               f"and cached copies that could be evicted take {cached}")
         await trio.to_thread.run_sync(store.evict_bytes, need)
 
-    async def open_remote(self, sha1: str) -> RemoteReader | None:
-        """For a read through the mount: a lazy reader, or None once the object is local."""
-        running = await self._acquire(sha1)
+    async def open_remote(self, sha1: str, manifest_sha1: str | None = None) -> RemoteReader | None:
+        """For a read through the mount: a lazy reader, or None once the object is local. A manifest
+        hash from the reader's URI is tried before the ones providers name."""
+        running = await self._acquire(sha1, manifest_sha1)
         return None if running is None else RemoteReader(self, sha1, running)
 
     async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -218,7 +229,7 @@ class NetworkFetcher:
             return
         finally:
             self._restoring.discard(record.sha1)
-        self.node.store.integrity.restored(record)
+        await trio.to_thread.run_sync(self.node.store.integrity.restored, record)
         log.warning("restored quarantined object %s from peers", record.sha1)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:

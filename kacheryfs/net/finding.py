@@ -27,6 +27,13 @@ class Provider:
     manifest_sha1: str | None
 
 
+def prefer_direct(providers: list[Provider]) -> list[Provider]:
+    """Relayed providers only when no direct (or hole-punched) one has the file: relayed bytes cost
+    the bootstrap's bandwidth and are bounded by its limits."""
+    direct = [p for p in providers if p.session.direction != "relayed"]
+    return direct or providers
+
+
 class Finder:
     def __init__(self, routes: Routes, peers: Peers, *, in_a_channel: bool, timeout: float = DEFAULT_FIND_TIMEOUT):
         self.peers = peers
@@ -79,6 +86,7 @@ class Finder:
                 with trio.move_on_after(FIND_GRACE):
                     await everyone.wait()
                 nursery.cancel_scope.cancel()
+        found = prefer_direct(found)
         if found:
             now = time.monotonic()
             if len(self._cache) >= CACHE_PRUNE_AT:  # expired answers would hold closed sessions for ever

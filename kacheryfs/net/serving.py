@@ -1,5 +1,8 @@
 """Serving what this node holds: answers to "who has" (FindRequest) and chunk requests.
 
+The index lookups of a request run in a worker thread, with the read for a chunk: a writer holding
+the SQLite lock elsewhere delays no other request and never the node.
+
 The rule is checked here, on the serving side, per request: the peer must have proved a channel,
 and the object must be stored here (shared on all our channels) or a cached copy that came from
 one of the peer's proved channels. Bytes served and refusals are counted per peer.
@@ -22,7 +25,7 @@ from .session import PeerSession
 
 log = logging.getLogger(__name__)
 
-READ_THREADS = 4
+READ_THREADS = 4  # worker threads reading chunks and the index at once
 
 
 @dataclass
@@ -46,7 +49,8 @@ class Server:
 
     def servable(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
         """The object's record if this peer may have it, else None. Stored objects are shared on all
-        our channels; cached copies on the channels they came from."""
+        our channels; cached copies on the channels they came from. Blocking (the index): call it
+        from a worker thread."""
         if not session.channel_ids:
             return None
         record = self.store.info(sha1)
@@ -54,32 +58,42 @@ class Server:
             return record
         return record if session.channel_ids & self.store.channels_of(sha1) else None
 
+    def _found(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
+        record = self.servable(session, sha1)
+        if record is not None:
+            self.store.touch(sha1)  # serving keeps a cached copy warm
+        return record
+
+    def _read_servable(self, session: PeerSession, msg: ChunkRequest) -> bytes | None:
+        if self.servable(session, msg.sha1) is None:
+            return None
+        return self.read_range(msg.sha1, msg.offset, msg.length)
+
     async def _find(self, session: PeerSession, msg: FindRequest) -> Message:
-        record = self.servable(session, msg.sha1)
+        record = await trio.to_thread.run_sync(self._found, session, msg.sha1, limiter=self._limiter)
         if record is None:
             if not session.channel_ids:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
             return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
-        self.store.touch(msg.sha1)  # serving keeps a cached copy warm
         return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
                             manifest_sha1=record.manifest_sha1)
 
     async def _chunk(self, session: PeerSession, msg: ChunkRequest) -> Message:
-        if self.servable(session, msg.sha1) is None:
-            self.counters.refused[session.peer_id] += 1
-            log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
-            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
-        if self.rate_limit:
+        if self.rate_limit:  # (a refused request is charged too: the cap is a benchmark knob)
             now = trio.current_time()
             start = max(now, self._free_at)
             self._free_at = start + msg.length / self.rate_limit
             await trio.sleep(self._free_at - now)
+        # one worker-thread hop per chunk: the index check and the read together
         try:
-            data = await trio.to_thread.run_sync(self.read_range, msg.sha1, msg.offset, msg.length,
-                                                 limiter=self._limiter)
+            data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
         except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
             log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+        if data is None:
+            self.counters.refused[session.peer_id] += 1
+            log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
             return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
         self.counters.served_bytes[session.peer_id] += len(data)
         log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])

@@ -18,7 +18,7 @@ import trio
 
 from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound, StorageFull, StoreFailed
 from ..protocol.messages import ChunkData, ChunkRequest
-from ..store import CHUNK_SIZE, Manifest, StoredObject
+from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
@@ -101,18 +101,26 @@ async def fetch_small_into_store(node: TransferHost, providers: list[Provider], 
     """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
     (re-served on the channels it came from)."""
     data = await fetch_small(node, providers, sha1, providers[0].size)
-    node.store.add_channels(sha1, _channels_of(providers))  # before it is installed: see Download.run
-    return await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
+    return await trio.to_thread.run_sync(_keep_copy, node.store, sha1, data, _channels_of(providers))
+
+
+def _keep_copy(store: LocalStore, sha1: str, data: bytes, channel_ids: frozenset[str]) -> StoredObject:
+    """Store fetched bytes as a cached copy, re-served on the channels it came through (blocking).
+    Channels first: an installed cached copy is servable at once, never briefly refused."""
+    store.add_channels(sha1, channel_ids)
+    return store.put_bytes(data, pinned=False)
+
+
+def _held_bytes(store: LocalStore, sha1: str) -> bytes | None:
+    return store.read_bytes(sha1) if store.info(sha1) is not None else None
 
 
 async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
     candidates = [manifest_sha1] if manifest_sha1 else []
     candidates += [p.manifest_sha1 for p in providers if p.manifest_sha1 and p.manifest_sha1 not in candidates]
     for candidate in candidates:
-        if node.store.info(candidate) is not None:
-            raw = node.store.read_bytes(candidate)
-        else:
-            raw = None
+        raw = await trio.to_thread.run_sync(_held_bytes, node.store, candidate)
+        if raw is None:
             # The providers that named this manifest hold it: ask them first (no second lookup);
             # its size is unknown until it arrives, so ask for a whole chunk's worth.
             naming = [p for p in providers if p.manifest_sha1 == candidate]
@@ -140,8 +148,7 @@ async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str
         if manifest.sha1 != sha1 or manifest.size != size:
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
-        node.store.add_channels(candidate, _channels_of(providers))
-        await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
+        await trio.to_thread.run_sync(_keep_copy, node.store, candidate, raw, _channels_of(providers))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
@@ -220,14 +227,21 @@ class Download:
             return self.partial.read(offset, size)
         return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
 
+    def _install(self) -> StoredObject:
+        """Note where it came from, check the whole file, move it into the store (blocking). Channels
+        first: an installed cached copy is servable at once, never briefly refused."""
+        self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
+        return self.partial.finish()
+
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
         reply is verified on its own."""
         start = self.manifest.chunk_range(run[0])[0]
         end = self.manifest.chunk_range(run[-1])[1]
         pending = list(run)
+        provider = self.by_peer[peer]
         try:
-            data = await _request_range(self.by_peer[peer], self.manifest.sha1, start, end - start, self.node)
+            data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node)
             view = memoryview(data)
             for index in run:
                 a, b = self.manifest.chunk_range(index)
@@ -245,7 +259,13 @@ class Download:
             if self._local_failure is None:
                 self._local_failure = exc
         except PeerGone:
-            self.scheduler.remove_peer(peer)
+            current = self.node.session_for(peer)
+            if current is not None and current is not provider.session:
+                # the old path of an upgraded peer closed under this request: ask again on the new one
+                for index in pending:
+                    self.scheduler.on_chunk_failed(peer, index, trio.current_time())
+            else:
+                self.scheduler.remove_peer(peer)
         except (KacheryError, trio.TooSlowError):
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
@@ -267,6 +287,14 @@ class Download:
             log.info("disk full while fetching %s: evicted %d cached copies to make room",
                      self.manifest.sha1[:12], evicted)
             await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+
+    def _follow_upgrade(self, peer: str) -> None:
+        """The peer's session was replaced (a hole punch upgraded a relayed one): new requests go
+        to the new session; those in flight finish on the old one, which then closes."""
+        provider = self.by_peer[peer]
+        current = self.node.session_for(peer)
+        if current is not None and current is not provider.session and current.channel_ids:
+            self.by_peer[peer] = Provider(current, provider.size, provider.manifest_sha1)
 
     async def _refresh_providers(self) -> None:
         """Providers that appeared since the download started (or came back) join it."""
@@ -297,6 +325,7 @@ class Download:
                     for peer, index in scheduler.expired(now):
                         log.info("chunk %d of %s from %s timed out", index, self.manifest.sha1[:12], peer[:12])
                     for peer in scheduler.peers:
+                        self._follow_upgrade(peer)
                         if self.by_peer[peer].session.closed.is_set():
                             scheduler.remove_peer(peer)
                             continue
@@ -307,9 +336,12 @@ class Download:
                         break
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
+                        reasons = sorted({p.session.close_reason for p in self.by_peer.values()
+                                          if p.session.closed.is_set() and p.session.close_reason})
                         failure = FetchFailed(
                             f"all providers of {self.manifest.sha1[:12]} failed or left "
-                            f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)")
+                            f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)"
+                            + "".join(f"; {reason}" for reason in reasons))
                         break
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
@@ -322,9 +354,7 @@ class Download:
                                   f"{self.node.store.root}; the partial download was discarded")
             if failure is not None:
                 raise failure
-            # Channels first: an installed cached copy is servable at once, never briefly refused.
-            self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
-            self.result = await trio.to_thread.run_sync(self.partial.finish)
+            self.result = await trio.to_thread.run_sync(self._install)
             elapsed = time.monotonic() - self.started
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))
