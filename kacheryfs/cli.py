@@ -327,16 +327,20 @@ def status(as_json, storage_dir, config_dir):
 @config_option
 def verify(repair, storage_dir, config_dir):
     """Re-hash every object in the store; report (or with --repair, replace) the corrupt ones."""
-    from .api_client import NoDaemon, daemon_load
-
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
-    integrity = local.integrity
-    progress = Progress("verifying")
     try:
-        report = integrity.scrub(repair=repair, progress=progress)
+        _verify(config, local, repair)
     finally:
-        progress.close()
+        local.close()
+
+
+def _verify(config: Config, local: LocalStore, repair: bool) -> None:
+    from .api_client import NoDaemon, daemon_load
+
+    integrity = local.integrity
+    with ByteProgress("verifying", delay=0.5) as progress:
+        report = integrity.scrub(repair=repair, progress=progress)
     click.echo(f"verified: {report.objects} objects, {_human(report.bytes)}")
     for record in report.rotten:
         kind = "stored here" if record.pinned else "cached copy"
