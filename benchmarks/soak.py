@@ -267,7 +267,7 @@ class Soak:
         owner = self.nodes[0]
         if not owner.up or self.feed_id is None:
             return
-        from kacheryfs.api_client import call
+        from kacheryfs.api.client import call
 
         t0 = time.monotonic()
         try:

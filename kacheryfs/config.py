@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KacheryError
+from .errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
@@ -15,15 +15,15 @@ DEFAULT_API_PORT = 20431
 DEFAULT_LISTEN = "0.0.0.0:0"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
+DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
+FEEDS_DB = "feeds.sqlite3"  # in the storage dir
+FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
 # Connections that have not proved anything yet (net/admission.py): see docs/security.md.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds to complete a handshake, however idle or slow the peer
 DEFAULT_MAX_HANDSHAKES = 256  # handshakes in progress at once, from everyone
 DEFAULT_MAX_HANDSHAKES_PER_IP = 16  # handshakes in progress at once from one address
 DEFAULT_MAX_INBOUND_PER_IP = 128  # inbound connections (handshaking or not) from one address
 
-
-class ConfigError(KacheryError):
-    """Invalid configuration"""
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Config:
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
-    discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
+    discovery_dir: Path = DEFAULT_DISCOVERY_DIR  # KACHERYFS_DISCOVERY_DIR
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
@@ -84,7 +84,7 @@ class Config:
             bootstraps=tuple(bootstraps),
             find_timeout=find_timeout,
             cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
-            discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
+            discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
             handshake_timeout=_positive_float(env.get("KACHERYFS_HANDSHAKE_TIMEOUT"), "KACHERYFS_HANDSHAKE_TIMEOUT")
@@ -101,6 +101,14 @@ class Config:
     def mounts_dir(self) -> Path:
         """Where running mounts register themselves (one JSON file per daemon pid)."""
         return self.config_dir / "mounts"
+
+    @property
+    def feeds_db(self) -> Path:
+        return self.storage_dir / FEEDS_DB
+
+    @property
+    def feed_keys_dir(self) -> Path:
+        return self.config_dir / FEED_KEYS_DIR
 
     def channel_keys(self) -> dict[str, tuple[str, bytes]]:
         """channel id -> (name, key) for every channel joined; private ones read their secret file."""

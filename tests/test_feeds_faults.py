@@ -19,7 +19,7 @@ from .test_mount_network import LOCAL, wait_until_connected
 
 APPENDER = r'''
 import json, sys
-from kacheryfs.api_client import call
+from kacheryfs.api.client import call
 config_dir, feed_id, start, stop, journal_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 with open(journal_path, "a", buffering=1) as journal:
     for i in range(start, stop):

@@ -11,15 +11,7 @@ import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
-from ..errors import KacheryError
-
-
-class RemoteProtocolError(KacheryError):
-    """The peer broke the protocol"""
-
-
-class LocalProtocolError(KacheryError):
-    """Tried to send something the protocol does not allow"""
+from ..errors import LocalProtocolError, RemoteProtocolError
 
 
 MESSAGE_TYPES: dict[int, type["Message"]] = {}
