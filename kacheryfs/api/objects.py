@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import CorruptObject, InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, ObjectNotFound
 from ..running import located_config
-from ..errors import InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, ObjectNotFound
 from ..store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
 
+COPY_BLOCK = 8 << 20  # load_dir copies this much at a time
 _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
 
@@ -108,8 +110,6 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
              progress: bool | None = None) -> str:
     """Copy a stored directory (or a subdirectory: ``sha1dir://<hash>/sub``) to ``dest``, which must
     not exist yet; files not held here come from channel peers. Returns ``dest``."""
-    import shutil
-
     entry = dir_entry(uri, storage_dir, config_dir, progress)
     if not isinstance(entry, Directory):
         raise NotADirectory(f"{uri} is a file (load it with load_file)")
@@ -120,14 +120,17 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
         raise KacheryError(f"{dest} already exists (load_dir writes a new directory)") from None
     except OSError as exc:
         raise KacheryError(f"could not create {dest}: {exc.strerror}") from None
+    store = _store(storage_dir, config_dir)
     for rel, item in entry.walk():
         target = dest / rel
         try:
             if isinstance(item, Directory):
                 target.mkdir(exist_ok=True)
-            else:
-                shutil.copyfile(load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir,
-                                          progress=progress), target)
+                continue
+            load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir, progress=progress)
+            with open(target, "wb") as out:  # each chunk checked as it is copied: a stored copy may have rotted
+                for offset in range(0, item.size, COPY_BLOCK):
+                    out.write(store.integrity.read_range(item.sha1, offset, COPY_BLOCK))
         except OSError as exc:
             raise KacheryError(f"could not write {target}: {exc.strerror}") from None
     return str(dest)
@@ -174,7 +177,13 @@ def load_file(uri: str, *, storage_dir=None, config_dir=None, progress: bool | N
 
 
 def load_bytes(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> bytes:
-    return Path(load_file(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress)).read_bytes()
+    """The bytes of ``uri``, checked against its hash (a stored copy may have rotted on disk)."""
+    data = Path(load_file(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress)).read_bytes()
+    sha1 = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir)).sha1
+    if hashlib.sha1(data).hexdigest() != sha1:
+        _store(storage_dir, config_dir).integrity.verify(sha1, 0, max(len(data), 1))  # quarantines it and raises...
+        raise CorruptObject(f"{sha1} in the local store")  # ...unless this process checked it before
+    return data
 
 
 def load_text(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:

@@ -17,6 +17,7 @@ from .session import PeerSession
 
 FIND_GRACE = 0.015  # after the first "found", wait this long for more providers (they also join later)
 FIND_CACHE_SECONDS = 5.0
+CACHE_PRUNE_AT = 256  # entries: past this, expired ones are dropped when the next answer is cached
 
 
 @dataclass
@@ -87,7 +88,10 @@ class Finder:
                 nursery.cancel_scope.cancel()
         found = prefer_direct(found)
         if found:
-            self._cache[sha1] = (time.monotonic(), found)
+            now = time.monotonic()
+            if len(self._cache) >= CACHE_PRUNE_AT:  # expired answers would hold closed sessions for ever
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] < FIND_CACHE_SECONDS}
+            self._cache[sha1] = (now, found)
         return found
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:

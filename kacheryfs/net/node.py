@@ -24,6 +24,7 @@ import trio
 from ..config import DEFAULT_FIND_TIMEOUT
 from ..crypto import NodeKey
 from ..store import LocalStore
+from .admission import Limits
 from .dialing import Dialer, parse_hostport
 from .discovery import Discovery
 from .dispatch import Handler
@@ -52,15 +53,15 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 channel_names: Mapping[str, str] | None = None, listen_fallback: bool = False,
-                 alone_warning_after: float = ALONE_WARNING_SECONDS):
+                 limits: Limits | None = None, channel_names: Mapping[str, str] | None = None,
+                 listen_fallback: bool = False, alone_warning_after: float = ALONE_WARNING_SECONDS):
         self.key = key
         self.channel_names = dict(channel_names or {})  # channel id -> name, for status
         self.alone_warning_after = alone_warning_after
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
-        self.host = SessionHost(key, channel_keys, listen=listen, listen_fallback=listen_fallback)
+        self.host = SessionHost(key, channel_keys, listen=listen, limits=limits, listen_fallback=listen_fallback)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout)
         self.relay_client = RelayClient(self.host)
@@ -243,8 +244,9 @@ class Node(HostedNode):
         self.counters.fetched_bytes += nbytes
 
     def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
-        """The bytes this node serves (blocking). Tests override it to play a lying peer."""
-        return self.store.read_range(sha1, offset, length)
+        """The bytes this node serves (blocking), each chunk checked against its hash the first time
+        (store/integrity.py). Tests override it to play a lying peer."""
+        return self.store.integrity.read_range(sha1, offset, length)
 
     def status(self) -> dict:
         return {
@@ -260,6 +262,9 @@ class Node(HostedNode):
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
+            # inbound connections that never became sessions: refused by a limit, bad handshake
+            # bytes, handshake timeout, or cut by the peer
+            "rejected": dict(self.host.rejected),
         }
 
 
@@ -274,7 +279,7 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
-                serve_rate_limit=config.serve_rate_limit, feeds=feeds,
+                serve_rate_limit=config.serve_rate_limit, feeds=feeds, limits=Limits.from_config(config),
                 channel_names={cid: name for cid, (name, _k) in channels.items()},
                 listen_fallback=config.listen_fallback,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly

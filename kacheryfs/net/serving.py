@@ -17,6 +17,7 @@ from typing import Callable
 
 import trio
 
+from ..errors import KacheryError
 from ..protocol.messages import ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
@@ -85,7 +86,11 @@ class Server:
             self._free_at = start + msg.length / self.rate_limit
             await trio.sleep(self._free_at - now)
         # one worker-thread hop per chunk: the index check and the read together
-        data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+        try:
+            data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+        except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
+            log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
         if data is None:
             self.counters.refused[session.peer_id] += 1
             log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
