@@ -33,9 +33,10 @@ def user_env(tmp_path) -> dict[str, str]:
 class UserMount(Mount):
     """A mount started as the user starts it: flags only, no KACHERY_* variables."""
 
-    def __init__(self, root, env):
+    def __init__(self, root, env, config):
         super().__init__(root)
         self._env = env
+        self.config = config  # where it registers (Mount.start waits for that)
 
     @property
     def env(self):
@@ -61,7 +62,7 @@ def test_plain_commands_and_python_use_the_mounts_store(tmp_path, stack, mount_f
     storage, config = tmp_path / "mystore", tmp_path / "myconfig"
     flags = ["--storage", str(storage)] + (["--config-dir", str(config)] if "config" in mount_flags else [])
     (tmp_path / "a").mkdir()
-    a = UserMount(tmp_path / "a", env)
+    a = UserMount(tmp_path / "a", env, config if "config" in mount_flags else tmp_path / "home" / ".kachery-p2p")
     try:
         a.start(*flags, "--channel", "lab", *LOCAL)
         (tmp_path / "data.txt").write_text("results\n")
