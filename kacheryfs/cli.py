@@ -81,13 +81,13 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 def mount(mountpoint, storage_dir, config_dir, debug, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
-    from .fs.mount import run_mount
+    from .daemon import run
 
     logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
     config = _net_config(storage_dir, config_dir, **net)
     click.echo(f"kacheryfs: mounting {Path(mountpoint).absolute()} (storage {config.storage_dir}); "
                "Ctrl-C or `kacheryfs unmount` to stop", err=True)
-    run_mount(config, mountpoint, debug=debug)
+    run(config, mountpoint, debug=debug)
 
 
 @cli.command()
@@ -96,10 +96,10 @@ def mount(mountpoint, storage_dir, config_dir, debug, **net):
 @network_options
 def daemon(storage_dir, config_dir, **net):
     """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
-    from .net.daemon import run_daemon
+    from .daemon import run
 
     logging.getLogger("kacheryfs").setLevel(logging.INFO)
-    run_daemon(_net_config(storage_dir, config_dir, **net))
+    run(_net_config(storage_dir, config_dir, **net))
 
 
 @cli.command()
@@ -108,10 +108,10 @@ def daemon(storage_dir, config_dir, **net):
 @config_option
 def bootstrap(listen, storage_dir, config_dir):
     """Run a rendezvous node: keeps a registry of channel hashes -> nodes; knows no channel names."""
-    from .net.daemon import run_daemon
+    from .daemon import run_bootstrap
 
     logging.getLogger("kacheryfs").setLevel(logging.INFO)
-    run_daemon(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen), bootstrap_mode=True)
+    run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen))
 
 
 @cli.command()

@@ -115,8 +115,9 @@ async def cluster(tmp_path, nursery):
     yield c
     for node in c.nodes:
         node.cancel()
-        node.store.close()
-        node.feed_sync.feeds.close()
+        if hasattr(node, "store"):  # the bootstrap has none
+            node.store.close()
+            node.feed_sync.feeds.close()
 
 
 @pytest.fixture

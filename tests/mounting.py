@@ -82,13 +82,14 @@ class Mount:
     def kill9(self) -> None:
         """Kill the daemon and its auto_unmount helper: leaves a stale (ENOTCONN) mount."""
         assert self.proc is not None
-        helpers = children_of(self.proc.pid)  # fusermount3 runs in a session of its own
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        for pid in helpers:
+        # The auto_unmount helper (fusermount3, in a session of its own) goes first: killed after the
+        # daemon, it could see the daemon's end and unmount cleanly before its own SIGKILL arrived.
+        for pid in children_of(self.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:

@@ -8,6 +8,7 @@ import trio
 
 from kacheryfs.crypto import NodeKey, channel_id, channel_key
 from kacheryfs.errors import ObjectNotFound
+from kacheryfs.net.bootstrap import BootstrapNode
 from kacheryfs.net.fetcher import NetworkFetcher
 from kacheryfs.net.node import Node
 from kacheryfs.protocol.messages import ChunkRequest, FindRequest
@@ -36,11 +37,14 @@ class Cluster:
                    find_timeout=2.0):
         from kacheryfs.feeds import FeedStore
 
-        store = LocalStore(self.tmp_path / name)
-        feeds = FeedStore(self.tmp_path / name / "feeds.sqlite3", self.tmp_path / name / "feed-keys")
-        bootstraps = (tuple(bootstrap),) if bootstrap else ()
-        node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
-                        bootstrap_mode=bootstrap_mode, find_timeout=find_timeout, feeds=feeds)
+        if bootstrap_mode:  # the bootstrap is a node of its own kind: no channels, no store
+            node = BootstrapNode(NodeKey.generate(), listen=listen)
+        else:
+            store = LocalStore(self.tmp_path / name)
+            feeds = FeedStore(self.tmp_path / name / "feeds.sqlite3", self.tmp_path / name / "feed-keys")
+            bootstraps = (tuple(bootstrap),) if bootstrap else ()
+            node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
+                            find_timeout=find_timeout, feeds=feeds)
         await self.nursery.start(node.run)
         node.name = name
         self.nodes.append(node)

@@ -36,6 +36,10 @@ class FeedsView:
     def feed_ids(self) -> list[str]:
         return self.feeds.feed_ids()
 
+    async def discover(self, feed_id: str) -> bool:
+        """A feed not known here: ask the channel's peers (bounded wait) and follow it if found."""
+        return await self.sync.discover(feed_id)
+
     def subfeeds(self, feed_id: str) -> list[str]:
         return self.feeds.subfeeds(feed_id)
 

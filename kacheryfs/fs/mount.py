@@ -1,4 +1,5 @@
-"""Running a mount: stale-mount cleanup, the pyfuse3 session under trio, signals, registration."""
+"""Serving a tree at a mountpoint: stale-mount cleanup, the pyfuse3 session under trio, signals,
+registration. What is mounted is assembled in kacheryfs/daemon.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import trio
 
 from ..config import Config
 from ..errors import MountError
-from ..store import LocalStore
 from .operations import KacheryOperations
 from .tree import VirtualTree
 
@@ -129,69 +129,66 @@ def live_mounts(config: Config) -> list[dict]:
     return out
 
 
-async def _serve(tree: VirtualTree, node, config: Config, mountpoint: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        if node is not None:
-            from ..net.api_server import ApiServer
-            from ..net.fetcher import NetworkFetcher
-
-            await nursery.start(node.run)
-            tree.fetcher = NetworkFetcher(node)
-            if node.feed_sync is not None:
-                from .feeds_view import FeedsView
-
-                tree.feeds_view = FeedsView(node.feed_sync)
-            api = ApiServer(node, tree.fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
-            await nursery.start(api.serve)
-
-        async def on_signals():
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    log.info("received %s, unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(on_signals)
-        nursery.start_soon(_tune_read_ahead_when_served, mountpoint)
-        await pyfuse3.main()
-        await tree.close_all()
-        nursery.cancel_scope.cancel()
-
-
-def run_mount(config: Config, mountpoint: str | os.PathLike, debug: bool = False,
-              ready_message: bool = True, network: bool = True) -> None:
-    """Mount and serve in the foreground until a signal or `kacheryfs unmount`; always unmounts."""
+def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
+    """The absolute mountpoint, created if need be: a stale mount there is cleaned up first; a live
+    mount or a non-empty directory is refused."""
     mountpoint = Path(mountpoint).expanduser().absolute()
     clean_stale_mount(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
     if any(mountpoint.iterdir()):
         raise MountError(f"{mountpoint} is not empty")
-    store = LocalStore(config.storage_dir)
-    store.reconcile()
-    tree = VirtualTree(store)
-    node = None
-    if network:
-        from ..net.api_server import _claim, socket_path
-        from ..net.node import build_node
+    return mountpoint
 
-        _claim(socket_path(config.config_dir))  # one daemon per config dir, checked before mounting
-        node = build_node(config, store)
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=kacheryfs", "subtype=kacheryfs", "auto_unmount"}
-    if debug:
-        options.add("debug")
-    try:
-        pyfuse3.init(KacheryOperations(tree), str(mountpoint), options)
-    except RuntimeError as exc:
-        raise MountError(f"{mountpoint}: {exc}") from None
-    registration = None
-    try:
-        registration = MountRegistration(config, mountpoint)
-        if ready_message:
-            log.info("mounted %s (storage %s)", mountpoint, config.storage_dir)
-        trio.run(_serve, tree, node, config, mountpoint)
-    finally:
-        if registration is not None:
-            registration.remove()
-        pyfuse3.close(unmount=True)
-        store.close()
+
+class FuseMount:
+    """The tree served at a mountpoint through pyfuse3, registered for `status` while mounted.
+
+    ``with FuseMount(...) as mount:`` mounts (the kernel queues requests until ``serve`` runs) and
+    always unmounts on the way out."""
+
+    def __init__(self, tree: VirtualTree, mountpoint: Path, config: Config, debug: bool = False):
+        self.tree = tree
+        self.mountpoint = mountpoint
+        self.config = config
+        self.debug = debug
+        self.registration: MountRegistration | None = None
+
+    def __enter__(self) -> "FuseMount":
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=kacheryfs", "subtype=kacheryfs", "auto_unmount"}
+        if self.debug:
+            options.add("debug")
+        try:
+            pyfuse3.init(KacheryOperations(self.tree), str(self.mountpoint), options)
+        except RuntimeError as exc:
+            raise MountError(f"{self.mountpoint}: {exc}") from None
+        try:
+            self.registration = MountRegistration(self.config, self.mountpoint)
+        except BaseException:
+            pyfuse3.close(unmount=True)
+            raise
+        log.info("mounted %s (storage %s)", self.mountpoint, self.config.storage_dir)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self.registration is not None:
+                self.registration.remove()
+        finally:
+            pyfuse3.close(unmount=True)
+
+    async def serve(self) -> None:
+        """Answer FUSE requests until unmounted or signalled; then commit what is pending."""
+        async with trio.open_nursery() as nursery:
+            async def on_signals():
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        log.info("received %s, unmounting", signal.Signals(signum).name)
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signals)
+            nursery.start_soon(_tune_read_ahead_when_served, self.mountpoint)
+            await pyfuse3.main()
+            await self.tree.close_all()
+            nursery.cancel_scope.cancel()

@@ -137,11 +137,11 @@ class Fetcher(Protocol):
 
 
 class VirtualTree:
-    def __init__(self, store: LocalStore, fetcher: Fetcher | None = None):
+    def __init__(self, store: LocalStore, fetcher: Fetcher | None = None, feeds_view=None):
         self.store = store
         self.fetcher = fetcher
         self.remote_sizes: dict[str, int] = {}  # sha1 -> size, for objects found on peers, not yet here
-        self.feeds_view = None  # fs.feeds_view.FeedsView, when the node keeps feeds
+        self.feeds_view = feeds_view  # fs.feeds_view.FeedsView, when the node keeps feeds
         self.inodes = InodeTable()
         self.names: dict[str, NameRecord] = {r.name: r for r in store.list_names()}
         self.drafts: dict[int, Draft] = {}
@@ -252,7 +252,7 @@ class VirtualTree:
         except NotFound:
             if parent == FEEDS_DIR_INO and self.feeds_view is not None and _is_feed_id(name):
                 # a feed not known here: ask the channel (bounded wait), like sha1/
-                if await self.feeds_view.sync.discover(name, self.fetcher_timeout()):
+                if await self.feeds_view.discover(name):
                     return self.lookup(parent, name)
                 raise
             if parent != SHA1_DIR_INO or self.fetcher is None or not is_sha1_hex(name):
@@ -285,10 +285,6 @@ class VirtualTree:
         if isinstance(handle, FeedHandle):
             return self.feeds_view.read(handle.feed_id, handle.subfeed, offset, size)
         return self.read(fh, offset, size)
-
-    def fetcher_timeout(self) -> float:
-        node = getattr(self.fetcher, "node", None)
-        return getattr(node, "find_timeout", 3.0)
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -354,7 +350,7 @@ class VirtualTree:
     def _open_object(self, ino: int, sha1: str) -> int:
         record = self.store.require(sha1)
         if not record.pinned:
-            self.store.index.touch(sha1)  # LRU order for evicting cached copies
+            self.store.touch(sha1)  # LRU order for evicting cached copies
         try:
             mapping = open_mmap(self.store.object_path(sha1))
         except FileNotFoundError:

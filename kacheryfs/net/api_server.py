@@ -14,6 +14,7 @@ import trio
 
 from ..errors import KacheryError
 from ..store import parse_uri
+from .interfaces import ApiHost
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ def socket_path(config_dir: Path) -> Path:
     return config_dir / SOCKET_NAME
 
 
-def _claim(path: Path) -> None:
-    """Remove a stale socket; refuse if a live daemon answers on it."""
+def claim_socket(config_dir: Path) -> None:
+    """Remove a stale API socket; refuse if a live daemon answers on it (one daemon per config
+    dir: its node key is its identity)."""
+    path = socket_path(config_dir)
     if not path.exists():
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -49,8 +52,8 @@ def _claim(path: Path) -> None:
 async def open_api_listener(config_dir: Path) -> trio.SocketListener:
     config_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config_dir, 0o700)
+    claim_socket(config_dir)
     path = socket_path(config_dir)
-    _claim(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -62,7 +65,7 @@ async def open_api_listener(config_dir: Path) -> trio.SocketListener:
 
 
 class ApiServer:
-    def __init__(self, node, fetcher, config_dir: Path, extra_status=None):
+    def __init__(self, node: ApiHost, fetcher, config_dir: Path, extra_status=None):
         self.node = node
         self.fetcher = fetcher
         self.config_dir = config_dir
@@ -175,7 +178,7 @@ class ApiServer:
                 raise UnknownFeed(f"{ref!r} is neither a feed id nor a label of a local feed")
             feed_id = found
         if feed_id not in sync.feeds.feed_ids():
-            if not discover or not await sync.discover(feed_id, self.node.find_timeout):
+            if not discover or not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep a replica live while someone reads it

@@ -15,11 +15,13 @@ from collections import defaultdict
 
 import trio
 
+from ..config import DEFAULT_FIND_TIMEOUT
 from ..errors import FeedChainError, FeedGap, KacheryError, UnknownFeed
 from ..feeds import FeedEntry, FeedStore, decode_entry, encode_entry
 from ..protocol.messages import (
     ErrorResponse, FeedEntries, FeedInfo, FeedQuery, FeedSubscribe, FeedSubscribed, Message,
 )
+from .interfaces import FeedSyncHost
 from .session import PeerGone, PeerSession
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,20 @@ def feed_channel_key(feed_id: str) -> str:
 
 
 class FeedSync:
-    def __init__(self, node, feeds: FeedStore):
+    def __init__(self, node: FeedSyncHost, feeds: FeedStore, *, find_timeout: float = DEFAULT_FIND_TIMEOUT):
         self.node = node
         self.feeds = feeds
+        self.find_timeout = find_timeout  # how long discover() waits for peers to answer
         self.subscribers: dict[Where, set[PeerSession]] = defaultdict(set)
         self.followed: set[Where] = set()
         self.followed_feeds: set[str] = set()  # every subfeed, including ones that appear later
         self._changed: dict[Where, trio.Event] = defaultdict(trio.Event)
         self._subscribed: set[tuple[int, Where]] = set()  # (id(session), where)
         self.rejected = 0
+        node.register(FeedQuery, self._query)
+        node.register(FeedSubscribe, self._subscribe_request)
+        node.register(FeedEntries, self.on_entries, inline=True)  # in order, as pushed
+        node.watch_sessions(opened=self.on_session, closed=self.on_session_closed)
 
     # ---- who may get what ------------------------------------------------------------------------
     def may_serve(self, session: PeerSession, feed_id: str) -> bool:
@@ -70,7 +77,7 @@ class FeedSync:
             return False
         if self.feeds.owns(feed_id):
             return True
-        return bool(session.channel_ids & self.node.store.index.channels_of(feed_channel_key(feed_id)))
+        return bool(session.channel_ids & self.node.store.channels_of(feed_channel_key(feed_id)))
 
     # ---- local changes ---------------------------------------------------------------------------
     def _wake(self, where: Where) -> None:
@@ -113,7 +120,7 @@ class FeedSync:
         else:
             self.followed.add((feed_id, subfeed))
         for session in self.node.channel_peers():
-            self.node._nursery.start_soon(self._subscribe_all, session)
+            self.node.start_soon(self._subscribe_all, session)
 
     async def on_session(self, session: PeerSession) -> None:
         """A new peer: subscribe to what we follow."""
@@ -150,8 +157,9 @@ class FeedSync:
         except (KacheryError, trio.TooSlowError):
             self._subscribed.discard(key)
 
-    async def discover(self, feed_id: str, timeout: float) -> bool:
+    async def discover(self, feed_id: str, timeout: float | None = None) -> bool:
         """Ask channel peers for a feed not known here; follow it if one has it."""
+        timeout = self.find_timeout if timeout is None else timeout
         found = trio.Event()
 
         async def ask(session: PeerSession) -> None:
@@ -174,27 +182,26 @@ class FeedSync:
         return found.is_set()
 
     # ---- messages from peers ---------------------------------------------------------------------
-    async def answer(self, session: PeerSession, msg: Message) -> Message | None:
-        if isinstance(msg, FeedQuery):
-            if not self.may_serve(session, msg.feed_id) or msg.feed_id not in self.feeds.feed_ids():
-                return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=False)
-            counts = {name: self.feeds.num_messages(msg.feed_id, name) for name in self.feeds.subfeeds(msg.feed_id)}
-            return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=True, subfeeds=counts)
-        if isinstance(msg, FeedSubscribe):
-            if not self.may_serve(session, msg.feed_id):
-                log.info("refused feed %s to %s: not shared with it", msg.feed_id[:12], session.peer_id[:12])
-                return ErrorResponse(req=msg.req, code="not-found", message="no such feed here")
-            where = (msg.feed_id, msg.subfeed)
-            sent = msg.start
-            while True:  # the backlog, then register with no await in between: nothing is missed
-                batch = self.feeds.get_entries(*where, start=sent, limit=BATCH)
-                if not batch:
-                    self.subscribers[where].add(session)
-                    break
-                await session.send(FeedEntries(feed_id=where[0], subfeed=where[1], payload=pack_entries(batch)))
-                sent += len(batch)
-            return FeedSubscribed(req=msg.req, count=sent)
-        return None
+    async def _query(self, session: PeerSession, msg: FeedQuery) -> Message:
+        if not self.may_serve(session, msg.feed_id) or msg.feed_id not in self.feeds.feed_ids():
+            return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=False)
+        counts = {name: self.feeds.num_messages(msg.feed_id, name) for name in self.feeds.subfeeds(msg.feed_id)}
+        return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=True, subfeeds=counts)
+
+    async def _subscribe_request(self, session: PeerSession, msg: FeedSubscribe) -> Message:
+        if not self.may_serve(session, msg.feed_id):
+            log.info("refused feed %s to %s: not shared with it", msg.feed_id[:12], session.peer_id[:12])
+            return ErrorResponse(req=msg.req, code="not-found", message="no such feed here")
+        where = (msg.feed_id, msg.subfeed)
+        sent = msg.start
+        while True:  # the backlog, then register with no await in between: nothing is missed
+            batch = self.feeds.get_entries(*where, start=sent, limit=BATCH)
+            if not batch:
+                self.subscribers[where].add(session)
+                break
+            await session.send(FeedEntries(feed_id=where[0], subfeed=where[1], payload=pack_entries(batch)))
+            sent += len(batch)
+        return FeedSubscribed(req=msg.req, count=sent)
 
     async def on_entries(self, session: PeerSession, msg: FeedEntries) -> None:
         """Pushed entries (in order, inline in the session's receive loop)."""
@@ -209,13 +216,13 @@ class FeedSync:
             added = await trio.to_thread.run_sync(self.feeds.add_entries, entries)
         except FeedGap as exc:  # we missed some: ask again from our tip
             added = exc.added
-            self.node._nursery.start_soon(self._subscribe, session, where, True)
+            self.node.start_soon(self._subscribe, session, where, True)
         except (FeedChainError, KacheryError) as exc:
             added = getattr(exc, "added", 0)
             self.rejected += 1
             log.warning("rejected feed entries of %s/%s from %s: %s", msg.feed_id[:12], msg.subfeed,
                         session.peer_id[:12], exc)
-        self.node.store.index.add_channels(feed_channel_key(msg.feed_id), session.channel_ids)
+        self.node.store.add_channels(feed_channel_key(msg.feed_id), session.channel_ids)
         if added:
             self.followed.add(where)
             await self._publish(where, before, origin=session)

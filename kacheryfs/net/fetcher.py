@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import KacheryError
-from .node import Node
+from .interfaces import FetcherHost
 from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class RemoteReader:
     async def read(self, offset: int, size: int) -> bytes:
         download = self.download
         if download.result is not None:  # complete and installed: read the object
-            return await trio.to_thread.run_sync(self.fetcher.node._read_range, self.sha1, offset, size)
+            return await self._read_installed(offset, size)
         self._streak = self._streak + size if offset == self._next_offset else size
         # Read ahead only once a reader has gone sequentially through more than the kernel's own
         # read-ahead would (a header read, an mmap fault) -- then double up to bulk download.
@@ -55,8 +55,11 @@ class RemoteReader:
             with trio.move_on_after(30):
                 await download.settled.wait()
             if download.result is not None:
-                return await trio.to_thread.run_sync(self.fetcher.node._read_range, self.sha1, offset, size)
+                return await self._read_installed(offset, size)
             raise
+
+    async def _read_installed(self, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(self.fetcher.node.store.read_range, self.sha1, offset, size)
 
     def close(self) -> None:
         self.fetcher.release(self.sha1, self.running)
@@ -77,7 +80,7 @@ class NetworkFetcher:
     (``open_remote``) of the same object share it, so a chunk is never fetched twice.
     """
 
-    def __init__(self, node: Node):
+    def __init__(self, node: FetcherHost):
         self.node = node
         self._downloads: dict[str, _RunningDownload] = {}
         self._opening: dict[str, trio.Lock] = defaultdict(trio.Lock)
@@ -102,7 +105,7 @@ class NetworkFetcher:
                     await fetch_small_into_store(self.node, providers, sha1)
                     return None
                 download = await Download.start(self.node, manifest, providers)
-                scope = await self.node._nursery.start(self._run_download, download)
+                scope = await self.node.start(self._run_download, download)
                 running = self._downloads[sha1] = _RunningDownload(download, scope)
             running.refs += 1
             return running
@@ -154,9 +157,8 @@ class NetworkFetcher:
         """Tell channel peers, in the background: a slow peer must not delay close(), and a
         failed announce must never fail the write, which is already stored."""
         try:
-            if self.node._nursery is not None:
-                self.node._nursery.start_soon(self.node.announce, sha1, size, manifest_sha1)
-        except RuntimeError as exc:  # the node is shutting down
+            self.node.start_soon(self.node.announce, sha1, size, manifest_sha1)
+        except RuntimeError as exc:  # the node is not running, or shutting down
             log.debug("announce of %s skipped: %s", sha1[:12], exc)
 
     def stats(self) -> dict:

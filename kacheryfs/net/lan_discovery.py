@@ -17,6 +17,7 @@ import time
 import trio
 
 from ..crypto import blake2b
+from .interfaces import Dials
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _sender_socket() -> socket.socket:
     return sock
 
 
-async def run(node, port: int, interval: float = 1.0) -> None:
+async def run(node: Dials, port: int, interval: float = 1.0) -> None:
     """Send beacons and dial the members we hear, until cancelled."""
     keys = list(node.channel_keys.values())
     try:
@@ -104,4 +105,4 @@ async def run(node, port: int, interval: float = 1.0) -> None:
                 found = match_beacon(data, keys, node.node_id)
                 if found is not None:
                     peer, peer_port = found
-                    node._maybe_dial({"node": peer, "addrs": [f"{host}:{peer_port}"]})
+                    node.maybe_dial({"node": peer, "addrs": [f"{host}:{peer_port}"]})

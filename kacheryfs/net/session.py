@@ -122,7 +122,7 @@ class PeerSession:
                 assert isinstance(event, MessageReceived)
                 msg = event.message
                 req = getattr(msg, "req", None)
-                waiter = self._pending.get(req) if req is not None and _is_reply(msg) else None
+                waiter = self._pending.get(req) if req is not None and msg.IS_REPLY else None
                 if waiter is not None:
                     try:
                         waiter.send_nowait(msg)
@@ -139,9 +139,3 @@ class PeerSession:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
-
-
-def _is_reply(msg: Message) -> bool:
-    from ..protocol import messages as m
-
-    return isinstance(msg, (m.FindResponse, m.ChunkData, m.ErrorResponse, m.PeersResponse, m.Pong, m.RelayOpened, m.FeedInfo, m.FeedSubscribed))

@@ -16,11 +16,12 @@ from typing import Callable
 
 import trio
 
-from ..errors import CorruptObject, KacheryError, ObjectNotFound
+from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
 from ..protocol.messages import ChunkData, ChunkRequest
 from ..store import CHUNK_SIZE, Manifest, StoredObject
-from ..errors import CorruptChunk
 from ..store.partial import PartialObject
+from .finding import Provider
+from .interfaces import TransferHost
 from .scheduler import ChunkScheduler
 from .session import PeerGone, RequestFailed
 
@@ -49,17 +50,22 @@ class FetchFailed(KacheryError):
     """Could not fetch the file from any peer"""
 
 
-async def _request_range(provider, sha1: str, offset: int, length: int, node) -> bytes:
+def _channels_of(providers: list[Provider]) -> frozenset[str]:
+    """A fetched copy is re-served on the channels it came through."""
+    return frozenset().union(*(p.session.channel_ids for p in providers))
+
+
+async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost) -> bytes:
     session = provider.session
     reply = await session.request(ChunkRequest(req=session.next_req(), sha1=sha1, offset=offset, length=length),
                                   REQUEST_TIMEOUT)
     if not isinstance(reply, ChunkData):
         raise RequestFailed("unexpected reply")
-    node.counters.fetched_bytes += len(reply.payload)
+    node.note_fetched(len(reply.payload))
     return reply.payload
 
 
-async def fetch_small(node, providers, sha1: str, size: int) -> bytes:
+async def fetch_small(node: TransferHost, providers: list[Provider], sha1: str, size: int) -> bytes:
     """A whole object of at most MAX_SMALL_OBJECT bytes, verified against its SHA-1, from the first
     provider that gets it right."""
     if size > MAX_SMALL_OBJECT:
@@ -80,7 +86,7 @@ async def fetch_small(node, providers, sha1: str, size: int) -> bytes:
     raise FetchFailed(sha1)
 
 
-async def locate_manifest(node, sha1: str, manifest_sha1: str | None = None):
+async def locate_manifest(node: TransferHost, sha1: str, manifest_sha1: str | None = None):
     """(providers, manifest or None for a one-chunk object); raises ObjectNotFound / FetchFailed."""
     providers = await node.find(sha1)
     if not providers:
@@ -91,16 +97,16 @@ async def locate_manifest(node, sha1: str, manifest_sha1: str | None = None):
     return providers, await _get_manifest(node, providers, sha1, size, manifest_sha1)
 
 
-async def fetch_small_into_store(node, providers, sha1: str) -> StoredObject:
+async def fetch_small_into_store(node: TransferHost, providers: list[Provider], sha1: str) -> StoredObject:
     """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
     (re-served on the channels it came from)."""
     data = await fetch_small(node, providers, sha1, providers[0].size)
     obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
-    node.store.index.add_channels(sha1, frozenset().union(*(p.session.channel_ids for p in providers)))
+    node.store.add_channels(sha1, _channels_of(providers))
     return obj
 
 
-async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
+async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
     candidates = [manifest_sha1] if manifest_sha1 else []
     candidates += [p.manifest_sha1 for p in providers if p.manifest_sha1 and p.manifest_sha1 not in candidates]
     for candidate in candidates:
@@ -136,7 +142,7 @@ async def _get_manifest(node, providers, sha1: str, size: int, manifest_sha1: st
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
         await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
-        node.store.index.add_channels(candidate, frozenset().union(*(p.session.channel_ids for p in providers)))
+        node.store.add_channels(candidate, _channels_of(providers))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
@@ -149,13 +155,13 @@ class Download:
     until the object is complete, then installs it in the store.
     """
 
-    def __init__(self, node, manifest: Manifest, partial: PartialObject, providers):
+    def __init__(self, node: TransferHost, manifest: Manifest, partial: PartialObject, providers: list[Provider]):
         self.node = node
         self.manifest = manifest
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
         self.by_peer = {p.session.peer_id: p for p in providers}
-        self.channel_ids = frozenset().union(*(p.session.channel_ids for p in providers))
+        self.channel_ids = _channels_of(providers)
         self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, slack_chunks=32)
         for peer in self.by_peer:
             self.scheduler.add_peer(peer)
@@ -167,7 +173,7 @@ class Download:
         self.started = time.monotonic()
 
     @classmethod
-    async def start(cls, node, manifest: Manifest, providers) -> "Download":
+    async def start(cls, node: TransferHost, manifest: Manifest, providers: list[Provider]) -> "Download":
         partial = await trio.to_thread.run_sync(PartialObject.open, node.store, manifest)
         return cls(node, manifest, partial, providers)
 
@@ -290,7 +296,7 @@ class Download:
             if failure is not None:
                 raise failure
             self.result = await trio.to_thread.run_sync(self.partial.finish)
-            self.node.store.index.add_channels(self.manifest.sha1, self.channel_ids)
+            self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
             elapsed = time.monotonic() - self.started
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))

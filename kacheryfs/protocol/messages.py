@@ -26,9 +26,11 @@ class LocalProtocolError(KacheryError):
 MESSAGE_TYPES: dict[int, type["Message"]] = {}
 
 
-def message(code: int):
+def message(code: int, *, reply: bool = False):
+    """Register a message type under its wire code; ``reply``: it answers a request (same ``req``)."""
     def register(cls):
         cls.TYPE = code
+        cls.IS_REPLY = reply
         MESSAGE_TYPES[code] = cls
         return dataclass(frozen=True)(cls)
     return register
@@ -36,6 +38,7 @@ def message(code: int):
 
 class Message:
     TYPE: ClassVar[int]
+    IS_REPLY: ClassVar[bool] = False  # goes to the request waiting for its ``req``, never to a handler
     HAS_PAYLOAD: ClassVar[bool] = False
 
     def encode(self) -> bytes:
@@ -168,7 +171,7 @@ class _HasChunks(_Validating):
         return cached
 
 
-@message(3)
+@message(3, reply=True)
 class FindResponse(_HasChunks):
     """``have`` is None from a provider holding the whole object; a node still downloading it
     answers with the chunks it has verified so far (maybe none yet), and then sends Have updates."""
@@ -194,14 +197,14 @@ class ChunkRequest(_Validating):
             raise ValueError("chunk request too long")
 
 
-@message(5)
+@message(5, reply=True)
 class ChunkData(_Validating):
     req: int
     HAS_PAYLOAD = True
     payload: bytes = b""
 
 
-@message(6)
+@message(6, reply=True)
 class ErrorResponse(_Validating):
     req: int
     code: str
@@ -238,7 +241,7 @@ class PeersRequest(_Validating):
     channel_ids: list
 
 
-@message(10)
+@message(10, reply=True)
 class PeersResponse(_Validating):
     req: int
     peers: list  # [{"node": hex, "addrs": [...], "channel_ids": [...]}]
@@ -249,7 +252,7 @@ class Ping(_Validating):
     req: int
 
 
-@message(12)
+@message(12, reply=True)
 class Pong(_Validating):
     req: int
 
@@ -270,7 +273,7 @@ class RelayOpen(_Validating):
         _check_hex(self.target, 64, "target")
 
 
-@message(15)
+@message(15, reply=True)
 class RelayOpened(_Validating):
     req: int
     circuit: int
@@ -308,7 +311,7 @@ class FeedQuery(_Validating):
         _check_hex(self.feed_id, 64, "feed_id")
 
 
-@message(20)
+@message(20, reply=True)
 class FeedInfo(_Validating):
     req: int
     feed_id: str
@@ -334,7 +337,7 @@ class FeedSubscribe(_Validating):
             raise ValueError("negative start")
 
 
-@message(22)
+@message(22, reply=True)
 class FeedSubscribed(_Validating):
     req: int
     count: int  # entries the server holds now

@@ -1,11 +1,12 @@
 """The local content-addressed store."""
 
 from .hashing import CHUNK_SIZE, ContentHasher, Digest, hash_bytes
+from .index import NameRecord, ObjectRecord
 from .local import LocalStore, ObjectWriter, StoredObject, open_mmap
 from .manifest import Manifest
 from .uri import KacheryURI, format_uri, is_sha1_hex, parse_uri
 
 __all__ = [
     "CHUNK_SIZE", "ContentHasher", "Digest", "hash_bytes", "LocalStore", "ObjectWriter",
-    "StoredObject", "open_mmap", "Manifest", "KacheryURI", "format_uri", "is_sha1_hex", "parse_uri",
+    "StoredObject", "open_mmap", "NameRecord", "ObjectRecord", "Manifest", "KacheryURI", "format_uri", "is_sha1_hex", "parse_uri",
 ]

@@ -208,6 +208,17 @@ class LocalStore:
     def list_objects(self) -> list[ObjectRecord]:
         return self.index.all_objects()
 
+    def touch(self, sha1: str) -> None:
+        """A cached copy was used: it moves to the back of the eviction order."""
+        self.index.touch(sha1)
+
+    # the channels a cached copy came from: it is served on those only
+    def channels_of(self, sha1: str) -> frozenset[str]:
+        return self.index.channels_of(sha1)
+
+    def add_channels(self, sha1: str, channel_ids) -> None:
+        self.index.add_channels(sha1, channel_ids)
+
     # writing
     def writer(self, pinned: bool = True) -> ObjectWriter:
         try:
@@ -283,6 +294,11 @@ class LocalStore:
         return StoredObject(sha1, st.st_size, manifest_sha1)
 
     # reading
+    def read_range(self, sha1: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of an object from ``offset`` (blocking: cold disk)."""
+        with open(self.object_path(sha1), "rb") as f:
+            return os.pread(f.fileno(), length, offset)
+
     def read_bytes(self, sha1: str) -> bytes:
         self.require(sha1)
         return self.object_path(sha1).read_bytes()

@@ -1,0 +1,239 @@
+"""Sessions and routing: listen, accept, connect, keep the registry of live sessions, and hand each
+incoming message to the handler its type is registered for (net/dispatch.py).
+
+Both kinds of node (net/node.py, net/bootstrap.py) are built on one SessionHost; their roles
+register message handlers and session watchers on it. Every session and handler task lives in the
+host's nursery.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from ..crypto import NodeKey
+from ..errors import KacheryError
+from ..protocol import Connection, ProtocolError
+from ..protocol.connection import INITIATOR, RESPONDER
+from ..protocol.messages import Message, Ping, Pong
+from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
+from .session import PeerGone, PeerSession, handshake
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+
+Opened = Callable[[PeerSession], Awaitable[None]]  # runs while the session lives, cancelled when it ends
+Closed = Callable[[PeerSession], None]
+
+
+class SessionHost:
+    def __init__(self, key: NodeKey, channel_keys: dict[str, bytes], *,
+                 listen: tuple[str, int] | None, agent: str = "kacheryfs"):
+        self.key = key
+        self.channel_keys = dict(channel_keys)
+        self.listen = listen
+        self.agent = agent
+        self.listen_addrs: list[str] = []
+        self.sessions: dict[str, PeerSession] = {}  # peer id -> its primary session
+        self.dispatch = Dispatch()
+        self._opened: list[Opened] = []
+        self._closed: list[Closed] = []
+        self._nursery: trio.Nursery | None = None
+        self._peers_changed = trio.Event()
+        self.register(Ping, self._pong)
+
+    @property
+    def node_id(self) -> str:
+        return self.key.node_id
+
+    # ---- what roles register ---------------------------------------------------------------------
+    def register(self, msg_type: type[Message], handler: Handler, *, inline: bool = False) -> None:
+        self.dispatch.register(msg_type, handler, inline=inline)
+
+    def watch_sessions(self, *, opened: Opened | None = None, closed: Closed | None = None) -> None:
+        if opened is not None:
+            self._opened.append(opened)
+        if closed is not None:
+            self._closed.append(closed)
+
+    async def _pong(self, session: PeerSession, msg: Ping) -> Message:
+        return Pong(req=msg.req)
+
+    # ---- tasks -----------------------------------------------------------------------------------
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(fn, *args)
+
+    async def start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        return await self._nursery.start(fn, *args)
+
+    def cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ---- peers -----------------------------------------------------------------------------------
+    def channel_peers(self) -> list[PeerSession]:
+        return [s for s in self.sessions.values() if s.channel_ids and not s.closed.is_set()]
+
+    async def wait_peers_changed(self) -> None:
+        await self._peers_changed.wait()
+
+    def _wake_peers(self) -> None:
+        self._peers_changed.set()
+        self._peers_changed = trio.Event()
+
+    # ---- running ---------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen (unless ``listen`` is None) and host sessions until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.listen is not None:
+                host, port = self.listen
+                listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle_inbound, port, host=host))
+                for listener in listeners:
+                    bound_host, bound_port = listener.socket.getsockname()[:2]
+                    self.listen_addrs.append(f"{bound_host}:{bound_port}")
+                log.info("node %s listening on %s", self.node_id[:12], ", ".join(self.listen_addrs))
+            else:
+                log.info("node %s is not accepting connections (--listen none)", self.node_id[:12])
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _connection(self, role: bytes, expected_peer: str | None = None) -> Connection:
+        return Connection(role, self.key, self.channel_keys, addrs=tuple(self.listen_addrs),
+                          expected_peer=expected_peer, agent=self.agent)
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        try:
+            remote = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            remote = "?"
+        await self.accept(stream, remote)
+
+    async def accept(self, stream: trio.abc.Stream, remote: str) -> None:
+        """Answer the handshake on an incoming stream (TCP or a relay circuit), then host the session."""
+        conn = self._connection(RESPONDER)
+        try:
+            info = await handshake(stream, conn)
+        except (ProtocolError, PeerGone, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            log.warning("rejected connection from %s: %r", remote, exc)
+            await trio.aclose_forcefully(stream)
+            return
+        await self._run_session(PeerSession(stream, conn, info, "inbound", remote))
+
+    async def connect(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+        return await self.open_session(stream, f"{host}:{port}", "outbound", expected_peer)
+
+    async def open_session(self, stream: trio.abc.Stream, remote: str, direction: str,
+                           expected_peer: str | None = None) -> PeerSession:
+        """Run the handshake as initiator over ``stream``; returns once the session is registered."""
+        conn = self._connection(INITIATOR, expected_peer)
+        try:
+            info = await handshake(stream, conn)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        session = PeerSession(stream, conn, info, direction, remote)
+        await self.start(self._run_session, session)
+        return session
+
+    async def _run_session(self, session: PeerSession, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        primary = session.peer_id not in self.sessions or self.sessions[session.peer_id].closed.is_set()
+        if primary:
+            self.sessions[session.peer_id] = session
+            self._wake_peers()
+        task_status.started()  # open_session() returns once the session is registered
+        log.info("connected %r, shared channels: %d", session, len(session.channel_ids))
+        limiter = trio.CapacityLimiter(SERVE_LIMIT_PER_PEER)
+        try:
+            async with trio.open_nursery() as handlers:
+                for opened in self._opened:
+                    handlers.start_soon(opened, session)
+
+                async def on_message(sess: PeerSession, msg: Message) -> None:
+                    route = self.dispatch.route(msg)
+                    if route is None:
+                        return
+                    if route.inline:  # in the receive loop: messages of one stream stay in order
+                        reply = await route.handler(sess, msg)
+                        if reply is not None:
+                            await send_quietly(sess, reply)
+                        return
+                    token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER handlers at once
+                    await limiter.acquire_on_behalf_of(token)
+                    handlers.start_soon(self._answer, sess, msg, route.handler, limiter, token)
+
+                await session.receive_loop(on_message)
+                handlers.cancel_scope.cancel()
+        finally:
+            if self.sessions.get(session.peer_id) is session:
+                del self.sessions[session.peer_id]
+                self._wake_peers()
+            for closed in self._closed:
+                closed(session)
+            log.info("disconnected %r", session)
+
+    async def _answer(self, session: PeerSession, msg: Message, handler: Handler, limiter: trio.CapacityLimiter,
+                      token: object) -> None:
+        try:
+            reply = await handler(session, msg)
+            if reply is not None:
+                await session.send(reply)
+        except PeerGone:
+            pass
+        except KacheryError as exc:
+            log.warning("request %s from %r failed: %s", type(msg).__name__, session, exc)
+        except Exception:  # a bug in serving one request must not take the node down
+            log.exception("request %s from %r crashed", type(msg).__name__, session)
+        finally:
+            limiter.release_on_behalf_of(token)
+
+
+class HostedNode:
+    """What both kinds of node (net/node.py, net/bootstrap.py) share: one SessionHost, run with
+    the node's background services."""
+
+    host: SessionHost
+
+    @property
+    def node_id(self) -> str:
+        return self.host.node_id
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        return self.host.listen_addrs
+
+    @property
+    def sessions(self) -> dict[str, PeerSession]:
+        return self.host.sessions
+
+    def services(self) -> list[Callable[[], Awaitable[None]]]:
+        """Loops to start once the host listens."""
+        return []
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.host.run)
+            for service in self.services():
+                nursery.start_soon(service)
+            task_status.started(self)
+
+    def cancel(self) -> None:
+        self.host.cancel()
+
+
+async def send_quietly(session: PeerSession, msg: Message) -> None:
+    """Send, or nothing if the peer has gone."""
+    try:
+        await session.send(msg)
+    except PeerGone:
+        pass

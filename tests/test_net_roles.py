@@ -1,0 +1,83 @@
+"""The seams of the node split into roles: the dispatch table and the bootstrap's registry (pure),
+and how a node treats messages nobody registered for (over loopback)."""
+
+import pytest
+import trio
+
+from kacheryfs.net.bootstrap import BootstrapRegistry
+from kacheryfs.net.dispatch import Dispatch
+from kacheryfs.protocol.messages import (
+    Announce, ChunkData, ErrorResponse, FeedEntries, FindRequest, FindResponse, Ping, Pong, Register,
+)
+
+from .test_net import addr_of, chans
+
+SHA1 = "a" * 40
+
+
+async def handler(session, msg):
+    return None
+
+
+def test_dispatch_routes_registered_types_and_keeps_the_inline_flag():
+    table = Dispatch()
+    table.register(FindRequest, handler)
+    table.register(FeedEntries, handler, inline=True)
+    assert table.route(FindRequest(req=1, sha1=SHA1)).handler is handler
+    assert not table.route(FindRequest(req=1, sha1=SHA1)).inline
+    assert table.route(FeedEntries(feed_id="f" * 64, subfeed="s")).inline
+    assert table.handles(FindRequest) and not table.handles(Ping)
+
+
+def test_dispatch_refuses_a_second_handler_and_handlers_for_replies():
+    table = Dispatch()
+    table.register(FindRequest, handler)
+    with pytest.raises(ValueError, match="already has a handler"):
+        table.register(FindRequest, handler)
+    for reply in (FindResponse, ChunkData, ErrorResponse, Pong):
+        with pytest.raises(ValueError, match="is a reply"):
+            table.register(reply, handler)
+
+
+async def test_dispatch_answers_unknown_requests_and_drops_late_replies_and_notices():
+    table = Dispatch()
+    route = table.route(Ping(req=7))  # a request nobody here handles
+    reply = await route.handler(None, Ping(req=7))
+    assert isinstance(reply, ErrorResponse) and reply.req == 7 and reply.code == "unsupported"
+    # a reply whose request gave up: answering it would start an endless exchange of errors
+    for late in (Pong(req=7), ErrorResponse(req=7, code="x"), ChunkData(req=7, payload=b"x"),
+                 FindResponse(req=7, sha1=SHA1, found=True, size=1)):
+        assert table.route(late) is None
+    assert table.route(Announce(sha1=SHA1, size=1)) is None  # a notice nobody here cares about
+    assert table.route(Register(channel_ids=[], addrs=[])) is None
+
+
+def test_registry_lists_connected_members_of_the_asked_channels_only():
+    reg = BootstrapRegistry()
+    reg.register("n1", ["c1"], ["10.0.0.1:4000"], "10.0.0.1")
+    reg.register("n2", ["c1", "c2"], ["10.0.0.2:4000"], "10.0.0.2")
+    reg.register("n3", ["c2"], ["10.0.0.3:4000"], "10.0.0.3")
+    connected = {"n1", "n2"}
+    assert [p["node"] for p in reg.peers(["c1"], "n1", connected)] == ["n2"]  # not the asker itself
+    assert sorted(p["node"] for p in reg.peers(["c1", "c2"], "nx", connected)) == ["n1", "n2", "n2"]
+    assert reg.peers(["c2"], "n2", connected) == []  # n3 registered, but is not connected
+    assert reg.peers(["c9"], "n1", connected) == []
+
+
+def test_registry_puts_the_observed_address_first_for_wildcard_listeners():
+    reg = BootstrapRegistry()
+    reg.register("n1", ["c1"], ["0.0.0.0:4000", "192.168.1.5:4001"], "203.0.113.9")
+    assert reg.peers(["c1"], "x", {"n1"})[0]["addrs"] == ["203.0.113.9:4000", "0.0.0.0:4000", "192.168.1.5:4001"]
+    reg.register("n1", ["c1"], ["[::]:4000"], "")  # nothing observed (a relayed session): as given
+    assert reg.peers(["c1"], "x", {"n1"})[0]["addrs"] == ["[::]:4000"]
+
+
+async def test_a_late_reply_gets_no_answer(cluster):
+    a = await cluster.node("a", chans("x"))
+    b = await cluster.node("b", chans("x"))
+    session = await b.connect(*addr_of(a), expected_peer=a.node_id)
+    await session.send(Pong(req=999))  # as when a request was cancelled before its reply came
+    await session.request(Ping(req=session.next_req()), 5)  # a has read the late Pong by now
+    received = session.stats.bytes_received
+    await trio.sleep(0.3)
+    assert session.stats.bytes_received == received  # no error came back (nor went on forever)
