@@ -60,6 +60,16 @@ def network_options(fn):
                      help="Seconds to wait for peers to answer who holds a file."),
         click.option("--cache-size", default="100G", show_default=True, metavar="SIZE",
                      help="Keep at most this much of files fetched from peers (least recently used go first)."),
+        click.option("--dht/--no-dht", default=None,
+                     help="Find channel peers and providers through the BitTorrent mainline DHT "
+                          "(default: off, or KACHERYFS_DHT=1)."),
+        click.option("--dht-bootstrap", "dht_bootstrap", multiple=True, metavar="HOST:PORT",
+                     help="A DHT node to join through (repeatable; implies --dht). "
+                          "Without one, --dht joins through the public mainline routers."),
+        click.option("--dht-listen", default=None, metavar="HOST:PORT",
+                     help="UDP address of this node's DHT node (default 0.0.0.0:0)."),
+        click.option("--max-peers", default=None, type=int,
+                     help="Peers this node dials by itself at most (default 32); a find may dial a few more."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -67,10 +77,11 @@ def network_options(fn):
 
 
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size) -> Config:
+                cache_size, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout, cache_size=cache_size)
+                           find_timeout=find_timeout, cache_size=cache_size, dht=dht,
+                           dht_bootstrap=dht_bootstrap, dht_listen=dht_listen, max_peers=max_peers)
 
 
 @cli.command()
@@ -280,6 +291,16 @@ def status(storage_dir, config_dir):
         rate_in = p["received"] / max(p["seconds"], 1)
         click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
                    f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
+    if node.get("dht"):
+        click.echo(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
+    for fetch in node.get("swarm", []):
+        click.echo(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
+                   f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
+                   f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
+        for p in sorted(fetch["providers"], key=lambda p: -p["chunks_from"]):
+            holds = {"all": "whole", None: "-"}.get(p["holds"], f"{p['holds']} chunks")
+            click.echo(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
+                       f"in flight {p['in_flight']:>3}  {p['state']}")
 
 
 @cli.command()

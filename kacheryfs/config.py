@@ -15,6 +15,8 @@ DEFAULT_API_PORT = 20431
 DEFAULT_LISTEN = "0.0.0.0:0"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
+DEFAULT_DHT_LISTEN = "0.0.0.0:0"
+DEFAULT_MAX_PEERS = 32
 
 
 class ConfigError(KacheryError):
@@ -35,6 +37,10 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
+    dht: bool = False  # discovery through the mainline DHT: --dht, KACHERYFS_DHT=1, or any --dht-bootstrap
+    dht_bootstrap: tuple[str, ...] = ()  # DHT nodes to join through; none: the public mainline routers
+    dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
+    max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
 
     @classmethod
     def from_env(
@@ -48,6 +54,10 @@ class Config:
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
+        dht: bool | None = None,
+        dht_bootstrap: tuple[str, ...] | list[str] = (),
+        dht_listen: str | None = None,
+        max_peers: int | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -71,6 +81,11 @@ class Config:
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
+            dht=_dht_on(dht, dht_bootstrap, env),
+            dht_bootstrap=tuple(_check_hostport(b, "--dht-bootstrap") for b in dht_bootstrap),
+            dht_listen=_check_hostport(dht_listen or env.get("KACHERYFS_DHT_LISTEN") or DEFAULT_DHT_LISTEN,
+                                       "--dht-listen"),
+            max_peers=_max_peers(max_peers, env),
         )
 
     @property
@@ -103,6 +118,32 @@ def parse_size(text: str | int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)") from None
+
+
+def _dht_on(flag: bool | None, bootstrap, env) -> bool:
+    if flag is not None:
+        if flag is False and bootstrap:
+            raise ConfigError("--no-dht with --dht-bootstrap: choose one")
+        return flag
+    return bool(bootstrap) or env.get("KACHERYFS_DHT", "0") in ("1", "yes", "true", "on")
+
+
+def _check_hostport(text: str, what: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} wants HOST:PORT, got {text!r}")
+    return text
+
+
+def _max_peers(flag: int | None, env) -> int:
+    text = str(flag) if flag is not None else env.get("KACHERYFS_MAX_PEERS") or str(DEFAULT_MAX_PEERS)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"max peers {text!r} is not a number") from None
+    if value < 1:
+        raise ConfigError("max peers must be at least 1")
+    return value
 
 
 def _positive_float(text: str | None, name: str) -> float | None:

@@ -36,7 +36,7 @@ class DhtDiscovery:
     """``dial(host, port)`` is called (synchronously: it should start a dial and return) for each
     address found under a channel key; the node decides whether it is new."""
 
-    def __init__(self, dht: DhtNode, channel_keys: dict[str, bytes], port: int,
+    def __init__(self, dht: DhtNode, channel_keys: dict[str, bytes], port: int | None,
                  dial: Callable[[str, int], None]):
         self.dht = dht
         self.channel_keys = dict(channel_keys)
@@ -55,6 +55,8 @@ class DhtDiscovery:
             task_status.started(self)
 
     def _announce_all(self) -> None:
+        if self.port is None:
+            return  # accepting no connections: nothing to announce, only to look up
         for key in self.channel_keys.values():
             self.dht.announce(dht_channel_infohash(key), self.port)
             for sha1 in self._objects:
@@ -96,7 +98,7 @@ class DhtDiscovery:
         self._objects.move_to_end(sha1)
         while len(self._objects) > MAX_ANNOUNCED_OBJECTS:
             self._objects.popitem(last=False)
-        if self.dht.joined.is_set():
+        if self.dht.joined.is_set() and self.port is not None:
             for key in self.channel_keys.values():
                 self.dht.announce(dht_object_infohash(key, sha1), self.port)
 

@@ -4,7 +4,10 @@
 - dialing (dialing.py) with backoff, directly or through a relay (relay_client.py)
 - serving (serving.py): what this node holds, to channel members only, per request
 - finding (finding.py): who holds an object; announcing what this node stored
-- discovery (discovery.py): bootstrap client, same-machine and LAN discovery
+- discovery (discovery.py): bootstrap client, same-machine and LAN discovery; the mainline DHT
+  (dht.py, dht_discovery.py) when on
+- swarming (swarm.py): objects being downloaded are served chunk by verified chunk, with Have
+  messages to the peers interested in them
 - feed replication (feed_sync.py), when the node keeps feeds
 
 Each role registers its message handlers itself, and reaches the rest of the node only through the
@@ -20,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
-from ..config import DEFAULT_FIND_TIMEOUT
+import trio
+
+from ..config import DEFAULT_FIND_TIMEOUT, DEFAULT_MAX_PEERS
 from ..crypto import NodeKey
 from ..store import LocalStore
 from .dialing import Dialer, parse_hostport
@@ -32,6 +37,7 @@ from .interfaces import PeerHint
 from .relay_client import RelayClient
 from .serving import NodeCounters, Server
 from .session import PeerSession
+from .swarm import Swarm
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +48,22 @@ class Node(HostedNode):
     def __init__(self, key: NodeKey, store: LocalStore, channel_keys: dict[str, bytes], *,
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
-                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None):
+                 serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
+                 dht=None, max_peers: int = DEFAULT_MAX_PEERS):
         self.key = key
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
         self.host = SessionHost(key, channel_keys, listen=listen)
-        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit)
-        self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout)
+        self.swarm = Swarm(self, self)
+        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
+                             read_partial=self._read_partial)
+        self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
+                             more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
-        self.dialer = Dialer(self.host)
+        self.dialer = Dialer(self.host, max_peers)
+        self.dht = dht  # net.dht.DhtNode (not started) or None
+        self.dht_discovery = None
         self.dialer.ways.append(self.relay_client.dial)
         self.discovery = Discovery(self, bootstraps=bootstraps, discovery_dir=discovery_dir, lan=lan_discovery)
         self.feed_sync = None
@@ -73,7 +85,33 @@ class Node(HostedNode):
         self.server.rate_limit = value
 
     def services(self):
-        return self.discovery.services()
+        out = self.discovery.services() + [self.swarm.run]
+        if self.dht is not None:
+            out.append(self._run_dht)
+        return out
+
+    async def _run_dht(self) -> None:
+        from .dht_discovery import DhtDiscovery
+
+        port = int(self.listen_addrs[0].rpartition(":")[2]) if self.listen_addrs else None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.dht.run)
+            self.dht_discovery = await nursery.start(
+                DhtDiscovery(self.dht, dict(self.channel_keys), port, self.dialer.maybe_dial_address).run)
+
+    def _more_peers(self, sha1: str) -> None:
+        """A find found nobody among our peers: dial some we know of but skipped, and ask the DHT."""
+        self.dialer.widen(8)
+        if self.dht_discovery is not None:
+            self.host.start_soon(self._dht_providers, sha1)
+
+    async def _dht_providers(self, sha1: str) -> None:
+        for host, port in await self.dht_discovery.find_object(sha1):
+            self.dialer.maybe_dial_address(host, port)
+
+    def provide(self, sha1: str) -> None:
+        if self.dht_discovery is not None:
+            self.dht_discovery.announce_object(sha1)
 
     # ---- the protocols of interfaces.py, for the roles -----------------------------------------
     def register(self, msg_type, handler: Handler, *, inline: bool = False) -> None:
@@ -107,6 +145,7 @@ class Node(HostedNode):
         return await self.finder.find(sha1, timeout)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
+        self.provide(sha1)
         await self.finder.announce(sha1, size, manifest_sha1)
 
     def note_fetched(self, nbytes: int) -> None:
@@ -115,6 +154,11 @@ class Node(HostedNode):
     def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
         """The bytes this node serves (blocking). Tests override it to play a lying peer."""
         return self.store.read_range(sha1, offset, length)
+
+    def _read_partial(self, partial, offset: int, length: int) -> bytes:
+        """Bytes of an object still downloading here (blocking); raises for a chunk not verified here.
+        Tests override it to play a peer that lies about a partial object."""
+        return partial.read(offset, length)
 
     def status(self) -> dict:
         return {
@@ -127,6 +171,8 @@ class Node(HostedNode):
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
+            "swarm": self.swarm.status(),
+            "dht": None if self.dht is None else {"port": self.dht.port, "nodes": self.dht.nodes},
         }
 
 
@@ -137,10 +183,15 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
     for cid, (name, _key) in channels.items():
         log.info("channel %s (id %s)", name, cid)
     listen = parse_hostport(config.listen) if config.listen else None
+    dht = None
+    if config.dht:
+        from .dht import DhtNode
+
+        dht = DhtNode(parse_hostport(config.dht_listen), config.dht_bootstrap, public_routers=not config.dht_bootstrap)
     return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
-                serve_rate_limit=config.serve_rate_limit, feeds=feeds,
+                serve_rate_limit=config.serve_rate_limit, feeds=feeds, dht=dht, max_peers=config.max_peers,
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

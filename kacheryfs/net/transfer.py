@@ -17,7 +17,8 @@ from typing import Callable
 import trio
 
 from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
-from ..protocol.messages import ChunkData, ChunkRequest
+from ..protocol.chunkset import ChunkSet
+from ..protocol.messages import Cancel, ChunkData, ChunkRequest
 from ..store import CHUNK_SIZE, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
@@ -55,10 +56,11 @@ def _channels_of(providers: list[Provider]) -> frozenset[str]:
     return frozenset().union(*(p.session.channel_ids for p in providers))
 
 
-async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost) -> bytes:
+async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost,
+                         req: int | None = None) -> bytes:
     session = provider.session
-    reply = await session.request(ChunkRequest(req=session.next_req(), sha1=sha1, offset=offset, length=length),
-                                  REQUEST_TIMEOUT)
+    req = session.next_req() if req is None else req
+    reply = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=length), REQUEST_TIMEOUT)
     if not isinstance(reply, ChunkData):
         raise RequestFailed("unexpected reply")
     node.note_fetched(len(reply.payload))
@@ -160,16 +162,21 @@ class Download:
         self.manifest = manifest
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
+        self.chunk_listeners: list[Callable[[int], None]] = []  # told of each chunk verified and written
         self.by_peer = {p.session.peer_id: p for p in providers}
         self.channel_ids = _channels_of(providers)
-        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, slack_chunks=32)
-        for peer in self.by_peer:
-            self.scheduler.add_peer(peer)
+        # A deep window on a fast link (slack_seconds of data at the measured rate), a shallow one at
+        # a slow or crowded provider; the initial 32 chunks are shared among the first providers.
+        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, min_initial_window=2,
+                                        slack_chunks=4, slack_seconds=0.1)
+        self.scheduler.add_peers({p.session.peer_id: None if p.have is None else iter(p.have) for p in providers})
+        self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
+        self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
         self.started = time.monotonic()
 
     @classmethod
@@ -183,6 +190,26 @@ class Download:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def have(self) -> ChunkSet:
+        """The chunks verified and on disk here."""
+        return ChunkSet.from_bitmap(self.partial.bitmap())
+
+    def peer_has(self, session, chunks: ChunkSet | None) -> None:
+        """A peer holds ``chunks`` of this object now (None: all of it), from a Have or a find: it
+        becomes a provider if it was not one."""
+        peer = session.peer_id
+        known = self.by_peer.get(peer)
+        if known is None or known.session.closed.is_set():
+            self.by_peer[peer] = Provider(session, self.manifest.size, None, chunks)
+            self.scheduler.add_peer(peer, None if chunks is None else iter(chunks),
+                                    window=self.scheduler.share_of_initial_window())
+            self._wake()
+        elif chunks is None:
+            self.scheduler.peer_has_all(peer)
+            self._wake()
+        elif self.scheduler.peer_has(peer, iter(chunks)):
+            self._wake()
 
     def want(self, chunks, urgent: bool = False) -> None:
         missing = [c for c in chunks if not self.partial.has_chunk(c)]
@@ -222,20 +249,38 @@ class Download:
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
-        reply is verified on its own."""
+        reply is verified on its own. The scheduler may move the request to a faster peer
+        (``_cancel``): then the peer is told to drop it."""
         start = self.manifest.chunk_range(run[0])[0]
         end = self.manifest.chunk_range(run[-1])[1]
         pending = list(run)
+        provider = self.by_peer[peer]
+        req = provider.session.next_req()
         try:
-            data = await _request_range(self.by_peer[peer], self.manifest.sha1, start, end - start, self.node)
+            with trio.CancelScope() as scope:
+                for index in run:
+                    self._requests[(peer, index)] = scope
+                data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node, req)
+            if scope.cancelled_caught:
+                try:
+                    await provider.session.send(Cancel(req=req))
+                except PeerGone:
+                    pass
+                return
             view = memoryview(data)
             for index in run:
                 a, b = self.manifest.chunk_range(index)
-                if not self.partial.has_chunk(index):
+                fresh = not self.partial.has_chunk(index)
+                if fresh:
                     await trio.to_thread.run_sync(self.partial.write_chunk, index, view[a - start:b - start],
                                                   limiter=self._limiter)
-                self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time())
+                self.chunks_from[peer] = self.chunks_from.get(peer, 0) + 1
+                for other in self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time()):
+                    self._cancel(other, index)  # an endgame duplicate that lost the race
                 pending.remove(index)
+                if fresh:
+                    for listener in self.chunk_listeners:
+                        listener(index)
             for report in self.progress:
                 report(self.partial.present_bytes(), self.manifest.size)
         except CorruptChunk:
@@ -248,7 +293,15 @@ class Download:
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
         finally:
+            for index in run:
+                if self._requests.get((peer, index)) is scope:
+                    del self._requests[(peer, index)]
             self._wake()
+
+    def _cancel(self, peer: str, chunk: int) -> None:
+        scope = self._requests.get((peer, chunk))
+        if scope is not None:
+            scope.cancel()
 
     async def _refresh_providers(self) -> None:
         """Providers that appeared since the download started (or came back) join it."""
@@ -260,8 +313,11 @@ class Download:
             peer = provider.session.peer_id
             if peer not in self.by_peer or self.by_peer[peer].session.closed.is_set():
                 self.by_peer[peer] = provider
-                self.scheduler.add_peer(peer)
+                self.scheduler.add_peer(peer, None if provider.have is None else iter(provider.have),
+                                        window=self.scheduler.share_of_initial_window())
                 self._wake()
+            else:
+                self.peer_has(provider.session, provider.have)
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
@@ -284,6 +340,8 @@ class Download:
                             continue
                         for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
                             nursery.start_soon(self._get_run, peer, run)
+                    for peer, index in scheduler.take_cancelled():
+                        self._cancel(peer, index)
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
                         failure = FetchFailed(

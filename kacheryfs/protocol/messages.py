@@ -360,6 +360,13 @@ class Have(_HasChunks):
     have: str | None = None
 
 
+@message(25)
+class Cancel(_Validating):
+    """The sender no longer wants the answer to its request ``req`` (a chunk it now gets elsewhere):
+    the server drops the request if it has not begun sending it, and then sends no reply."""
+    req: int
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
@@ -367,5 +374,5 @@ __all__ = [
     "Auth", "FindRequest", "FindResponse", "ChunkRequest", "ChunkData", "ErrorResponse", "Announce",
     "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
-    "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "ChunkSet",
+    "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "Cancel", "ChunkSet",
 ]
