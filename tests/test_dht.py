@@ -78,3 +78,29 @@ async def test_lookup_with_no_dht_nodes_times_out_empty(nursery):
     with trio.fail_after(5):
         assert await lonely.get_peers(b"k" * 20, timeout=0.5) == set()
     assert lonely.nodes == 0 and not lonely.joined.is_set()
+
+
+async def test_two_kacheryfs_nodes_meet_through_the_dht_and_fetch(cluster, nursery):
+    """20 DHT nodes, no bootstrap of ours, no same-machine discovery: two members of a private
+    channel find each other through the DHT, and one fetches the other's file."""
+    from kacheryfs.net.fetcher import NetworkFetcher
+    from kacheryfs.store import CHUNK_SIZE
+
+    from .conftest import random_bytes
+    from .test_net import chans, wait_for
+
+    swarm = await start_swarm(nursery, SWARM)
+    await wait_joined(swarm)
+    channel = chans("lab", secret=b"s3cret")
+    a = await cluster.node("a", channel, dht=DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[3].port}",)))
+    b = await cluster.node("b", channel, dht=DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[15].port}",)))
+    outsider = await cluster.node("c", chans("lab", secret=b"guess"),
+                                  dht=DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[9].port}",)))
+    data = random_bytes(3 * CHUNK_SIZE + 17, seed=31)
+    obj = a.store.put_bytes(data)
+    await wait_for(lambda: a.node_id in b.sessions and b.node_id in a.sessions, timeout=30)
+    await NetworkFetcher(b).fetch(obj.sha1)
+    assert b.store.read_bytes(obj.sha1) == data
+    assert a.status()["dht"]["nodes"] > 0
+    # the outsider's DHT key differs: it never even learns their addresses
+    assert a.node_id not in outsider.sessions and b.node_id not in outsider.sessions

@@ -30,7 +30,7 @@ Policy:
 - Moves: a peer with a free window and nothing queued that it holds may take over requests
   waiting at a peer that should deliver them much later (a slow or crowded seeder) when it
   holds those chunks; the old request is cancelled (``take_cancelled``), not duplicated.
-- Endgame: once every remaining chunk is in flight, a peer with a free window may re-request the
+- Endgame: once every remaining chunk is in flight and at most ENDGAME_CHUNKS remain, a peer with a free window may re-request the
   chunks another peer is slowest to deliver (latest expected arrival, from that peer's queue
   position and rate), at most one duplicate per chunk and only where this peer expects to be
   sooner, so a fast peer does not race a fast one for nothing. The first verified copy wins.
@@ -55,6 +55,7 @@ STEAL_MIN_AGE = 0.05  # a request waits this long (s) before another peer may ta
 STEAL_SILENT_AGE = 1.0  # (s) for a peer that has delivered nothing yet: its speed is unknown
 STEAL_FACTOR = 2.0  # ...and only if that peer should deliver it in less than half the time
 STEAL_MARGIN = 0.1  # and at least this much (s) sooner
+ENDGAME_CHUNKS = 8  # duplicates only once this few chunks remain
 RARITY_HORIZON = 4096  # rarest-first looks at this many lowest queued chunks (bounded cost per call)
 
 
@@ -135,6 +136,7 @@ class ChunkScheduler:
         self._requests = 0
         self._duplicates = 0
         self._moves = 0
+        self._moved: set[int] = set()
         self._cancelled: list[tuple[str, int]] = []
 
     # --- peers
@@ -292,10 +294,11 @@ class ChunkScheduler:
         for chunk in picked:
             self._queue.pop(bisect.bisect_left(self._queue, chunk))
         # 3. chunks waiting at a slower peer move here (their request there is cancelled)
-        if self._queue and len(picked) < free and len(self._peers) > 1:
+        if len(picked) < free and len(self._peers) > 1:
             picked += self._steal(peer, state, free - len(picked), len(picked), now)
-        # 4. endgame: nothing left to queue, so race the chunks other peers will deliver last
-        if not self._queue and len(picked) < free:
+        # 4. endgame: nothing left to queue and only a few chunks to go, so race the chunks other
+        # peers will deliver last (a duplicate costs the other peer's upload: kept for the very end)
+        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS:
             candidates = sorted(
                 ((-self._eta(other_state, rank), chunk)
                  for other, other_state in self._peers.items() if other != peer
@@ -326,7 +329,8 @@ class ChunkScheduler:
              if other != peer and other_state.in_flight  # skip peers that will deliver all soon enough:
              and self._eta(other_state, len(other_state.in_flight) - 1) >= mine_first * STEAL_FACTOR + STEAL_MARGIN
              for rank, chunk in enumerate(other_state.in_flight)
-             if now - other_state.in_flight[chunk] >= (STEAL_MIN_AGE if other_state.rate else STEAL_SILENT_AGE)
+             if chunk not in self._moved
+             and now - other_state.in_flight[chunk] >= (STEAL_MIN_AGE if other_state.rate else STEAL_SILENT_AGE)
              and len(self._holders[chunk]) == 1
              and state.holds(chunk) and peer not in self._failed_at.get(chunk, ())),
         )
@@ -339,6 +343,7 @@ class ChunkScheduler:
             self._holders[chunk].remove(other)
             del self._holders[chunk]
             self._cancelled.append((other, chunk))
+            self._moved.add(chunk)  # once: requests do not bounce between peers
             moved.append(chunk)
             self._moves += 1
         return moved

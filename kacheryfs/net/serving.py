@@ -75,6 +75,8 @@ class Server:
             if not session.channel_ids:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
+            elif self.swarm is not None:
+                self.swarm.asked(msg.sha1, session)
             return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
         self.store.touch(msg.sha1)  # serving keeps a cached copy warm
         return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,

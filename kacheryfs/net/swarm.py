@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 HAVE_INTERVAL = 0.05  # seconds between batches of Have messages
 MAX_INTERESTED = 32  # peers told about one object's new chunks
+ASKED_SECONDS = 30.0  # a peer that asked for an object we did not have yet hears of it if we start
+MAX_ASKED_OBJECTS = 256
 
 
 @dataclass
@@ -47,6 +49,10 @@ class Swarm:
     def __init__(self, routes: Routes, tasks: Tasks):
         self.tasks = tasks
         self.entries: dict[str, SwarmEntry] = {}
+        # sha1 -> peer id -> (session, when): peers that asked us for an object we did not have.
+        # A crowd starting at once asks each other before anyone has begun: when we begin, they
+        # are told (a Have), so leechers find each other however their finds crossed.
+        self._asked: OrderedDict[str, dict] = OrderedDict()
         self._flush_now = trio.Event()
         routes.register(Have, self._have, inline=True)  # cheap, and keeps one peer's Haves in order
 
@@ -59,6 +65,23 @@ class Swarm:
         for provider in download.by_peer.values():
             if provider.have is not None:  # a peer downloading it too wants our chunks
                 self.interested(sha1, provider.session)
+        now = trio.current_time()
+        for session, when in self._asked.pop(sha1, {}).values():
+            if now - when < ASKED_SECONDS and not session.closed.is_set():
+                self.interested(sha1, session)
+                self._send_soon(session, Have(sha1=sha1, have=download.have().encode()))
+
+    def asked(self, sha1: str, session: PeerSession) -> None:
+        """``session`` asked for ``sha1``, which we neither hold nor fetch: remember it for a while."""
+        if not session.channel_ids:
+            return
+        askers = self._asked.setdefault(sha1, {})
+        self._asked.move_to_end(sha1)
+        askers[session.peer_id] = (session, trio.current_time())
+        if len(askers) > MAX_INTERESTED:
+            askers.pop(next(iter(askers)))
+        while len(self._asked) > MAX_ASKED_OBJECTS:
+            self._asked.popitem(last=False)
 
     def _verified(self, entry: SwarmEntry, index: int) -> None:
         entry.pending.add(index)

@@ -168,7 +168,7 @@ class Download:
         # A deep window on a fast link (slack_seconds of data at the measured rate), a shallow one at
         # a slow or crowded provider; the initial 32 chunks are shared among the first providers.
         self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, min_initial_window=2,
-                                        slack_chunks=4, slack_seconds=0.1)
+                                        slack_chunks=2, slack_seconds=0.1)
         self.scheduler.add_peers({p.session.peer_id: None if p.have is None else iter(p.have) for p in providers})
         self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
@@ -356,8 +356,12 @@ class Download:
             self.result = await trio.to_thread.run_sync(self.partial.finish)
             self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
             elapsed = time.monotonic() - self.started
-            log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
-                     self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))
+            stats = self.scheduler.stats
+            log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "
+                     "%d requests moved, %d endgame duplicates)", self.manifest.sha1[:12],
+                     self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer),
+                     " ".join(f"{p[:6]}:{n}" for p, n in sorted(self.chunks_from.items(), key=lambda i: -i[1])),
+                     stats.moves, stats.duplicates)
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
         finally:
