@@ -41,6 +41,7 @@ class Config:
     dht_bootstrap: tuple[str, ...] = ()  # DHT nodes to join through; none: the public mainline routers
     dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
     max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
+    swarming: bool = True  # serve objects while downloading them; KACHERYFS_SWARM=0 (benchmark baseline)
 
     @classmethod
     def from_env(
@@ -86,6 +87,7 @@ class Config:
             dht_listen=_check_hostport(dht_listen or env.get("KACHERYFS_DHT_LISTEN") or DEFAULT_DHT_LISTEN,
                                        "--dht-listen"),
             max_peers=_max_peers(max_peers, env),
+            swarming=env.get("KACHERYFS_SWARM", "1") not in ("0", "no", "false", "off"),
         )
 
     @property

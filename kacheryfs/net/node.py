@@ -49,13 +49,13 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 dht=None, max_peers: int = DEFAULT_MAX_PEERS):
+                 dht=None, max_peers: int = DEFAULT_MAX_PEERS, swarming: bool = True):
         self.key = key
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
         self.host = SessionHost(key, channel_keys, listen=listen)
-        self.swarm = Swarm(self, self)
+        self.swarm = Swarm(self, self, enabled=swarming)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
                              read_partial=self._read_partial)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
@@ -193,5 +193,6 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds, dht=dht, max_peers=config.max_peers,
+                swarming=config.swarming,
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

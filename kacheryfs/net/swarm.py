@@ -46,8 +46,9 @@ class SwarmEntry:
 
 
 class Swarm:
-    def __init__(self, routes: Routes, tasks: Tasks):
+    def __init__(self, routes: Routes, tasks: Tasks, enabled: bool = True):
         self.tasks = tasks
+        self.enabled = enabled  # off: downloads are neither served nor announced (a benchmark baseline)
         self.entries: dict[str, SwarmEntry] = {}
         # sha1 -> peer id -> (session, when): peers that asked us for an object we did not have.
         # A crowd starting at once asks each other before anyone has begun: when we begin, they
@@ -59,6 +60,8 @@ class Swarm:
     # --- downloads
 
     def add(self, download) -> None:
+        if not self.enabled:
+            return
         sha1 = download.manifest.sha1
         entry = self.entries[sha1] = SwarmEntry(download)
         download.chunk_listeners.append(lambda index: self._verified(entry, index))
@@ -73,7 +76,7 @@ class Swarm:
 
     def asked(self, sha1: str, session: PeerSession) -> None:
         """``session`` asked for ``sha1``, which we neither hold nor fetch: remember it for a while."""
-        if not session.channel_ids:
+        if not session.channel_ids or not self.enabled:
             return
         askers = self._asked.setdefault(sha1, {})
         self._asked.move_to_end(sha1)
