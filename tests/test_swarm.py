@@ -142,3 +142,22 @@ async def test_partial_object_served_only_on_its_channels_and_only_verified_chun
                     assert "not-found" in str(exc)
     finally:
         reader.close()
+
+
+async def test_peer_cap_bounds_sessions_and_a_find_widens_to_reach_the_holder(cluster, tmp_path):
+    """Nodes that meet through a shared directory dial at most --max-peers of each other; a find
+    that none of a node's peers can answer dials the peers it had skipped."""
+    discovery = tmp_path / "discovery"
+    nodes = [await cluster.node(f"n{i}", chans("x"), discovery_dir=discovery, max_peers=2) for i in range(7)]
+    await wait_for(lambda: all(len(n.sessions) >= 2 for n in nodes), timeout=30)
+    await trio.sleep(2.5)  # several discovery rounds: the cap must hold
+    # each node dialled at most 2: at most 7 * 2 connections, seen from both ends (a full mesh is 42)
+    assert sum(len(n.sessions) for n in nodes) <= 2 * 2 * len(nodes)
+    assert sum(1 for n in nodes for s in n.sessions.values() if s.direction == "outbound") <= 2 * len(nodes)
+    reader = nodes[0]
+    holder = next(n for n in nodes[1:] if n.node_id not in reader.sessions)
+    data = random_bytes(2 * CHUNK_SIZE + 1, seed=25)
+    obj = holder.store.put_bytes(data)
+    await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert holder.node_id in reader.sessions
