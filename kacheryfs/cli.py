@@ -291,16 +291,24 @@ def status(storage_dir, config_dir):
         rate_in = p["received"] / max(p["seconds"], 1)
         click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
                    f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
+    for line in swarm_lines(node):
+        click.echo(line)
+
+
+def swarm_lines(node: dict) -> list[str]:
+    """The DHT node and the swarm view of each object being fetched, from a node's status."""
+    lines = []
     if node.get("dht"):
-        click.echo(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
+        lines.append(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
     for fetch in node.get("swarm", []):
-        click.echo(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
-                   f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
-                   f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
+        lines.append(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
+                     f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
+                     f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
         for p in sorted(fetch["providers"], key=lambda p: -p["chunks_from"]):
             holds = {"all": "whole", None: "-"}.get(p["holds"], f"{p['holds']} chunks")
-            click.echo(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
-                       f"in flight {p['in_flight']:>3}  {p['state']}")
+            lines.append(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
+                         f"in flight {p['in_flight']:>3}  {p['state']}")
+    return lines
 
 
 @cli.command()

@@ -100,6 +100,14 @@ async def test_peer_serving_a_bad_chunk_of_a_partial_object_is_banned(cluster, c
     # the liar reads the first half lazily and keeps the file open: a partial provider of chunks 0-11
     liar_reader = await NetworkFetcher(liar).open_remote(obj.sha1)
     assert await liar_reader.read(0, 12 * CHUNK_SIZE) == data[:12 * CHUNK_SIZE]
+    view = liar.status()["swarm"]  # what `kacheryfs status` shows while the liar's fetch is open
+    assert [f["sha1"] for f in view] == [obj.sha1] and view[0]["have"] >= 12 and view[0]["chunks"] == 24
+    assert {p["node"]: p["holds"] for p in view[0]["providers"]}[seeder.node_id] == "all"
+    assert sum(p["chunks_from"] for p in view[0]["providers"]) >= 12
+    from kacheryfs.cli import swarm_lines
+
+    lines = swarm_lines(liar.status())
+    assert lines[0].startswith(f"fetching: {obj.sha1}") and seeder.node_id[:16] in lines[1] and "whole" in lines[1]
     try:
         await NetworkFetcher(reader).fetch(obj.sha1)
     finally:
