@@ -156,14 +156,18 @@ async def test_peer_cap_bounds_sessions_and_a_find_widens_to_reach_the_holder(cl
     """Nodes that meet through a shared directory dial at most --max-peers of each other; a find
     that none of a node's peers can answer dials the peers it had skipped."""
     discovery = tmp_path / "discovery"
-    nodes = [await cluster.node(f"n{i}", chans("x"), discovery_dir=discovery, max_peers=2) for i in range(7)]
+    nodes = [await cluster.node(f"n{i}", chans("x"), discovery_dir=discovery, max_peers=2) for i in range(6)]
     await wait_for(lambda: all(len(n.sessions) >= 2 for n in nodes), timeout=30)
     await trio.sleep(2.5)  # several discovery rounds: the cap must hold
-    # each node dialled at most 2: at most 7 * 2 connections, seen from both ends (a full mesh is 42)
+    # each node dialled at most 2: at most 6 * 2 connections, seen from both ends (a full mesh is 30)
     assert sum(len(n.sessions) for n in nodes) <= 2 * 2 * len(nodes)
     assert sum(1 for n in nodes for s in n.sessions.values() if s.direction == "outbound") <= 2 * len(nodes)
-    reader = nodes[0]
-    holder = next(n for n in nodes[1:] if n.node_id not in reader.sessions)
+    reader = await cluster.node("reader", chans("x"), discovery_dir=discovery, max_peers=1)
+    await wait_for(lambda: len(reader.sessions) >= 1, timeout=30)
+    await trio.sleep(1.5)
+    strangers = [n for n in nodes if n.node_id not in reader.sessions]
+    assert len(strangers) >= 3  # the others are full: nobody dials the newcomer
+    holder = strangers[0]
     data = random_bytes(2 * CHUNK_SIZE + 1, seed=25)
     obj = holder.store.put_bytes(data)
     await NetworkFetcher(reader).fetch(obj.sha1)

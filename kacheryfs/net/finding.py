@@ -44,10 +44,12 @@ class Finder:
         self._cache: dict[str, tuple[float, list[Provider]]] = {}
         routes.register(Announce, self._announced)
 
-    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
-        """Ask channel peers in batches; first answers win, bounded wait; cached briefly."""
+    async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
+        """Ask channel peers in batches; first answers win, bounded wait; cached briefly.
+        ``whole``: fresh answers, and keep asking (and widening) until a provider of the whole
+        object answers; partial providers met on the way are returned too."""
         cached = self._cache.get(sha1)
-        if cached and time.monotonic() - cached[0] < FIND_CACHE_SECONDS and \
+        if not whole and cached and time.monotonic() - cached[0] < FIND_CACHE_SECONDS and \
                 all(not p.session.closed.is_set() for p in cached[1]):
             return cached[1]
         timeout = self.timeout if timeout is None else timeout
@@ -71,7 +73,8 @@ class Finder:
                     batch_done.set()
             if isinstance(reply, FindResponse) and reply.found and reply.sha1 == sha1:
                 found.append(Provider(session, reply.size, reply.manifest_sha1, reply.chunks))
-                first.set()
+                if not whole or reply.have is None:
+                    first.set()
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:

@@ -141,8 +141,8 @@ class Node(HostedNode):
     def trust_relay(self, session: PeerSession) -> None:
         self.relay_client.trust(session)
 
-    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
-        return await self.finder.find(sha1, timeout)
+    async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
+        return await self.finder.find(sha1, timeout, whole=whole)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         self.provide(sha1)

@@ -18,7 +18,7 @@ import trio
 
 from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
 from ..protocol.chunkset import ChunkSet
-from ..protocol.messages import Cancel, ChunkData, ChunkRequest
+from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
 from ..store import CHUNK_SIZE, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
@@ -177,6 +177,7 @@ class Download:
         self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
         self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
+        self._refreshing = False
         self.started = time.monotonic()
 
     @classmethod
@@ -304,9 +305,26 @@ class Download:
             scope.cancel()
 
     async def _refresh_providers(self) -> None:
-        """Providers that appeared since the download started (or came back) join it."""
+        """Providers that appeared since the download started (or came back) join it. While some
+        needed chunks are held by no provider we know (all of them partial), the find asks for
+        fresh answers and goes on until it meets a whole provider; and the partial providers are
+        asked what they hold now (their Have messages reach a bounded number of peers)."""
+        if self._refreshing:
+            return
+        self._refreshing = True
         try:
-            providers = await self.node.find(self.manifest.sha1)
+            await self._refresh(self.scheduler.unavailable() > 0)
+        finally:
+            self._refreshing = False
+
+    async def _refresh(self, starving: bool) -> None:
+        if starving:
+            async with trio.open_nursery() as nursery:
+                for provider in list(self.by_peer.values()):
+                    if provider.have is not None and not provider.session.closed.is_set():
+                        nursery.start_soon(self._ask_holdings, provider.session)
+        try:
+            providers = await self.node.find(self.manifest.sha1, whole=starving)
         except KacheryError:
             return
         for provider in providers:
@@ -318,6 +336,14 @@ class Download:
                 self._wake()
             else:
                 self.peer_has(provider.session, provider.have)
+
+    async def _ask_holdings(self, session) -> None:
+        try:
+            reply = await session.request(FindRequest(req=session.next_req(), sha1=self.manifest.sha1), 5.0)
+        except (KacheryError, trio.TooSlowError):
+            return
+        if isinstance(reply, FindResponse) and reply.found:
+            self.peer_has(session, reply.chunks)
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
