@@ -24,6 +24,7 @@ FIND_GRACE = 0.015  # after the first "found", wait this long for more providers
 FIND_CACHE_SECONDS = 5.0
 FIND_FANOUT = 8  # peers asked at once
 FIND_STEP = 0.2  # seconds before the next batch, if the last has not all answered
+WIDEN_SECONDS = 0.5  # while nobody has it, ask for more peers this often
 
 
 @dataclass
@@ -80,7 +81,6 @@ class Finder:
             async with trio.open_nursery() as nursery:
                 async def ask_in_batches():
                     nonlocal batch_done
-                    widened = False
                     while True:
                         fresh = [s for s in self.peers.channel_peers() if s.peer_id not in asked]
                         random.shuffle(fresh)  # spread the finds of a crowd over the channel
@@ -92,13 +92,13 @@ class Finder:
                             with trio.move_on_after(FIND_STEP):
                                 await batch_done.wait()
                             continue
-                        if not widened and self.more_peers is not None:
-                            if answered < len(asked):
-                                await batch_done.wait()
-                            widened = True  # every connected peer said no: look further
-                            self.more_peers(sha1)
+                        if answered < len(asked):
+                            await batch_done.wait()
                             continue
-                        await self.peers.wait_peers_changed()  # peers that connect meanwhile are asked too
+                        if self.more_peers is not None:
+                            self.more_peers(sha1)  # every peer asked said no: look further, again and again
+                        with trio.move_on_after(WIDEN_SECONDS):
+                            await self.peers.wait_peers_changed()  # peers that connect meanwhile are asked too
 
                 nursery.start_soon(ask_in_batches)
                 await first.wait()

@@ -64,6 +64,7 @@ class Node(HostedNode):
         self.dialer = Dialer(self.host, max_peers)
         self.dht = dht  # net.dht.DhtNode (not started) or None
         self.dht_discovery = None
+        self._dht_lookups: set[str] = set()  # objects being looked up in the DHT now
         self.dialer.ways.append(self.relay_client.dial)
         self.discovery = Discovery(self, bootstraps=bootstraps, discovery_dir=discovery_dir, lan=lan_discovery)
         self.feed_sync = None
@@ -102,12 +103,16 @@ class Node(HostedNode):
     def _more_peers(self, sha1: str) -> None:
         """A find found nobody among our peers: dial some we know of but skipped, and ask the DHT."""
         self.dialer.widen(8)
-        if self.dht_discovery is not None:
+        if self.dht_discovery is not None and sha1 not in self._dht_lookups:
+            self._dht_lookups.add(sha1)
             self.host.start_soon(self._dht_providers, sha1)
 
     async def _dht_providers(self, sha1: str) -> None:
-        for host, port in await self.dht_discovery.find_object(sha1):
-            self.dialer.maybe_dial_address(host, port)
+        try:
+            for host, port in await self.dht_discovery.find_object(sha1):
+                self.dialer.maybe_dial_address(host, port)
+        finally:
+            self._dht_lookups.discard(sha1)
 
     def provide(self, sha1: str) -> None:
         if self.dht_discovery is not None:
