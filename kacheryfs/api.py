@@ -30,9 +30,14 @@ def _put_bytes_named(data: bytes, name: str, storage_dir) -> str:
     return _store(storage_dir).put_bytes(data).uri(name)
 
 
-def store_file(path: str | os.PathLike, *, storage_dir: str | os.PathLike | None = None) -> str:
-    """Store a local file; returns ``sha1://<hash>/<basename>[?manifest=...]``."""
-    return _store(storage_dir).put_file(path).uri(Path(path).name)
+def store_file(path: str | os.PathLike, *, storage_dir: str | os.PathLike | None = None,
+               progress: bool | None = None) -> str:
+    """Store a local file; returns ``sha1://<hash>/<basename>[?manifest=...]``. A progress bar
+    shows for files that take a while (on a terminal or in Jupyter; ``progress=False``: never)."""
+    from .progress import ByteProgress
+
+    with ByteProgress(Path(path).name, progress, delay=0.5) as bar:
+        return _store(storage_dir).put_file(path, on_progress=bar).uri(Path(path).name)
 
 
 def store_text(text: str, *, name: str = "file.txt", storage_dir=None) -> str:
@@ -71,41 +76,45 @@ class _WriterFile(io.RawIOBase):
         return self._writer.write(data)
 
 
-def load_file(uri: str, *, storage_dir=None) -> str:
-    """A local path holding the bytes of ``uri`` (read-only; do not modify it)."""
+def load_file(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:
+    """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
+    the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never)."""
     from .api_client import NoDaemon, daemon_load
+    from .progress import ByteProgress
 
     parsed = parse_uri(uri)
     store = _store(storage_dir)
     if store.info(parsed.sha1) is None:
         try:  # fetch from channel peers through the running daemon
-            return daemon_load(Config.from_env(storage_dir=storage_dir).config_dir, str(parsed))
+            with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
+                return daemon_load(Config.from_env(storage_dir=storage_dir).config_dir, str(parsed), bar)
         except NoDaemon:
             raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}, and no kacheryfs "
                                  "daemon is running to fetch it") from None
-    store.index.touch(parsed.sha1)
+    store.touch(parsed.sha1)
+    store.flush_touches()  # a script may exit without closing the store
     return str(store.object_path(parsed.sha1))
 
 
-def load_bytes(uri: str, *, storage_dir=None) -> bytes:
-    return Path(load_file(uri, storage_dir=storage_dir)).read_bytes()
+def load_bytes(uri: str, *, storage_dir=None, progress: bool | None = None) -> bytes:
+    return Path(load_file(uri, storage_dir=storage_dir, progress=progress)).read_bytes()
 
 
-def load_text(uri: str, *, storage_dir=None) -> str:
-    return load_bytes(uri, storage_dir=storage_dir).decode("utf-8")
+def load_text(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:
+    return load_bytes(uri, storage_dir=storage_dir, progress=progress).decode("utf-8")
 
 
-def load_object(uri: str, *, storage_dir=None) -> Any:
+def load_object(uri: str, *, storage_dir=None, progress: bool | None = None) -> Any:
     try:
-        return json.loads(load_bytes(uri, storage_dir=storage_dir))
+        return json.loads(load_bytes(uri, storage_dir=storage_dir, progress=progress))
     except ValueError as exc:
         raise KacheryError(f"{uri} is not JSON: {exc}") from None
 
 
-def load_npy(uri: str, *, mmap_mode: str | None = None, storage_dir=None):
+def load_npy(uri: str, *, mmap_mode: str | None = None, storage_dir=None, progress: bool | None = None):
     import numpy as np
 
-    path = load_file(uri, storage_dir=storage_dir)
+    path = load_file(uri, storage_dir=storage_dir, progress=progress)
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as exc:

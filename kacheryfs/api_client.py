@@ -31,12 +31,22 @@ def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -
             for line in lines:
                 reply = json.loads(line)
                 if "error" in reply:
-                    raise KacheryError(reply["error"])
+                    raise _error_from(reply)
                 yield reply
     except OSError as exc:
         raise KacheryError(f"local API: {exc}") from None
     finally:
         sock.close()
+
+
+def _error_from(reply: dict) -> KacheryError:
+    """The daemon's error as the class it raised (ObjectNotFound stays ObjectNotFound)."""
+    from . import errors
+
+    cls = getattr(errors, str(reply.get("kind", "")), None)
+    if isinstance(cls, type) and issubclass(cls, KacheryError) and "detail" in reply:
+        return cls(reply["detail"])
+    return KacheryError(reply["error"])
 
 
 def call(config_dir: Path, op: str, **fields) -> dict:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .config import Config
 from .errors import KacheryError, MountError, ObjectNotFound
+from .cli_cache import human as _human
+from .progress import ByteProgress
 from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
 
 storage_option = click.option(
@@ -26,14 +28,6 @@ config_option = click.option(
 
 def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,11 +70,17 @@ def network_options(fn):
     return fn
 
 
+http_option = click.option(
+    "--http", default=None, metavar="[HOST:]PORT",
+    help="Serve objects and feeds over HTTP for web tools (PORT alone: 127.0.0.1; another address "
+         "only if you name it; 0: any free port).")
+
+
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None) -> Config:
+                cache_size, http=None, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout, cache_size=cache_size, dht=dht,
+                           find_timeout=find_timeout, cache_size=cache_size, http=http, dht=dht,
                            dht_bootstrap=dht_bootstrap, dht_listen=dht_listen, max_peers=max_peers)
 
 
@@ -89,6 +89,7 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
 @storage_option
 @config_option
 @network_options
+@http_option
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 def mount(mountpoint, storage_dir, config_dir, debug, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
@@ -105,6 +106,7 @@ def mount(mountpoint, storage_dir, config_dir, debug, **net):
 @storage_option
 @config_option
 @network_options
+@http_option
 def daemon(storage_dir, config_dir, **net):
     """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
     from .daemon import run
@@ -148,32 +150,9 @@ def store(paths, storage_dir):
     """Store files; prints one URI per line."""
     local = LocalStore(_config(storage_dir).storage_dir)
     for path in paths:
-        click.echo(local.put_file(path).uri(Path(path).name))
-
-
-class Progress:
-    """A one-line progress display on stderr (only on a terminal): bytes, rate, ETA."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        pct = 100 * done / total if total else 100
-        click.echo(f"\r{self.label}: {pct:5.1f}%  {_human(done)} / {_human(total)}  "
-                   f"{_human(rate)}/s  ETA {eta:4.0f}s ", nl=False, err=True)
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo(err=True)
+        with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
+            obj = local.put_file(path, on_progress=progress)
+        click.echo(obj.uri(Path(path).name))
 
 
 def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
@@ -183,17 +162,16 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
     config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
     local = LocalStore(config.storage_dir)
-    if local.info(parsed.sha1) is not None:
-        return local.object_path(parsed.sha1)
-    progress = Progress(parsed.name or parsed.sha1[:12])
-    try:
-        path = Path(daemon_load(config.config_dir, str(parsed), progress))
+    try:  # closing writes the use of a cached copy (its place in the eviction order)
+        if local.use(parsed.sha1) is not None:
+            return local.object_path(parsed.sha1)
+        with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
+            return Path(daemon_load(config.config_dir, str(parsed), progress))
     except NoDaemon:
         raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
                              "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
     finally:
-        progress.close()
-    return path
+        local.close()
 
 
 @cli.command()
@@ -256,34 +234,44 @@ def uri(path):
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 @storage_option
 @config_option
-def status(storage_dir, config_dir):
-    """Show the storage directory, what it holds, and running mounts."""
+def status(as_json, storage_dir, config_dir):
+    """Show the storage directory, what it holds, running mounts and the daemon."""
+    from .cli_cache import daemon_status
     from .fs.mount import live_mounts
 
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
-    count, total = local.index.object_totals()
-    usage = local.disk_usage()
-    click.echo(f"storage:  {config.storage_dir}")
-    click.echo(f"objects:  {count} ({_human(total)})")
-    click.echo(f"names:    {len(local.list_names())} under store/")
-    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
-    mounts = live_mounts(config)
-    if not mounts:
-        click.echo("mounts:   none")
-    for info in mounts:
-        click.echo(f"mount:    {info['mountpoint']} (pid {info['pid']}, storage {info['storage_dir']})")
-    from .api_client import NoDaemon, call
-
     try:
-        node = call(config.config_dir, "status")["status"]
-    except NoDaemon:
+        count, total = local.totals()
+        usage = local.disk_usage()
+        info = {"storage_dir": str(config.storage_dir), "objects": count, "bytes": total,
+                "cached_bytes": local.cached_total(), "names": len(local.list_names()),
+                "disk_free": usage.free, "disk_total": usage.total,
+                "mounts": live_mounts(config), "daemon": daemon_status(config.config_dir)}
+    finally:
+        local.close()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"storage:  {info['storage_dir']}")
+    click.echo(f"objects:  {count} ({_human(total)}; cached copies {_human(info['cached_bytes'])})")
+    click.echo(f"names:    {info['names']} under store/")
+    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
+    if not info["mounts"]:
+        click.echo("mounts:   none")
+    for m in info["mounts"]:
+        click.echo(f"mount:    {m['mountpoint']} (pid {m['pid']}, storage {m['storage_dir']})")
+    node = info["daemon"]
+    if node is None:
         click.echo("daemon:   not running")
         return
     click.echo(f"node id:  {node['node_id']}")
     click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
+    if node.get("http"):
+        click.echo(f"http:     {node['http']}")
     click.echo(f"channels: {node['channels']}")
     click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
     click.echo(f"peers:    {len(node['peers'])}")
@@ -412,17 +400,38 @@ def feed_ls(feed_ref, storage_dir, config_dir):
             click.echo(f"    {name}: {count} messages")
 
 
+# cache control: kacheryfs ls / pin / unpin / gc (cli_cache.py)
+from .cli_cache import gc, ls, pin, unpin  # noqa: E402
+
+for _command in (ls, pin, unpin, gc):
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> int:
+    return run_command(cli, argv, "kacheryfs")
+
+
+def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Run a click command; every error is one line on stderr and an exit code."""
     try:
-        cli.main(args=argv, prog_name="kacheryfs", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except click.ClickException as exc:  # bad arguments: one line, like every other error
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"{prog_name}: {exc.format_message()}{hint}", err=True)
+        return 1
     except KacheryError as exc:
-        click.echo(f"kacheryfs: {exc}", err=True)
+        click.echo(f"{prog_name}: {exc}", err=True)
+        return 1
+    except BaseExceptionGroup as group:  # a start-up error raised inside the daemon's nursery
+        found = group.subgroup(KacheryError)
+        if found is None:
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        click.echo(f"{prog_name}: {found}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -42,6 +42,7 @@ class Config:
     dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
     max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
     swarming: bool = True  # serve objects while downloading them; KACHERYFS_SWARM=0 (benchmark baseline)
+    http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
     @classmethod
     def from_env(
@@ -59,6 +60,7 @@ class Config:
         dht_bootstrap: tuple[str, ...] | list[str] = (),
         dht_listen: str | None = None,
         max_peers: int | None = None,
+        http: str | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
@@ -88,6 +90,7 @@ class Config:
                                        "--dht-listen"),
             max_peers=_max_peers(max_peers, env),
             swarming=env.get("KACHERYFS_SWARM", "1") not in ("0", "no", "false", "off"),
+            http=parse_http_bind(http) if http else None,
         )
 
     @property
@@ -115,11 +118,24 @@ def parse_size(text: str | int) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if raw and raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        return int(raw)
+        value = int(float(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else int(raw)
     except ValueError:
         raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)") from None
+    if value < 0:
+        raise ConfigError(f"{text!r} is not a size (e.g. 500M, 50G)")
+    return value
+
+
+def parse_http_bind(text: str) -> tuple[str, int]:
+    """``PORT`` (loopback), ``HOST:PORT`` or ``[IPv6]:PORT``: any other address than loopback only
+    when one is written out."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {text!r}: expected PORT or HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def _dht_on(flag: bool | None, bootstrap, env) -> bool:

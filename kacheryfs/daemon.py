@@ -17,6 +17,7 @@ import trio
 
 from .config import Config
 from .feeds import FeedStore
+from .gateway import make_gateway
 from .net.api_server import ApiServer, claim_socket
 from .net.bootstrap import BootstrapNode, build_bootstrap
 from .net.fetcher import NetworkFetcher
@@ -43,26 +44,33 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         feeds = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
+        gateway = make_gateway(config, store, fetcher, node.feed_sync)  # None without --http
+
+        def status() -> dict:
+            return {"http": gateway and gateway.url, "cache_size": config.cache_size}
+
         if mountpoint is None:
-            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir), store, config, None)
+            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway)
             return
         from .fs.feeds_view import FeedsView
         from .fs.mount import FuseMount
         from .fs.tree import VirtualTree
 
         tree = VirtualTree(store, fetcher, FeedsView(node.feed_sync))
-        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint)})
+        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint), **status()})
         with FuseMount(tree, mountpoint, config, debug) as mount:
-            trio.run(_serve, node, api, store, config, mount)
+            trio.run(_serve, node, api, store, config, mount, gateway)
     finally:
         if feeds is not None:
             feeds.close()
         store.close()
 
 
-async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount) -> None:
+async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount, gateway) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        if gateway is not None:
+            await nursery.start(gateway.serve)
         await nursery.start(api.serve)
         nursery.start_soon(_keep_cache_under, store, config.cache_size)
         if mount is not None:

@@ -95,6 +95,22 @@ class ChunkNotPresent(KacheryError):
     errno = _errno.EIO
 
 
+class NotOpenForReading(KacheryError):
+    """File not open for reading"""
+
+
+class NotOpenForWriting(KacheryError):
+    """File not open for writing"""
+
+
+class NotADirectory(KacheryError):
+    """Not a directory"""
+
+
+class BadFileHandle(KacheryError):
+    """Bad file handle"""
+
+
 class MountError(KacheryError):
     """Could not mount"""
 

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from kacheryfs.store import LocalStore
 
@@ -114,7 +115,13 @@ async def cluster(tmp_path, nursery):
     c = Cluster(tmp_path, nursery)
     yield c
     for node in c.nodes:
-        node.cancel()
+        node.stop()
+    # A task mid-way through a handler (back from a worker thread, say) still touches its store
+    # before it next checks for cancellation: close the stores only once every node has stopped.
+    with trio.fail_after(10):
+        for node in c.nodes:
+            await node.stopped.wait()
+    for node in c.nodes:
         if hasattr(node, "store"):  # the bootstrap has none
             node.store.close()
             node.feed_sync.feeds.close()
@@ -133,8 +140,8 @@ def stack(tmp_path):
         started.append(m)
         return m.start(*args)
 
-    def daemon(name, *args):
-        d = Daemon(tmp_path / name, *args)
+    def daemon(name, *args, **kwargs):
+        d = Daemon(tmp_path / name, *args, **kwargs)
         started.append(d)
         return d.start()
 

@@ -122,17 +122,18 @@ def free_port() -> int:
 class Daemon:
     """`kacheryfs bootstrap` or `kacheryfs daemon` in a subprocess, always stopped."""
 
-    def __init__(self, root: Path, *args: str):
+    def __init__(self, root: Path, *args: str, program: str = KACHERYFS):
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.args = args
+        self.command = [program, "-v"] if program == KACHERYFS else [program]
         self.log_path = root / "daemon.log"
         self.env = cli_env(root / "storage", root / "config")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KACHERYFS, "-v", *self.args], env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.command, *self.args], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -45,7 +45,20 @@ class Cluster:
             bootstraps = (tuple(bootstrap),) if bootstrap else ()
             node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
                             find_timeout=find_timeout, feeds=feeds, **extra)
-        await self.nursery.start(node.run)
+        # The fixture stops every task of a node (node.cancel() stops its host, not its services)
+        # and closes its stores only once they are done.
+        stopped = trio.Event()
+        scope = trio.CancelScope()
+
+        async def run_node(task_status=trio.TASK_STATUS_IGNORED):
+            try:
+                with scope:
+                    await node.run(task_status=task_status)
+            finally:
+                stopped.set()
+
+        await self.nursery.start(run_node)
+        node.stop, node.stopped = scope.cancel, stopped
         node.name = name
         self.nodes.append(node)
         return node

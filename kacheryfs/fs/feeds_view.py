@@ -8,7 +8,8 @@ import bisect
 import json
 from dataclasses import dataclass, field
 
-from ..errors import FeedNotOwned, InvalidFeedMessage, KacheryError, NotPermitted
+from ..errors import FeedNotOwned, InvalidFeedMessage, KacheryError, NotOpenForWriting, NotPermitted
+from .handles import Handle
 
 
 class NotAnAppend(NotPermitted):
@@ -104,6 +105,31 @@ class FeedWriter:
         self.pending = b""
 
 
+class FeedHandle(Handle):
+    """An open subfeed file: reads render the log; writes (owner only) append messages."""
+
+    direct_io = True  # its content grows under readers: no stale page or size is served
+
+    def __init__(self, view: FeedsView, ino: int, feed_id: str, subfeed: str, writer: FeedWriter | None):
+        self.view = view
+        self.ino = ino
+        self.feed_id = feed_id
+        self.subfeed = subfeed
+        self.writer = writer
+
+    async def read(self, offset: int, size: int):
+        return self.view.read(self.feed_id, self.subfeed, offset, size)
+
+    async def write(self, offset: int, data) -> int:
+        if self.writer is None:
+            raise NotOpenForWriting()
+        return await self.writer.write(offset, data)
+
+    async def flush(self) -> None:
+        if self.writer is not None:
+            await self.writer.flush()
+
+
 def _parse_line(line: bytes):
     try:
         return json.loads(line)
@@ -111,4 +137,4 @@ def _parse_line(line: bytes):
         raise InvalidFeedMessage(f"not a JSON line: {exc}") from None
 
 
-__all__ = ["FeedsView", "FeedWriter", "NotAnAppend", "KacheryError"]
+__all__ = ["FeedsView", "FeedWriter", "FeedHandle", "NotAnAppend", "KacheryError"]

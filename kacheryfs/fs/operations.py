@@ -72,18 +72,18 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getattr(self, inode, ctx=None):
-        return _entry(self.tree.getattr(inode))
+        return _entry(await self.tree.agetattr(inode))
 
     @_fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         if fields.update_size:
             return _entry(await self.tree.truncate(inode, attr.st_size, fh))
         # mode, owner and times are fixed by the store; accept the call so `cp -p` works.
-        return _entry(self.tree.getattr(inode))
+        return _entry(await self.tree.agetattr(inode))
 
     @_fuse_errors
     async def opendir(self, inode, ctx):
-        return self.tree.opendir(inode)
+        return await self.tree.aopendir(inode)
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
@@ -126,13 +126,13 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        self.tree.unlink(parent_inode, os.fsdecode(name))
+        await self.tree.aunlink(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags:  # RENAME_EXCHANGE / RENAME_NOREPLACE are not supported
             raise pyfuse3.FUSEError(errno.EINVAL)
-        self.tree.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new))
+        await self.tree.arename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new))
 
     @_fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -144,11 +144,11 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getxattr(self, inode, name, ctx):
-        return self.tree.getxattr(inode, os.fsdecode(name))
+        return await self.tree.agetxattr(inode, os.fsdecode(name))
 
     @_fuse_errors
     async def listxattr(self, inode, ctx):
-        return [os.fsencode(n) for n in self.tree.listxattr(inode)]
+        return [os.fsencode(n) for n in await self.tree.alistxattr(inode)]
 
     @_fuse_errors
     async def setxattr(self, inode, name, value, ctx):

@@ -96,8 +96,8 @@ class ApiServer:
             if not isinstance(request, dict):
                 raise KacheryError("request must be a JSON object")
             await self._dispatch(request, reply)
-        except KacheryError as exc:
-            await reply({"error": str(exc)})
+        except KacheryError as exc:  # the kind lets the client raise the same class
+            await reply({"error": str(exc), "kind": type(exc).__name__, "detail": exc.detail})
         except (ValueError, TypeError, trio.TooSlowError):
             await reply({"error": "malformed request"})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -115,7 +115,7 @@ class ApiServer:
         op = request.get("op")
         if op == "status":
             await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
-                                                 "channels": len(self.node.channel_keys)}})
+                                                 "channels": len(self.node.channel_keys), "pid": os.getpid()}})
         elif op == "find":
             uri = parse_uri(str(request.get("uri", "")))
             providers = await self.node.find(uri.sha1)
@@ -158,10 +158,42 @@ class ApiServer:
             if error is not None:
                 raise error
             await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        elif op == "cache":  # write the daemon's record of recent reads; with "to", evict down to it
+            store, limit = self.node.store, request.get("to")
+            evicted = []
+            if limit is None:
+                await trio.to_thread.run_sync(store.flush_touches)
+            else:
+                evicted = await trio.to_thread.run_sync(store.evict_cached, int(limit))
+            await reply({"ok": True, "evicted": evicted})
+        elif op == "read":  # bytes [start, end) of an object, fetching only the chunks they cover
+            await self._read(request, reply)
         elif op.startswith("feed_"):
             await self._feed_op(op, request, reply)
         else:
             raise KacheryError(f"unknown op {op!r}")
+
+    async def _read(self, request: dict, reply) -> None:
+        import base64
+
+        from ..gateway.objects import BLOCK, open_source
+
+        uri = parse_uri(str(request.get("uri", "")))
+        start, end = int(request.get("start", 0)), request.get("end")
+        if start < 0 or (end is not None and int(end) < start):
+            raise KacheryError(f"bad byte range: start {start}, end {end}")
+        source = await open_source(self.node.store, self.fetcher, uri.sha1, uri.manifest_sha1)
+        try:
+            end = source.size if end is None else min(int(end), source.size)
+            offset = min(start, end)
+            while offset < end:
+                n = min(BLOCK - offset % BLOCK, end - offset)
+                await reply({"data": base64.b64encode(await source.read(offset, n)).decode()})
+                offset += n
+        finally:
+            with trio.CancelScope(shield=True):
+                await source.aclose()
+        await reply({"ok": True, "size": source.size})
 
     async def _resolve_feed(self, ref: str, discover: bool = True) -> str:
         """A feed id from an id, a feed:// URI or a local label; unknown ids are looked for on peers."""
@@ -180,6 +212,7 @@ class ApiServer:
         if feed_id not in sync.feeds.feed_ids():
             if not discover or not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
+            await sync.wait_for_backlog(feed_id)
         elif not sync.feeds.owns(feed_id):
             sync.follow(feed_id)  # keep a replica live while someone reads it
         return feed_id

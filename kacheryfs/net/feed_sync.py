@@ -49,11 +49,6 @@ def unpack_entries(payload: bytes) -> list[FeedEntry]:
     return entries
 
 
-def feed_channel_key(feed_id: str) -> str:
-    """Channels of a replicated feed are recorded in the store index under this name."""
-    return f"feed:{feed_id}"
-
-
 class FeedSync:
     def __init__(self, node: FeedSyncHost, feeds: FeedStore, *, find_timeout: float = DEFAULT_FIND_TIMEOUT):
         self.node = node
@@ -65,6 +60,7 @@ class FeedSync:
         self._changed: dict[Where, trio.Event] = defaultdict(trio.Event)
         self._subscribed: set[tuple[int, Where]] = set()  # (id(session), where)
         self.rejected = 0
+        self._backlogs: dict[str, dict[str, int]] = {}  # feed id -> subfeed -> count a peer had (discover)
         node.register(FeedQuery, self._query)
         node.register(FeedSubscribe, self._subscribe_request)
         node.register(FeedEntries, self.on_entries, inline=True)  # in order, as pushed
@@ -72,12 +68,16 @@ class FeedSync:
 
     # ---- who may get what ------------------------------------------------------------------------
     def may_serve(self, session: PeerSession, feed_id: str) -> bool:
-        """Own feeds are shared on all our channels; replicas on the channels they came from."""
+        """Own feeds are shared on all our channels; replicas on the channels they came from.
+        Blocking (the store index): call it from a worker thread."""
         if not session.channel_ids:
             return False
         if self.feeds.owns(feed_id):
             return True
-        return bool(session.channel_ids & self.node.store.channels_of(feed_channel_key(feed_id)))
+        return bool(session.channel_ids & self.node.store.feed_channels_of(feed_id))
+
+    async def _may_serve(self, session: PeerSession, feed_id: str) -> bool:
+        return await trio.to_thread.run_sync(self.may_serve, session, feed_id)
 
     # ---- local changes ---------------------------------------------------------------------------
     def _wake(self, where: Where) -> None:
@@ -168,6 +168,10 @@ class FeedSync:
             except (KacheryError, trio.TooSlowError):
                 return
             if isinstance(info, FeedInfo) and info.found:
+                backlog = self._backlogs.setdefault(feed_id, {})
+                for name, count in info.subfeeds.items():
+                    if isinstance(name, str) and isinstance(count, int):
+                        backlog[name] = max(backlog.get(name, 0), count)
                 found.set()
 
         with trio.move_on_after(timeout):
@@ -181,15 +185,24 @@ class FeedSync:
             self.follow(feed_id)
         return found.is_set()
 
+    async def wait_for_backlog(self, feed_id: str, timeout: float | None = None) -> None:
+        """After ``discover``: until the entries the peer said it had have arrived (or ``timeout``),
+        so a first read of a feed new here is not empty."""
+        timeout = self.find_timeout if timeout is None else timeout
+        backlog = self._backlogs.pop(feed_id, {})
+        with trio.move_on_after(timeout):
+            for subfeed, count in backlog.items():
+                await self.wait_for_more(feed_id, subfeed, count - 1, timeout)
+
     # ---- messages from peers ---------------------------------------------------------------------
     async def _query(self, session: PeerSession, msg: FeedQuery) -> Message:
-        if not self.may_serve(session, msg.feed_id) or msg.feed_id not in self.feeds.feed_ids():
+        if not await self._may_serve(session, msg.feed_id) or msg.feed_id not in self.feeds.feed_ids():
             return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=False)
         counts = {name: self.feeds.num_messages(msg.feed_id, name) for name in self.feeds.subfeeds(msg.feed_id)}
         return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=True, subfeeds=counts)
 
     async def _subscribe_request(self, session: PeerSession, msg: FeedSubscribe) -> Message:
-        if not self.may_serve(session, msg.feed_id):
+        if not await self._may_serve(session, msg.feed_id):
             log.info("refused feed %s to %s: not shared with it", msg.feed_id[:12], session.peer_id[:12])
             return ErrorResponse(req=msg.req, code="not-found", message="no such feed here")
         where = (msg.feed_id, msg.subfeed)
@@ -222,7 +235,7 @@ class FeedSync:
             self.rejected += 1
             log.warning("rejected feed entries of %s/%s from %s: %s", msg.feed_id[:12], msg.subfeed,
                         session.peer_id[:12], exc)
-        self.node.store.add_channels(feed_channel_key(msg.feed_id), session.channel_ids)
+        await trio.to_thread.run_sync(self.node.store.add_feed_channels, msg.feed_id, session.channel_ids)
         if added:
             self.followed.add(where)
             await self._publish(where, before, origin=session)

@@ -32,6 +32,11 @@ class RemoteReader:
         self._ahead = 0
         self._streak = 0  # bytes read sequentially so far
 
+    @property
+    def installed(self) -> bool:
+        """The download has completed: the object is in the store."""
+        return self.download.result is not None
+
     async def read(self, offset: int, size: int) -> bytes:
         download = self.download
         if download.result is not None:  # complete and installed: read the object
@@ -94,7 +99,7 @@ class NetworkFetcher:
         """The running download of ``sha1`` (started if need be, one more user), or None once the
         object is local (one-chunk objects are fetched whole right here)."""
         async with self._opening[sha1]:
-            if self.node.store.info(sha1) is not None:
+            if await self._held(sha1) is not None:
                 return None
             running = self._downloads.get(sha1)
             if running is None or running.download.settled.is_set():
@@ -111,12 +116,16 @@ class NetworkFetcher:
             running.refs += 1
             return running
 
+    async def _held(self, sha1: str):
+        """The object's record if it is here (the index, off the trio thread)."""
+        return await trio.to_thread.run_sync(self.node.store.info, sha1)
+
     async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
         """The whole object, verified, into the store."""
         running = await self._acquire(sha1, manifest_sha1)
         if running is None:
             if progress is not None:
-                size = self.node.store.info(sha1).size
+                size = (await self._held(sha1)).size
                 progress(size, size)
             return
         download = running.download
@@ -130,9 +139,10 @@ class NetworkFetcher:
                 download.progress.remove(progress)
             self.release(sha1, running)
 
-    async def open_remote(self, sha1: str) -> RemoteReader | None:
-        """For a read through the mount: a lazy reader, or None once the object is local."""
-        running = await self._acquire(sha1)
+    async def open_remote(self, sha1: str, manifest_sha1: str | None = None) -> RemoteReader | None:
+        """For a read through the mount: a lazy reader, or None once the object is local. A manifest
+        hash from the reader's URI is tried before the ones providers name."""
+        running = await self._acquire(sha1, manifest_sha1)
         return None if running is None else RemoteReader(self, sha1, running)
 
     async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,5 +1,8 @@
 """Serving what this node holds: answers to "who has" (FindRequest) and chunk requests.
 
+The index lookups of a request run in a worker thread, with the read for a chunk: a writer holding
+the SQLite lock elsewhere delays no other request and never the node.
+
 The rule is checked here, on the serving side, per request: the peer must have proved a channel,
 and the object must be stored here (shared on all our channels) or a cached copy that came from
 one of the peer's proved channels. Bytes served and refusals are counted per peer.
@@ -26,7 +29,7 @@ from .session import PeerSession
 
 log = logging.getLogger(__name__)
 
-READ_THREADS = 4
+READ_THREADS = 4  # worker threads reading chunks and the index at once
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Server:
 
     def servable(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
         """The object's record if this peer may have it, else None. Stored objects are shared on all
-        our channels; cached copies on the channels they came from."""
+        our channels; cached copies on the channels they came from. Blocking (the index): call it
+        from a worker thread."""
         if not session.channel_ids:
             return None
         record = self.store.info(sha1)
@@ -64,67 +68,70 @@ class Server:
             return record
         return record if session.channel_ids & self.store.channels_of(sha1) else None
 
+    def _found(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
+        record = self.servable(session, sha1)
+        if record is not None:
+            self.store.touch(sha1)  # serving keeps a cached copy warm
+        return record
+
+    def _read_servable(self, session: PeerSession, msg: ChunkRequest):
+        """The bytes, None if this peer may not have the object, or the error for a chunk of a
+        partial object not verified here (blocking: the index, the disk)."""
+        if self.servable(session, msg.sha1) is not None:
+            return self.read_range(msg.sha1, msg.offset, msg.length)
+        download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
+        if download is None:
+            return None
+        try:
+            return self.read_partial(download.partial, msg.offset, msg.length)  # refuses unverified chunks
+        except KacheryError as exc:
+            if self.store.info(msg.sha1) is not None:  # completed and installed meanwhile
+                return self.read_range(msg.sha1, msg.offset, msg.length)
+            return exc
+
     async def _find(self, session: PeerSession, msg: FindRequest) -> Message:
-        record = self.servable(session, msg.sha1)
+        record = await trio.to_thread.run_sync(self._found, session, msg.sha1, limiter=self._limiter)
         if record is None:
             download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
             if download is not None:
                 self.swarm.interested(msg.sha1, session)
                 return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=download.manifest.size,
-                                    manifest_sha1=download.manifest.manifest_sha1, have=download.have().encode())
+                                    manifest_sha1=download.manifest_sha1, have=download.have().encode())
             if not session.channel_ids:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
             elif self.swarm is not None:
                 self.swarm.asked(msg.sha1, session)
             return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
-        self.store.touch(msg.sha1)  # serving keeps a cached copy warm
         return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
                             manifest_sha1=record.manifest_sha1)
 
     async def _chunk(self, session: PeerSession, msg: ChunkRequest) -> Message | None:
-        read = self._reader(session, msg.sha1)
-        if read is None:
-            self.counters.refused[session.peer_id] += 1
-            log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
-            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+        if self.swarm is not None:
+            self.swarm.interested(msg.sha1, session)  # (only if we are fetching it, on its channels)
         key = (id(session), msg.req)
         with trio.CancelScope() as scope:
             self._waiting[key] = scope
             try:
-                if self.rate_limit:
-                    async with self._rate_turn:
+                if self.rate_limit:  # (a refused request is charged too: the cap is a benchmark knob)
+                    async with self._rate_turn:  # FIFO; a cancelled request gives its turn up
                         await trio.sleep(msg.length / self.rate_limit)
-                data = await trio.to_thread.run_sync(read, msg.sha1, msg.offset, msg.length, limiter=self._limiter)
-            except KacheryError as exc:  # a chunk of a partial object not held (yet)
-                return ErrorResponse(req=msg.req, code="not-found", message=str(exc))
+                # one worker-thread hop per chunk: the index check and the read together
+                data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
             finally:
                 del self._waiting[key]
         if scope.cancelled_caught:
             self.counters.cancelled[session.peer_id] += 1
             return None  # the requester got this chunk elsewhere and does not wait for it
+        if data is None:
+            self.counters.refused[session.peer_id] += 1
+            log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
+            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+        if isinstance(data, KacheryError):  # a chunk of a partial object not held (yet)
+            return ErrorResponse(req=msg.req, code="not-found", message=str(data))
         self.counters.served_bytes[session.peer_id] += len(data)
         log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
         return ChunkData(req=msg.req, payload=data)
-
-    def _reader(self, session: PeerSession, sha1: str):
-        """How to read what ``session`` may have of ``sha1`` (blocking, in a thread), or None."""
-        if self.servable(session, sha1) is not None:
-            return self.read_range
-        download = self.swarm.partial(session, sha1) if self.swarm is not None else None
-        if download is None:
-            return None
-        self.swarm.interested(sha1, session)
-        partial, read_range, read_part = download.partial, self.read_range, self.read_partial
-
-        def read_partial(sha1: str, offset: int, length: int) -> bytes:
-            try:
-                return read_part(partial, offset, length)  # raises for any chunk not verified here
-            except KacheryError:
-                if self.store.info(sha1) is not None:  # completed and installed meanwhile
-                    return read_range(sha1, offset, length)
-                raise
-        return read_partial
 
     async def _cancel(self, session: PeerSession, msg: Cancel) -> None:
         scope = self._waiting.get((id(session), msg.req))

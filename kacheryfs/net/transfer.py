@@ -19,7 +19,7 @@ import trio
 from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
-from ..store import CHUNK_SIZE, Manifest, StoredObject
+from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
@@ -103,19 +103,26 @@ async def fetch_small_into_store(node: TransferHost, providers: list[Provider], 
     """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
     (re-served on the channels it came from)."""
     data = await fetch_small(node, providers, sha1, providers[0].size)
-    obj = await trio.to_thread.run_sync(lambda: node.store.put_bytes(data, pinned=False))
-    node.store.add_channels(sha1, _channels_of(providers))
+    return await trio.to_thread.run_sync(_keep_copy, node.store, data, _channels_of(providers))
+
+
+def _keep_copy(store: LocalStore, data: bytes, channel_ids: frozenset[str]) -> StoredObject:
+    """Store fetched bytes as a cached copy, re-served on the channels it came through (blocking)."""
+    obj = store.put_bytes(data, pinned=False)
+    store.add_channels(obj.sha1, channel_ids)
     return obj
+
+
+def _held_bytes(store: LocalStore, sha1: str) -> bytes | None:
+    return store.read_bytes(sha1) if store.info(sha1) is not None else None
 
 
 async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
     candidates = [manifest_sha1] if manifest_sha1 else []
     candidates += [p.manifest_sha1 for p in providers if p.manifest_sha1 and p.manifest_sha1 not in candidates]
     for candidate in candidates:
-        if node.store.info(candidate) is not None:
-            raw = node.store.read_bytes(candidate)
-        else:
-            raw = None
+        raw = await trio.to_thread.run_sync(_held_bytes, node.store, candidate)
+        if raw is None:
             # The providers that named this manifest hold it: ask them first (no second lookup);
             # its size is unknown until it arrives, so ask for a whole chunk's worth.
             naming = [p for p in providers if p.manifest_sha1 == candidate]
@@ -143,8 +150,7 @@ async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str
         if manifest.sha1 != sha1 or manifest.size != size:
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
-        await trio.to_thread.run_sync(lambda: node.store.put_bytes(raw, pinned=False))
-        node.store.add_channels(candidate, _channels_of(providers))
+        await trio.to_thread.run_sync(_keep_copy, node.store, raw, _channels_of(providers))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
@@ -160,6 +166,7 @@ class Download:
     def __init__(self, node: TransferHost, manifest: Manifest, partial: PartialObject, providers: list[Provider]):
         self.node = node
         self.manifest = manifest
+        self.manifest_sha1 = manifest.manifest_sha1  # hashed once: partial providers name it in finds
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
         self.chunk_listeners: list[Callable[[int], None]] = []  # told of each chunk verified and written
@@ -247,6 +254,12 @@ class Download:
         if size <= (256 << 10):
             return self.partial.read(offset, size)
         return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
+
+    def _install(self) -> StoredObject:
+        """Check the whole file, move it into the store, note where it came from (blocking)."""
+        obj = self.partial.finish()
+        self.node.store.add_channels(obj.sha1, self.channel_ids)
+        return obj
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
@@ -379,8 +392,7 @@ class Download:
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
             if failure is not None:
                 raise failure
-            self.result = await trio.to_thread.run_sync(self.partial.finish)
-            self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
+            self.result = await trio.to_thread.run_sync(self._install)
             elapsed = time.monotonic() - self.started
             stats = self.scheduler.stats
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "

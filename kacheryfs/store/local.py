@@ -12,6 +12,7 @@ import mmap
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,21 @@ class StoredObject:
 
     def uri(self, name: str = "") -> str:
         return format_uri(self.sha1, name, self.manifest_sha1)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    sha1: str
+    size: int
+    stored: bool  # stored on this node (shared on all its channels), else a cached copy from peers
+    pinned: bool  # pinned by the user: never evicted
+    last_access: float
+    names: tuple[str, ...]  # its names under store/
+    manifest_of: str | None  # when this object is the chunk manifest of another
+
+    @property
+    def evictable(self) -> bool:
+        return not (self.stored or self.pinned)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -173,11 +189,17 @@ class LocalStore:
         try:
             for d in (self.root, self.objects_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self.index = Index(self.root / INDEX_FILE)
+            self.index = Index(self.root / INDEX_FILE)  # private to the store: use the methods below
         except OSError as exc:
             raise from_os_error(exc, f"opening storage directory {self.root}") from None
+        self._touched: dict[str, float] = {}  # sha1 -> last access not yet written to the index
+        self._touched_lock = threading.Lock()
 
     def close(self) -> None:
+        try:
+            self.flush_touches()
+        except KacheryError as exc:  # only the eviction order suffers
+            log.warning("last-access times not saved: %s", exc)
         self.index.close()
 
     # layout
@@ -208,9 +230,29 @@ class LocalStore:
     def list_objects(self) -> list[ObjectRecord]:
         return self.index.all_objects()
 
+    def use(self, sha1: str) -> ObjectRecord | None:
+        """The record of an object about to be read (None if not held); a cached copy is touched."""
+        record = self.info(sha1)
+        if record is not None and not record.pinned:
+            self.touch(sha1)
+        return record
+
+    def totals(self) -> tuple[int, int]:
+        """(number of objects, their total size in bytes)."""
+        return self.index.object_totals()
+
+    # last access, for evicting cached copies least recently used first
     def touch(self, sha1: str) -> None:
-        """A cached copy was used: it moves to the back of the eviction order."""
-        self.index.touch(sha1)
+        """A cached copy was used. Kept in memory, no SQLite write: reading must never wait for
+        another process's write. Written by ``flush_touches``: before evicting, and at close."""
+        with self._touched_lock:
+            self._touched[sha1] = time.time()
+
+    def flush_touches(self) -> None:
+        with self._touched_lock:
+            touched, self._touched = self._touched, {}
+        if touched:
+            self.index.touch_many(touched)
 
     # the channels a cached copy came from: it is served on those only
     def channels_of(self, sha1: str) -> frozenset[str]:
@@ -218,6 +260,13 @@ class LocalStore:
 
     def add_channels(self, sha1: str, channel_ids) -> None:
         self.index.add_channels(sha1, channel_ids)
+
+    # the channels a replicated feed came from: it is served on those only
+    def feed_channels_of(self, feed_id: str) -> frozenset[str]:
+        return self.index.feed_channels_of(feed_id)
+
+    def add_feed_channels(self, feed_id: str, channel_ids) -> None:
+        self.index.add_feed_channels(feed_id, channel_ids)
 
     # writing
     def writer(self, pinned: bool = True) -> ObjectWriter:
@@ -258,8 +307,9 @@ class LocalStore:
             w.write(data)
             return w.commit()
 
-    def put_file(self, path: str | os.PathLike) -> StoredObject:
-        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed."""
+    def put_file(self, path: str | os.PathLike, on_progress=None) -> StoredObject:
+        """Copy a file into the store, hashing as it streams; an unchanged file is not re-hashed.
+        ``on_progress(bytes copied, size)`` is called as blocks go in."""
         path = Path(path)
         try:
             with open(path, "rb") as src:
@@ -270,6 +320,8 @@ class LocalStore:
                 with self.writer() as w:
                     while block := src.read(COPY_BLOCK):
                         w.write(block)
+                        if on_progress is not None:
+                            on_progress(w.size, st.st_size)
                     obj = w.commit()
                 self.index.put_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                     _fingerprint(src, st.st_size), obj.sha1, obj.manifest_sha1)
@@ -327,9 +379,38 @@ class LocalStore:
     def rename(self, old: str, new: str) -> bool:
         return self.index.rename(old, new)
 
+    # cache control (kacheryfs ls / pin / unpin / gc)
+    def pin(self, sha1: str) -> ObjectRecord:
+        """Keep a cached copy whatever the cache size (stored-here objects are kept anyway)."""
+        record = self.require(sha1)
+        self.index.pin([sha1])
+        return record
+
+    def unpin(self, sha1: str) -> bool:
+        """False if it was not pinned."""
+        return self.index.unpin([sha1]) > 0
+
+    def listing(self) -> list["ListedObject"]:
+        """Every object held here with what `kacheryfs ls` shows, most recently used first."""
+        pins = self.index.pinned_sha1s()
+        manifests = self.index.manifest_sha1s()
+        names: dict[str, list[str]] = {}
+        for record in self.index.all_names():
+            names.setdefault(record.sha1, []).append(record.name)
+        out = [ListedObject(r.sha1, r.size, r.pinned, r.sha1 in pins, r.last_access,
+                            tuple(names.get(r.sha1, ())), manifests.get(r.sha1))
+               for r in self.index.all_objects()]
+        out.sort(key=lambda o: o.last_access, reverse=True)
+        return out
+
+    def cached_total(self) -> int:
+        """Bytes of cached copies (what --cache-size caps), pinned ones included."""
+        return self.index.cached_total()
+
     def evict_cached(self, limit_bytes: int) -> list[str]:
         """Delete least recently used cached copies (never stored-here objects) until the cache
         fits in ``limit_bytes``; a manifest goes with its object. Returns the evicted hashes."""
+        self.flush_touches()
         total = self.index.cached_total()
         evicted: list[str] = []
         for sha1, size, manifest_sha1 in self.index.cached_by_age():
@@ -404,4 +485,4 @@ def open_mmap(path: Path) -> mmap.mmap | None:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-__all__ = ["LocalStore", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
+__all__ = ["LocalStore", "ListedObject", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]

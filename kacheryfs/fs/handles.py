@@ -1,0 +1,82 @@
+"""Open files and directories of the mount: one protocol, one class per kind.
+
+Every open file is a ``Handle``: ``read``, ``write``, ``flush`` (each ``close()``), ``release``
+(after the last close). The tree keeps handles by number and calls the protocol; it never asks
+what kind a handle is. The kinds:
+
+- ``ObjectHandle`` (here): an object held in the store, read through a read-only mmap.
+- ``DirHandle`` (here): a directory listing, taken at opendir.
+- ``DraftHandle`` (drafts.py): a ``store/`` entry open for writing, or read while being written.
+- ``RemoteHandle`` (remote.py): an object read lazily from peers; an ObjectHandle once it is here.
+- ``FeedHandle`` (feeds_view.py): a subfeed, read as JSON Lines, appended to by its owner.
+"""
+
+from __future__ import annotations
+
+from ..errors import NotADirectory, NotOpenForReading, NotOpenForWriting
+
+
+class Handle:
+    ino: int
+    keep_cache = False  # the kernel may keep this file's pages across opens (immutable content)
+    direct_io = False  # bypass the page cache (content that grows under readers)
+    holds_inode = True  # an open file keeps its inode alive until released
+
+    async def read(self, offset: int, size: int):
+        raise NotOpenForReading()
+
+    def read_now(self, offset: int, size: int):
+        """Bytes already at hand (local content), without waiting; others refuse."""
+        raise NotOpenForReading("its bytes may have to be waited for")
+
+    async def write(self, offset: int, data) -> int:
+        raise NotOpenForWriting()
+
+    async def flush(self) -> None:
+        """On every close(): an error raised here reaches the writer's close()."""
+
+    async def release(self) -> None:
+        """After the last close: errors here reach nobody (close() has returned)."""
+
+    def readdir(self, start: int) -> list:
+        raise NotADirectory()
+
+
+class ObjectHandle(Handle):
+    """An object in the store, through a read-only mmap: reads are views, no copy in Python."""
+
+    def __init__(self, ino: int, size: int, mapping, keep_cache: bool):
+        self.ino = ino
+        self.size = size
+        self.map = mapping  # mmap.mmap, or None for an empty object (which cannot be mapped)
+        self.keep_cache = keep_cache
+
+    def read_now(self, offset: int, size: int):
+        if self.map is None or offset >= self.size:
+            return b""
+        return memoryview(self.map)[offset:offset + size]
+
+    async def read(self, offset: int, size: int):
+        return self.read_now(offset, size)
+
+    async def release(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.map is not None:
+            try:
+                self.map.close()
+            except BufferError:
+                pass  # a view is still being sent; the map is freed with its last view
+
+
+class DirHandle(Handle):
+    holds_inode = False
+
+    def __init__(self, ino: int, entries: list):
+        self.ino = ino
+        self.entries = entries  # [(name, Attr)]
+
+    def readdir(self, start: int) -> list:
+        """Entries from position ``start``, each with the position after it."""
+        return [(name, attr, i + 1) for i, (name, attr) in enumerate(self.entries) if i >= start]
