@@ -1,177 +1,227 @@
 """Swarm benchmark: a flash crowd on one capped seeder, and a late joiner in a big channel.
 
-    .venv/bin/python benchmarks/bench_swarm.py [--nodes 12 50] [--size-mb 16] [--rate-mb 8]
+    .venv/bin/python benchmarks/bench_swarm.py [--nodes 12 50] [--size-mb 16] [--rate-mb 4]
 
-For each N: one seeder capped at R (the serve rate cap that KACHERYFS_TEST_SERVE_RATE sets) holds
-an object of S MB; N-1 leechers in the same channel start fetching it at the same moment.
-Reported: completion of the last leecher / (S/R) (one upload of the object; goal <= 1.5), the
-seeder's bytes served / S, then a late joiner's find+fetch time once the crowd is done (goal
-<= 1 s at N = 50), and its time from start (join + find + fetch). Each scenario runs twice in the
-same run: with swarming, and with it off (KACHERYFS_SWARM=0: nobody serves a partial object, the
-baseline). A third variant finds peers only through a local mainline DHT swarm (20 libtorrent
-nodes on 127.0.0.1; no bootstrap, no shared discovery directory).
+Every node is a `kacheryfs daemon` subprocess on 127.0.0.1 with its own storage and config, in
+one channel. For each N: one seeder capped at R (KACHERYFS_TEST_SERVE_RATE) holds an object of
+S MB; N-1 leechers run `kacheryfs load URI` at the same moment. Reported: when the last leecher is
+done / (S/R) (S/R = one upload of the object; goal <= 1.5), the seeder's bytes served / S (from its
+counters), then a late joiner: its find+fetch time once it has a peer (goal <= 1 s at N = 50) and
+its time from start (join + find + fetch). Each N runs three ways in the same run: swarming, the
+no-swarming baseline (KACHERYFS_SWARM=0: nobody serves an object before holding it whole), and
+swarming with discovery only through a local mainline DHT (20 libtorrent nodes on 127.0.0.1, no
+shared discovery directory, no bootstrap). Nodes meet through a shared discovery directory
+otherwise.
 
-All nodes run in this one process (one trio run, real TCP on 127.0.0.1, real stores under a temp
-dir): at N = 50 the harness is CPU-bound, so compare rows of one run, not with other machines.
-Prints a table and saves benchmarks/results/swarm-<date>.json and swarm-latest.json.
+The whole machine (2 cores) runs every node: at N = 50 the crowd is CPU-bound, so read the rows
+of one run against each other. Prints a table; saves benchmarks/results/swarm-<date>.json and
+swarm-latest.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import trio
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from kacheryfs.crypto import NodeKey, channel_id, channel_key  # noqa: E402
-from kacheryfs.net.dht import DhtNode, start_swarm  # noqa: E402
-from kacheryfs.net.fetcher import NetworkFetcher  # noqa: E402
-from kacheryfs.net.node import Node  # noqa: E402
-from kacheryfs.store import LocalStore  # noqa: E402
-
+KACHERYFS = str(Path(sys.executable).parent / "kacheryfs")
 MB = 1_000_000
-CHANNEL = {channel_id(channel_key("bench", b"secret")): channel_key("bench", b"secret")}
+CHANNEL = "bench"
 
 
-class Harness:
-    def __init__(self, root: Path, nursery: trio.Nursery):
-        self.root, self.nursery = root, nursery
-        self.nodes: list[Node] = []
-        self.count = 0
+class Daemon:
+    def __init__(self, root: Path, name: str, discovery: Path, env: dict | None = None, args: tuple = ()):
+        self.dir = root / name
+        self.dir.mkdir(parents=True)
+        self.config = self.dir / "config"
+        self.log = self.dir / "node.log"
+        self.args = list(args)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KACHERYFS_")}
+        self.env.update(KACHERY_STORAGE_DIR=str(self.dir / "storage"), KACHERY_P2P_CONFIG_DIR=str(self.config),
+                        KACHERYFS_DISCOVERY_DIR=str(discovery), KACHERYFS_LAN_DISCOVERY="0", **(env or {}))
+        self.proc: subprocess.Popen | None = None
 
-    async def node(self, *, swarming: bool, discovery: Path | None, dht_via: int | None = None,
-                   rate: float | None = None) -> Node:
-        self.count += 1
-        store = LocalStore(self.root / f"n{self.count}")
-        dht = DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{dht_via}",)) if dht_via else None
-        node = Node(NodeKey.generate(), store, CHANNEL, listen=("127.0.0.1", 0), discovery_dir=discovery,
-                    serve_rate_limit=rate, swarming=swarming, dht=dht, find_timeout=5.0)
-        await self.nursery.start(node.run)
-        self.nodes.append(node)
-        return node
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([KACHERYFS, "-v", "daemon", "--channel", CHANNEL, "--listen", "127.0.0.1:0",
+                                          *self.args], env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon {self.dir.name} did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        while not (self.config / "api.sock").exists():
+            time.sleep(0.02)
+
+    def status(self) -> dict:
+        from kacheryfs.api_client import call
+
+        return call(self.config, "status")["status"]
+
+    def load(self, uri: str) -> subprocess.Popen:
+        return subprocess.Popen([KACHERYFS, "load", uri], env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.cancel()
-        self.nodes.clear()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
+def wait_all(procs: list[subprocess.Popen], t0: float, timeout: float) -> list[float]:
+    done: dict[int, float] = {}
+    while len(done) < len(procs):
+        for i, p in enumerate(procs):
+            if i not in done and p.poll() is not None:
+                if p.returncode != 0:
+                    raise RuntimeError(f"load failed: {p.stderr.read().decode()[-1000:]}")
+                done[i] = time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"only {len(done)} of {len(procs)} loads done after {timeout}s")
+        time.sleep(0.01)
+    return sorted(done.values())
 
 
-async def scenario(root: Path, n: int, size: int, rate: float, *, swarming: bool, dht: bool,
-                   dht_ports: list[int]) -> dict:
-    """One flash crowd of n-1 leechers on one capped seeder, then one late joiner."""
-    from tests.conftest import random_bytes
-
+def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming: bool,
+             dht_ports: list[int] | None) -> dict:
     work = Path(tempfile.mkdtemp(dir=root))
-    discovery = None if dht else work / "discovery"
-    out: dict = {"nodes": n, "swarming": swarming, "dht": dht}
-    async with trio.open_nursery() as nursery:
-        h = Harness(work, nursery)
-        via = iter(dht_ports * (n // max(1, len(dht_ports)) + 2)) if dht else None
-        seeder = await h.node(swarming=swarming, discovery=discovery, rate=rate, dht_via=next(via) if dht else None)
-        obj = seeder.store.put_bytes(random_bytes(size, seed=n))
-        if dht:
-            seeder.provide(obj.sha1)
-        leechers = [await h.node(swarming=swarming, discovery=discovery, dht_via=next(via) if dht else None)
-                    for _ in range(n - 1)]
-        everyone = [seeder] + leechers
-        t = time.perf_counter()
-        await wait_for(lambda: all(len(x.sessions) >= min(4, n - 1) for x in everyone), 120, "the channel to form")
-        out["join_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        done: list[float] = []
+    shared = work / "discovery"
+    daemons: list[Daemon] = []
 
-        async def fetch(node: Node) -> None:
-            await NetworkFetcher(node).fetch(obj.sha1)
-            done.append(time.perf_counter() - t)
+    def make(name: str, env: dict | None = None) -> Daemon:
+        env = dict(env or {}, **({} if swarming else {"KACHERYFS_SWARM": "0"}))
+        args: tuple = ()
+        discovery = shared
+        if dht_ports is not None:  # the DHT only: every node gets a discovery directory of its own
+            discovery = work / f"alone-{name}"
+            args = ("--dht-listen", "127.0.0.1:0", "--dht-bootstrap", f"127.0.0.1:{dht_ports[len(daemons) % len(dht_ports)]}")
+        d = Daemon(work, name, discovery, env, args)
+        daemons.append(d)
+        return d
 
-        async with trio.open_nursery() as crowd:
-            for node in leechers:
-                crowd.start_soon(fetch, node)
+    out: dict = {"nodes": n, "swarming": swarming, "dht": dht_ports is not None}
+    try:
+        seeder = make("seeder", {"KACHERYFS_TEST_SERVE_RATE": str(int(rate))})
+        uri = subprocess.run([KACHERYFS, "store", str(src)], env=seeder.env, check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()[-1]
+        leechers = [make(f"l{i}") for i in range(n - 1)]
+        t = time.perf_counter()
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            d.wait_ready()
+        want = min(4, n - 1)
+        while any(len(d.status()["peers"]) < want for d in daemons):
+            if time.perf_counter() - t > 300:
+                raise RuntimeError("the channel did not form")
+            time.sleep(0.2)
+        out["start_and_join_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        times = wait_all([d.load(uri) for d in leechers], t, 900)
         one_upload = size / rate
-        out["crowd_s"] = max(done)
-        out["crowd_over_one_upload"] = max(done) / one_upload
-        out["seeder_served_over_size"] = sum(seeder.counters.served_bytes.values()) / size
-        out["median_leecher_s"] = sorted(done)[len(done) // 2]
-        # the late joiner
+        out["crowd_s"] = times[-1]
+        out["crowd_over_one_upload"] = times[-1] / one_upload
+        out["median_leecher_over_one_upload"] = times[len(times) // 2] / one_upload
+        out["seeder_served_over_size"] = sum(seeder.status()["served_bytes"].values()) / size
+        out["max_sessions_per_node"] = max(len(d.status()["peers"]) for d in daemons)
+        late = make("late")
         t = time.perf_counter()
-        late = await h.node(swarming=swarming, discovery=discovery, dht_via=next(via) if dht else None)
-        await wait_for(lambda: len(late.sessions) >= 1, 60, "the late joiner's first peer")
+        late.start()
+        late.wait_ready()
+        while not late.status()["peers"]:
+            if time.perf_counter() - t > 120:
+                raise RuntimeError("the late joiner met nobody")
+            time.sleep(0.01)
         out["late_join_s"] = time.perf_counter() - t
         t2 = time.perf_counter()
-        await NetworkFetcher(late).fetch(obj.sha1)
+        wait_all([late.load(uri)], t2, 300)
         out["late_find_fetch_s"] = time.perf_counter() - t2
         out["late_total_s"] = time.perf_counter() - t
-        out["late_sessions"] = len(late.sessions)
-        out["max_sessions_per_node"] = max(len(x.sessions) for x in everyone)
-        assert late.store.read_bytes(obj.sha1) == seeder.store.read_bytes(obj.sha1)
-        h.stop()
-        nursery.cancel_scope.cancel()
-    for node in h.nodes:
-        node.store.close()
-    shutil.rmtree(work, ignore_errors=True)
+        fetched = re.findall(r"fetched [0-9a-f]+: \d+ bytes in [0-9.]+s \([^)]*\) from (\d+) peers", late.log.read_text())
+        out["late_providers"] = int(fetched[-1]) if fetched else None
+    finally:
+        for d in daemons:
+            d.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-async def main_async(args) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="kacheryfs-bench-swarm-"))
-    size, rate = int(args.size_mb * MB), args.rate_mb * MB
-    results = {"size_mb": args.size_mb, "rate_mb_s": args.rate_mb, "one_upload_s": size / rate, "runs": []}
-    try:
-        async with trio.open_nursery() as nursery:
-            dht_ports = []
-            if not args.no_dht:
-                swarm = await start_swarm(nursery, 20)
-                with trio.fail_after(60):
-                    for d in swarm:
-                        await d.joined.wait()
-                dht_ports = [d.port for d in swarm]
-            for n in args.nodes:
-                variants = [(True, False), (False, False)] + ([(True, True)] if not args.no_dht else [])
-                for swarming, dht in variants:
-                    print(f"N={n} swarming={'on' if swarming else 'off'} discovery={'dht' if dht else 'dir'} ...",
-                          flush=True)
-                    r = await scenario(root, n, size, rate, swarming=swarming, dht=dht, dht_ports=dht_ports)
-                    print("   ", {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
-                    results["runs"].append(r)
-            nursery.cancel_scope.cancel()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return results
+def dht_swarm_process(count: int) -> tuple[subprocess.Popen, list[int]]:
+    """A helper process running `count` DHT nodes on 127.0.0.1; prints their ports."""
+    code = ("import sys, json, trio\n"
+            "from kacheryfs.net.dht import start_swarm\n"
+            "async def main():\n"
+            "    async with trio.open_nursery() as n:\n"
+            f"        swarm = await start_swarm(n, {count})\n"
+            "        for d in swarm:\n"
+            "            await d.joined.wait()\n"
+            "        print(json.dumps([d.port for d in swarm]), flush=True)\n"
+            "        await trio.sleep_forever()\n"
+            "trio.run(main)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, json.loads(proc.stdout.readline())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, nargs="+", default=[12, 50])
     parser.add_argument("--size-mb", type=float, default=16)
-    parser.add_argument("--rate-mb", type=float, default=8)
+    parser.add_argument("--rate-mb", type=float, default=4)
     parser.add_argument("--no-dht", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    results = trio.run(main_async, args)
+    size, rate = int(args.size_mb * MB), args.rate_mb * MB
+    root = Path(tempfile.mkdtemp(prefix="kacheryfs-bench-swarm-"))
+    results = {"size_mb": args.size_mb, "rate_mb_s": args.rate_mb, "one_upload_s": size / rate, "runs": []}
+    dht_proc = None
+    try:
+        src = root / "object.bin"
+        src.write_bytes(os.urandom(size))
+        dht_ports = None
+        if not args.no_dht:
+            dht_proc, dht_ports = dht_swarm_process(20)
+        for n in args.nodes:
+            variants = [(True, None)] + ([] if args.no_baseline else [(False, None)])
+            variants += [] if args.no_dht else [(True, dht_ports)]
+            for swarming, ports in variants:
+                print(f"N={n} swarming={'on' if swarming else 'off'} discovery={'dht' if ports else 'dir'} ...",
+                      flush=True)
+                r = scenario(root, n, src, size, rate, swarming=swarming, dht_ports=ports)
+                print("   ", {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
+                results["runs"].append(r)
+    finally:
+        if dht_proc is not None:
+            dht_proc.terminate()
+            dht_proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
     print(f"\nobject {args.size_mb:g} MB, seeder capped at {args.rate_mb:g} MB/s: one upload = "
           f"{results['one_upload_s']:.2f} s\n")
-    print("| N | swarming | discovery | crowd done / one upload | seeder served / S | late joiner find+fetch | "
-          "late joiner from start | sessions (max per node) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | swarming | discovery | last leecher done / one upload | median | seeder served / S | "
+          "late joiner find+fetch | late joiner from start | max sessions per node |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(f"| {r['nodes']} | {'on' if r['swarming'] else 'off (baseline)'} | {'DHT' if r['dht'] else 'shared dir'} "
-              f"| {r['crowd_over_one_upload']:.2f} | {r['seeder_served_over_size']:.2f} | {r['late_find_fetch_s']:.2f} s "
-              f"| {r['late_total_s']:.2f} s | {r['max_sessions_per_node']} |")
+              f"| {r['crowd_over_one_upload']:.2f} | {r['median_leecher_over_one_upload']:.2f} "
+              f"| {r['seeder_served_over_size']:.2f} | {r['late_find_fetch_s']:.2f} s | {r['late_total_s']:.2f} s "
+              f"| {r['max_sessions_per_node']} |")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
