@@ -16,7 +16,7 @@ DEFAULT_LISTEN = "0.0.0.0:0"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
 DEFAULT_DHT_LISTEN = "0.0.0.0:0"
-DEFAULT_MAX_PEERS = 32
+DEFAULT_MAX_PEERS = 16  # sessions a node dials; it accepts up to twice that
 
 
 class ConfigError(KacheryError):

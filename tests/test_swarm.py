@@ -67,10 +67,15 @@ async def test_leecher_killed_half_way_others_finish(cluster):
                 await fetchers[0].fetch(obj.sha1)
 
         nursery.start_soon(victim_fetch)
-        # kill it once it holds about half the object and has been serving from it
-        await wait_for(lambda: obj.sha1 in victim.swarm.entries
-                       and len(victim.swarm.entries[obj.sha1].download.have()) >= 15
-                       and sum(victim.counters.served_bytes.values()) > 0, timeout=60)
+        # kill it the moment it holds half the object
+        await wait_for(lambda: obj.sha1 in victim.swarm.entries, timeout=60)
+        download = victim.swarm.entries[obj.sha1].download
+        half = trio.Event()
+        download.chunk_listeners.append(lambda _index: len(download.have()) >= 15 and half.set())
+        if len(download.have()) >= 15:
+            half.set()
+        with trio.fail_after(60):
+            await half.wait()
         victim.cancel()  # its sessions, server and downloads all stop
         victim_scope.cancel()
     for node in leechers[1:]:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 HARD_MAX_PEERS = 128  # not even a find that widens its search dials past this
+TURNED_AWAY_SECONDS = 2.0  # a session that ends this soon after opening: the peer is full, back off
 DIAL_ERRORS = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError)
 
 
@@ -129,8 +130,15 @@ class Dialer:
         try:
             for way in self.ways:
                 if await way(target):
-                    self._backoff.pop(target.node, None)
-                    return
+                    self._dialing.discard(target.node)
+                    session = self.host.sessions.get(target.node)
+                    if session is not None:
+                        with trio.move_on_after(TURNED_AWAY_SECONDS):
+                            await session.closed.wait()
+                        if not session.closed.is_set():
+                            self._backoff.pop(target.node, None)
+                            return
+                    break  # turned away at once (the peer is full): back off like a failure
             _not_before, delay = self._backoff.get(target.node, (0.0, 0.0))
             delay = min(max(1.0, delay * 2), MAX_BACKOFF)
             self._backoff[target.node] = (trio.current_time() + delay, delay)

@@ -39,6 +39,7 @@ class SessionHost:
         self.agent = agent
         self.listen_addrs: list[str] = []
         self.sessions: dict[str, PeerSession] = {}  # peer id -> its primary session
+        self.max_inbound: int | None = None  # sessions beyond which a new inbound peer is turned away
         self.dispatch = Dispatch()
         self._opened: list[Opened] = []
         self._closed: list[Closed] = []
@@ -124,6 +125,10 @@ class SessionHost:
             info = await handshake(stream, conn)
         except (ProtocolError, PeerGone, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             log.warning("rejected connection from %s: %r", remote, exc)
+            await trio.aclose_forcefully(stream)
+            return
+        if self.max_inbound is not None and info.peer_id not in self.sessions and len(self.sessions) >= self.max_inbound:
+            log.info("turned away %s from %s: %d peers already", info.peer_id[:12], remote, len(self.sessions))
             await trio.aclose_forcefully(stream)
             return
         await self._run_session(PeerSession(stream, conn, info, "inbound", remote))

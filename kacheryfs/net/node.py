@@ -55,6 +55,7 @@ class Node(HostedNode):
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
         self.host = SessionHost(key, channel_keys, listen=listen)
+        self.host.max_inbound = 2 * max_peers  # with the dialer's cap: every node's sessions are bounded
         self.swarm = Swarm(self, self, enabled=swarming)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
                              read_partial=self._read_partial)
