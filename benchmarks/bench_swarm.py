@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 KACHERYFS = str(Path(sys.executable).parent / "kacheryfs")
 MB = 1_000_000
 CHANNEL = "bench"
+KEEP = False  # --keep: leave the nodes' directories (logs) behind
 
 
 class Daemon:
@@ -63,8 +64,16 @@ class Daemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon {self.dir.name} did not start:\n{self.log.read_text()[-2000:]}")
             time.sleep(0.05)
-        while not (self.config / "api.sock").exists():
-            time.sleep(0.02)
+        from kacheryfs.api_client import NoDaemon
+
+        while True:  # the socket file appears before the API server answers on it
+            try:
+                self.status()
+                return
+            except NoDaemon:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def status(self) -> dict:
         from kacheryfs.api_client import call
@@ -159,7 +168,8 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
     finally:
         for d in daemons:
             d.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if not KEEP:
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -187,7 +197,10 @@ def main() -> None:
     parser.add_argument("--rate-mb", type=float, default=4)
     parser.add_argument("--no-dht", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
     args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
     size, rate = int(args.size_mb * MB), args.rate_mb * MB
     root = Path(tempfile.mkdtemp(prefix="kacheryfs-bench-swarm-"))
     results = {"size_mb": args.size_mb, "rate_mb_s": args.rate_mb, "one_upload_s": size / rate, "runs": []}
@@ -211,7 +224,10 @@ def main() -> None:
         if dht_proc is not None:
             dht_proc.terminate()
             dht_proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        if KEEP:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(f"\nobject {args.size_mb:g} MB, seeder capped at {args.rate_mb:g} MB/s: one upload = "
           f"{results['one_upload_s']:.2f} s\n")
     print("| N | swarming | discovery | last leecher done / one upload | median | seeder served / S | "
