@@ -8,7 +8,7 @@ S MB; N-1 leechers run `kacheryfs load URI` at the same moment. Reported: when t
 done / (S/R) (S/R = one upload of the object; goal <= 1.5), the seeder's bytes served / S (from its
 counters), then a late joiner: its find+fetch time once it has a peer (goal <= 1 s at N = 50) and
 its time from start (join + find + fetch). Each N runs three ways in the same run: swarming, the
-no-swarming baseline (KACHERYFS_SWARM=0: nobody serves an object before holding it whole), and
+no-swarming baseline (KACHERYFS_SWARM=0: nobody serves an object before holding it whole; and no peer cap), and
 swarming with discovery only through a local mainline DHT (20 libtorrent nodes on 127.0.0.1, no
 shared discovery directory, no bootstrap). Nodes meet through a shared discovery directory
 otherwise.
@@ -115,7 +115,8 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
     daemons: list[Daemon] = []
 
     def make(name: str, env: dict | None = None) -> Daemon:
-        env = dict(env or {}, **({} if swarming else {"KACHERYFS_SWARM": "0"}))
+        # the baseline is the node as it was before swarming: no partial serving, no peer cap
+        env = dict(env or {}, **({} if swarming else {"KACHERYFS_SWARM": "0", "KACHERYFS_MAX_PEERS": "100"}))
         args: tuple = ()
         discovery = shared
         if dht_ports is not None:  # the DHT only: every node gets a discovery directory of its own
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--no-dht", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
+    parser.add_argument("--variants", default="swarm,baseline,dht", help="which of swarm,baseline,dht to run")
     args = parser.parse_args()
     global KEEP
     KEEP = args.keep
@@ -212,8 +214,10 @@ def main() -> None:
         if not args.no_dht:
             dht_proc, dht_ports = dht_swarm_process(20)
         for n in args.nodes:
-            variants = [(True, None)] + ([] if args.no_baseline else [(False, None)])
-            variants += [] if args.no_dht else [(True, dht_ports)]
+            chosen = args.variants.split(",")
+            variants = [(True, None)] if "swarm" in chosen else []
+            variants += [] if args.no_baseline or "baseline" not in chosen else [(False, None)]
+            variants += [] if args.no_dht or "dht" not in chosen else [(True, dht_ports)]
             for swarming, ports in variants:
                 print(f"N={n} swarming={'on' if swarming else 'off'} discovery={'dht' if ports else 'dir'} ...",
                       flush=True)
