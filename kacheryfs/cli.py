@@ -117,14 +117,26 @@ def daemon(storage_dir, config_dir, **net):
 
 @cli.command()
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Where to accept nodes.")
+@click.option("--relay-circuit-bytes", metavar="SIZE", default="64G", show_default=True,
+              help="Bytes one relay circuit may carry (both directions); then it is closed.")
+@click.option("--relay-circuit-seconds", type=float, default=86400.0, show_default=True,
+              help="Seconds one relay circuit may live.")
+@click.option("--relay-node-circuits", type=int, default=64, show_default=True,
+              help="Relay circuits one node may have open at once.")
+@click.option("--relay-node-bytes", metavar="SIZE", default="256G", show_default=True,
+              help="Bytes relayed for one node per hour.")
 @storage_option
 @config_option
-def bootstrap(listen, storage_dir, config_dir):
-    """Run a rendezvous node: keeps a registry of channel hashes -> nodes; knows no channel names."""
+def bootstrap(listen, storage_dir, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+              relay_node_bytes):
+    """Run a rendezvous node: keeps a registry of channel hashes -> nodes (knows no channel names),
+    coordinates hole punches and relays, within its limits, between nodes that cannot punch."""
     from .daemon import run_bootstrap
 
     logging.getLogger("kacheryfs").setLevel(logging.INFO)
-    run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen))
+    run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen,
+                                  relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
+                                  relay_node_circuits=relay_node_circuits, relay_node_bytes=relay_node_bytes))
 
 
 @cli.command()
@@ -270,6 +282,15 @@ def status(as_json, storage_dir, config_dir):
         return
     click.echo(f"node id:  {node['node_id']}")
     click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
+    if node.get("observed"):
+        click.echo(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")
+    if node.get("relay"):  # a bootstrap
+        relay, punch = node["relay"], node.get("punch", {})
+        limits = ", ".join(f"{k} {v}" for k, v in relay["closed_by_limit"].items()) or "none"
+        click.echo(f"relay:    {_human(relay['bytes'])} relayed, {relay['open']} circuits open "
+                   f"({relay['opened']} opened), limits hit: {limits}")
+        refused = ", ".join(f"{k} {v}" for k, v in punch.get("refused", {}).items()) or "none"
+        click.echo(f"punches:  {punch.get('forwarded', 0)} coordinated, refused: {refused}")
     if node.get("http"):
         click.echo(f"http:     {node['http']}")
     click.echo(f"channels: {node['channels']}")
@@ -277,7 +298,7 @@ def status(as_json, storage_dir, config_dir):
     click.echo(f"peers:    {len(node['peers'])}")
     for p in node["peers"]:
         rate_in = p["received"] / max(p["seconds"], 1)
-        click.echo(f"  {p['node'][:16]}  {p['direction']:<8} {p['remote']:<28} channels {p['channels']}  "
+        click.echo(f"  {p['node'][:16]}  {p.get('path', p['direction']):<12} {p['remote']:<28} channels {p['channels']}  "
                    f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
     for line in swarm_lines(node):
         click.echo(line)

@@ -42,6 +42,7 @@ class Config:
     dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
     max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
     swarming: bool = True  # serve objects while downloading them; KACHERYFS_SWARM=0 (benchmark baseline)
+    relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
     @classmethod
@@ -60,6 +61,10 @@ class Config:
         dht_bootstrap: tuple[str, ...] | list[str] = (),
         dht_listen: str | None = None,
         max_peers: int | None = None,
+        relay_circuit_bytes: str | int | None = None,
+        relay_circuit_seconds: float | None = None,
+        relay_node_circuits: int | None = None,
+        relay_node_bytes: str | int | None = None,
         http: str | None = None,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
@@ -90,6 +95,8 @@ class Config:
                                        "--dht-listen"),
             max_peers=_max_peers(max_peers, env),
             swarming=env.get("KACHERYFS_SWARM", "1") not in ("0", "no", "false", "off"),
+            relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+                                       relay_node_bytes),
             http=parse_http_bind(http) if http else None,
         )
 
@@ -109,6 +116,20 @@ class Config:
             key = channel_key(name, secret)
             out[channel_id(key)] = (name, key)
         return out
+
+
+def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
+    from .protocol.relay_limits import RelayLimits
+
+    defaults = RelayLimits()
+    limits = RelayLimits(
+        circuit_bytes=parse_size(circuit_bytes) if circuit_bytes is not None else defaults.circuit_bytes,
+        circuit_seconds=circuit_seconds if circuit_seconds is not None else defaults.circuit_seconds,
+        node_circuits=node_circuits if node_circuits is not None else defaults.node_circuits,
+        node_bytes=parse_size(node_bytes) if node_bytes is not None else defaults.node_bytes)
+    if min(limits.circuit_bytes, limits.circuit_seconds, limits.node_circuits, limits.node_bytes) <= 0:
+        raise ConfigError("relay limits must be positive")
+    return limits
 
 
 def parse_size(text: str | int) -> int:

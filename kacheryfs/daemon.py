@@ -81,14 +81,18 @@ async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, 
 
 
 def run_bootstrap(config: Config) -> None:
-    """The bootstrap node, until SIGINT/SIGTERM."""
+    """The bootstrap node, until SIGINT/SIGTERM. Its local API answers `kacheryfs status` (relay
+    and punch counters) for its config dir."""
     tune_malloc()
-    trio.run(_serve_bootstrap, build_bootstrap(config))
+    claim_socket(config.config_dir)
+    node = build_bootstrap(config)
+    trio.run(_serve_bootstrap, node, ApiServer(node, None, config.config_dir))
 
 
-async def _serve_bootstrap(node: BootstrapNode) -> None:
+async def _serve_bootstrap(node: BootstrapNode, api: ApiServer) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        await nursery.start(api.serve)
         await _until_signal()
         nursery.cancel_scope.cancel()
 

@@ -13,6 +13,10 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists fuse3 2>/dev/null || need+=(libfuse3-dev)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# NAT traversal tests build routers in network namespaces: ip/tc, nft, nsenter
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if command -v python3 >/dev/null 2>&1; then
   python3 - <<'PY' || need+=(python3-dev)

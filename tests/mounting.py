@@ -42,7 +42,8 @@ def cli_env(storage: Path, config: Path) -> dict[str, str]:
 
 
 class Mount:
-    def __init__(self, root: Path, storage: Path | None = None):
+    def __init__(self, root: Path, storage: Path | None = None, prefix: list[str] = ()):
+        self.prefix = list(prefix)  # e.g. nsenter into a network namespace (tests/nat_topology.py)
         self.root = root
         self.mountpoint = root / "mnt"
         self.storage = storage or root / "storage"
@@ -58,7 +59,7 @@ class Mount:
         """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
+            [*self.prefix, KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -122,8 +123,9 @@ def free_port() -> int:
 class Daemon:
     """`kacheryfs bootstrap` or `kacheryfs daemon` in a subprocess, always stopped."""
 
-    def __init__(self, root: Path, *args: str, program: str = KACHERYFS):
+    def __init__(self, root: Path, *args: str, program: str = KACHERYFS, prefix: list[str] = ()):
         root.mkdir(parents=True, exist_ok=True)
+        self.prefix = list(prefix)
         self.root = root
         self.args = args
         self.command = [program, "-v"] if program == KACHERYFS else [program]
@@ -133,7 +135,7 @@ class Daemon:
 
     def start(self) -> "Daemon":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.command, *self.args], env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.prefix, *self.command, *self.args], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -54,9 +54,9 @@ async def test_dispatch_answers_unknown_requests_and_drops_late_replies_and_noti
 
 def test_registry_lists_connected_members_of_the_asked_channels_only():
     reg = BootstrapRegistry()
-    reg.register("n1", ["c1"], ["10.0.0.1:4000"], "10.0.0.1")
-    reg.register("n2", ["c1", "c2"], ["10.0.0.2:4000"], "10.0.0.2")
-    reg.register("n3", ["c2"], ["10.0.0.3:4000"], "10.0.0.3")
+    reg.register("n1", ["c1"], ["10.0.0.1:4000"], "10.0.0.1:4000")
+    reg.register("n2", ["c1", "c2"], ["10.0.0.2:4000"], "10.0.0.2:4000")
+    reg.register("n3", ["c2"], ["10.0.0.3:4000"], "10.0.0.3:4000")
     connected = {"n1", "n2"}
     assert [p["node"] for p in reg.peers(["c1"], "n1", connected)] == ["n2"]  # not the asker itself
     assert sorted(p["node"] for p in reg.peers(["c1", "c2"], "nx", connected)) == ["n1", "n2", "n2"]
@@ -66,10 +66,32 @@ def test_registry_lists_connected_members_of_the_asked_channels_only():
 
 def test_registry_puts_the_observed_address_first_for_wildcard_listeners():
     reg = BootstrapRegistry()
-    reg.register("n1", ["c1"], ["0.0.0.0:4000", "192.168.1.5:4001"], "203.0.113.9")
+    reg.register("n1", ["c1"], ["0.0.0.0:4000", "192.168.1.5:4001"], "203.0.113.9:4000")
     assert reg.peers(["c1"], "x", {"n1"})[0]["addrs"] == ["203.0.113.9:4000", "0.0.0.0:4000", "192.168.1.5:4001"]
     reg.register("n1", ["c1"], ["[::]:4000"], "")  # nothing observed (a relayed session): as given
     assert reg.peers(["c1"], "x", {"n1"})[0]["addrs"] == ["[::]:4000"]
+
+
+def test_registry_tells_nodes_behind_nat_from_reachable_ones():
+    reg = BootstrapRegistry()
+    # dialled us from its listening port 4000 on a LAN address: behind NAT; observed address first
+    natted = reg.register("n1", ["c1"], ["192.168.77.10:4000"], "198.51.100.2:4000",
+                          reported=["198.51.100.2:4000", "203.0.113.5:4000"])
+    assert natted.nat and natted.addrs == ["198.51.100.2:4000", "192.168.77.10:4000", "203.0.113.5:4000"]
+    public = reg.register("n2", ["c1"], ["198.51.100.9:4000"], "198.51.100.9:4000")
+    assert not public.nat and public.addrs == ["198.51.100.9:4000"]
+    # did not dial from its listening port (another port observed): that port is not listed
+    other = reg.register("n3", ["c1"], ["192.168.77.11:4000"], "198.51.100.2:51000")
+    assert other.nat and other.addrs == ["192.168.77.11:4000"]
+    # accepts no connections: nothing to dial, whatever was observed
+    silent = reg.register("n4", ["c1"], [], "198.51.100.2:51001", reported=["198.51.100.2:51001"])
+    assert silent.addrs == [] and not silent.nat
+    peer = {p["node"]: p for p in reg.peers(["c1"], "x", {"n1", "n2"})}
+    assert peer["n1"]["nat"] and peer["n1"]["observed"] == "198.51.100.2:4000" and not peer["n2"]["nat"]
+    assert reg.is_registered("n4")
+    assert reg.share_channel("n1", "n2") and not reg.share_channel("n1", "nx")
+    reg.forget("n4")
+    assert not reg.is_registered("n4")
 
 
 async def test_a_late_reply_gets_no_answer(cluster):
@@ -81,3 +103,17 @@ async def test_a_late_reply_gets_no_answer(cluster):
     received = session.stats.bytes_received
     await trio.sleep(0.3)
     assert session.stats.bytes_received == received  # no error came back (nor went on forever)
+
+
+def test_direct_providers_are_preferred_over_relayed_ones():
+    from types import SimpleNamespace
+
+    from kacheryfs.net.finding import Provider, prefer_direct
+
+    def provider(direction):
+        return Provider(SimpleNamespace(direction=direction), 10, None)
+
+    relayed, punched, direct = provider("relayed"), provider("punched"), provider("outbound")
+    assert prefer_direct([relayed, punched, direct]) == [punched, direct]
+    assert prefer_direct([relayed]) == [relayed]  # the relay when nothing else has it
+    assert prefer_direct([]) == []

@@ -37,6 +37,12 @@ class DialTarget:
     node: str
     addrs: tuple[str, ...]  # where it says it listens (may be empty)
     via: PeerSession | None  # the bootstrap that introduced it, which can relay to it
+    observed: str = ""  # where that bootstrap sees it
+    nat: bool = False  # its address is translated (protocol.md §5b)
+
+
+def _host(addr: str) -> str:
+    return addr.rpartition(":")[0]
 
 
 Way = Callable[[DialTarget], Awaitable[bool]]  # True once a session is up; logs its own failures
@@ -48,8 +54,11 @@ class Dialer:
     peers it did not dial are remembered, and ``widen`` dials some of them when a find needs
     more peers to ask."""
 
-    def __init__(self, host: SessionHost, max_peers: int = DEFAULT_MAX_PEERS):
+    def __init__(self, host: SessionHost, observed: Callable[[], list[str]] = list,
+                 behind_nat: Callable[[], bool] = lambda: False, max_peers: int = DEFAULT_MAX_PEERS):
         self.host = host
+        self.observed = observed  # where bootstraps see us
+        self.behind_nat = behind_nat
         self.max_peers = max_peers
         self.ways: list[Way] = [self.direct]
         self._dialing: set[str] = set()
@@ -95,10 +104,29 @@ class Dialer:
             # It accepts no connections: if we do, it dials us; if neither does, the smaller id
             # opens the relay circuit, so one circuit is made, not two.
             return False
+        observed = hint.get("observed") if isinstance(hint.get("observed"), str) else ""
+        target = DialTarget(node, addrs, via, observed, hint.get("nat") is True)
+        if (via is not None and target.nat and addrs and self.behind_nat() and not self.direct_addrs(target)
+                and host.listen_addrs and host.node_id > node):
+            return False  # both behind NATs: the smaller id opens the relay and the punch, not both
         self._known.pop(node, None)
         self._dialing.add(node)
-        host.start_soon(self._dial, DialTarget(node, addrs, via))
+        host.start_soon(self._dial, target)
         return True
+
+    def hold_off(self, node: str, seconds: float) -> None:
+        """Do not dial ``node`` for a while (a relay limit closed our circuit to it)."""
+        self._backoff[node] = (trio.current_time() + seconds, seconds)
+
+    def direct_addrs(self, target: DialTarget) -> tuple[str, ...]:
+        """Which of its addresses can be dialled directly. One behind NAT only from behind the same
+        NAT (its LAN addresses: few routers hairpin); else punch."""
+        if not target.nat or target.via is None:
+            return target.addrs
+        theirs = _host(target.observed)
+        if theirs and theirs in {_host(a) for a in self.observed()}:
+            return tuple(a for a in target.addrs if _host(a) != theirs)
+        return ()
 
     def maybe_dial_address(self, host_name: str, port: int) -> None:
         """Dial an address found with no node id (the DHT), unless it is a peer we have, a dial
@@ -146,7 +174,7 @@ class Dialer:
             self._dialing.discard(target.node)
 
     async def direct(self, target: DialTarget) -> bool:
-        for addr in target.addrs:
+        for addr in self.direct_addrs(target):
             try:
                 host, port = parse_hostport(addr)
                 await self.host.connect(host, port, expected_peer=target.node)

@@ -56,12 +56,13 @@ class Discovery:
         backoff = FIRST_BACKOFF
         while True:
             try:
-                session = await node.connect(host, port)
+                session = await node.connect_bootstrap(host, port)
                 backoff = FIRST_BACKOFF
                 log.info("registered with bootstrap %s:%d", host, port)
                 node.trust_relay(session)
                 while not session.closed.is_set():
-                    await session.send(Register(channel_ids=sorted(node.channel_keys), addrs=node.listen_addrs))
+                    await session.send(Register(channel_ids=sorted(node.channel_keys),
+                                                addrs=node.local_addrs(session), observed=node.observed_addrs()))
                     reply = await session.request(PeersRequest(req=session.next_req(),
                                                                channel_ids=sorted(node.channel_keys)),
                                                   BOOTSTRAP_REQUEST_TIMEOUT)

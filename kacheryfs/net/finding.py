@@ -35,6 +35,13 @@ class Provider:
     have: ChunkSet | None = None  # chunks it holds while it is still downloading; None: all
 
 
+def prefer_direct(providers: list[Provider]) -> list[Provider]:
+    """Relayed providers only when no direct (or hole-punched) one has the file: relayed bytes cost
+    the bootstrap's bandwidth and are bounded by its limits."""
+    direct = [p for p in providers if p.session.direction != "relayed"]
+    return direct or providers
+
+
 class Finder:
     def __init__(self, routes: Routes, peers: Peers, *, in_a_channel: bool, timeout: float = DEFAULT_FIND_TIMEOUT,
                  more_peers: Callable[[str], None] | None = None):
@@ -106,6 +113,7 @@ class Finder:
                     with trio.move_on_after(FIND_GRACE):
                         await batch_done.wait()
                 nursery.cancel_scope.cancel()
+        found = prefer_direct(found)
         if found:
             self._cache[sha1] = (time.monotonic(), found)
         return found

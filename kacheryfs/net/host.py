@@ -8,7 +8,6 @@ host's nursery.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -21,10 +20,17 @@ from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import Message, Ping, Pong
 from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
 from .session import PeerGone, PeerSession, handshake
+from .sockets import connect_from, open_shared_listener
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+RETIRE_GRACE = 20.0  # a session replaced by a better path is closed once idle, or after this long
+
+
+def _rank(session: PeerSession) -> int:
+    """Better paths replace worse ones as a peer's session: direct or punched over relayed."""
+    return 0 if session.direction == "relayed" else 1
 
 Opened = Callable[[PeerSession], Awaitable[None]]  # runs while the session lives, cancelled when it ends
 Closed = Callable[[PeerSession], None]
@@ -38,6 +44,7 @@ class SessionHost:
         self.listen = listen
         self.agent = agent
         self.listen_addrs: list[str] = []
+        self.listen_local: tuple[str, int] | None = None  # the bound listener, to dial from (punching)
         self.sessions: dict[str, PeerSession] = {}  # peer id -> its primary session
         self.max_inbound: int | None = None  # sessions beyond which a new inbound peer is turned away
         self.dispatch = Dispatch()
@@ -97,10 +104,12 @@ class SessionHost:
             self._nursery = nursery
             if self.listen is not None:
                 host, port = self.listen
-                listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle_inbound, port, host=host))
-                for listener in listeners:
-                    bound_host, bound_port = listener.socket.getsockname()[:2]
-                    self.listen_addrs.append(f"{bound_host}:{bound_port}")
+                # SO_REUSEPORT: connections to the bootstrap and hole punches leave from this port
+                listener = await open_shared_listener(host, port)
+                await nursery.start(trio.serve_listeners, self._handle_inbound, [listener])
+                bound_host, bound_port = listener.socket.getsockname()[:2]
+                self.listen_local = (bound_host, bound_port)
+                self.listen_addrs.append(f"{bound_host}:{bound_port}")
                 log.info("node %s listening on %s", self.node_id[:12], ", ".join(self.listen_addrs))
             else:
                 log.info("node %s is not accepting connections (--listen none)", self.node_id[:12])
@@ -118,7 +127,7 @@ class SessionHost:
             remote = "?"
         await self.accept(stream, remote)
 
-    async def accept(self, stream: trio.abc.Stream, remote: str) -> None:
+    async def accept(self, stream: trio.abc.Stream, remote: str, direction: str = "inbound") -> None:
         """Answer the handshake on an incoming stream (TCP or a relay circuit), then host the session."""
         conn = self._connection(RESPONDER)
         try:
@@ -131,11 +140,39 @@ class SessionHost:
             log.info("turned away %s from %s: %d peers already", info.peer_id[:12], remote, len(self.sessions))
             await trio.aclose_forcefully(stream)
             return
-        await self._run_session(PeerSession(stream, conn, info, "inbound", remote))
+        await self._run_session(PeerSession(stream, conn, info, direction, remote))
+
+    async def answer_session(self, stream: trio.abc.Stream, remote: str, direction: str,
+                             expected_peer: str) -> PeerSession:
+        """Run the handshake as responder, expecting ``expected_peer`` (a hole punch's other end);
+        returns once the session is registered. Raises on a failed handshake."""
+        conn = self._connection(RESPONDER, expected_peer)
+        try:
+            info = await handshake(stream, conn)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        session = PeerSession(stream, conn, info, direction, remote)
+        await self.start(self._run_session, session)
+        return session
 
     async def connect(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
         with trio.fail_after(CONNECT_TIMEOUT):
             stream = await trio.open_tcp_stream(host, port)
+        return await self.open_session(stream, f"{host}:{port}", "outbound", expected_peer)
+
+    async def connect_from_listener(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
+        """Like connect, but from the listening port, so the NAT mapping the other side sees is the
+        one of the port we accept on (for a bootstrap: our observed address). Falls back to an
+        ordinary connection when we do not listen or the port cannot be shared."""
+        if self.listen_local is None:
+            return await self.connect(host, port, expected_peer)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await connect_from(self.listen_local, host, port)
+        except OSError as exc:
+            log.info("cannot dial %s:%d from the listening port (%r); dialling from any port", host, port, exc)
+            return await self.connect(host, port, expected_peer)
         return await self.open_session(stream, f"{host}:{port}", "outbound", expected_peer)
 
     async def open_session(self, stream: trio.abc.Stream, remote: str, direction: str,
@@ -152,10 +189,14 @@ class SessionHost:
         return session
 
     async def _run_session(self, session: PeerSession, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        primary = session.peer_id not in self.sessions or self.sessions[session.peer_id].closed.is_set()
+        current = self.sessions.get(session.peer_id)
+        primary = current is None or current.closed.is_set() or _rank(session) > _rank(current)
         if primary:
             self.sessions[session.peer_id] = session
             self._wake_peers()
+            if current is not None and not current.closed.is_set():
+                log.info("%r replaces %r", session, current)
+                self.start_soon(self._retire, current)
         task_status.started()  # open_session() returns once the session is registered
         log.info("connected %r, shared channels: %d", session, len(session.channel_ids))
         limiter = trio.CapacityLimiter(SERVE_LIMIT_PER_PEER)
@@ -169,7 +210,14 @@ class SessionHost:
                     if route is None:
                         return
                     if route.inline:  # in the receive loop: messages of one stream stay in order
-                        reply = await route.handler(sess, msg)
+                        try:
+                            reply = await route.handler(sess, msg)
+                        except KacheryError as exc:
+                            log.warning("message %s from %r failed: %s", type(msg).__name__, sess, exc)
+                            return
+                        except Exception:  # a bug in one handler must not take the node down
+                            log.exception("message %s from %r crashed", type(msg).__name__, sess)
+                            return
                         if reply is not None:
                             await send_quietly(sess, reply)
                         return
@@ -186,6 +234,22 @@ class SessionHost:
             for closed in self._closed:
                 closed(session)
             log.info("disconnected %r", session)
+
+    async def _retire(self, session: PeerSession) -> None:
+        """Close a session that a better one replaced, once it is drained: none of our requests
+        waiting and no bytes either way for a second (the peer answers what it was asked, then
+        both sides fall quiet). The peer retires its end the same way; the first to close ends it."""
+        with trio.move_on_after(RETIRE_GRACE):
+            quiet_since, last = trio.current_time(), None
+            while not session.closed.is_set():
+                counts = (session.stats.bytes_sent, session.stats.bytes_received)
+                if session.busy or counts != last:
+                    quiet_since, last = trio.current_time(), counts
+                elif trio.current_time() - quiet_since >= 1.0:
+                    break
+                await trio.sleep(0.1)
+        log.info("closing %r: replaced by a better path", session)
+        await session.close()
 
     async def _answer(self, session: PeerSession, msg: Message, handler: Handler, limiter: trio.CapacityLimiter,
                       token: object) -> None:

@@ -67,6 +67,15 @@ class DiscoveryHost(Dials, Protocol):
 
     def trust_relay(self, session: "PeerSession") -> None: ...
 
+    async def connect_bootstrap(self, host: str, port: int) -> "PeerSession":
+        """A session to a bootstrap, dialled from the listening port (protocol.md §5b)."""
+
+    def local_addrs(self, bootstrap: "PeerSession") -> list[str]:
+        """The addresses to register with this bootstrap: where we listen, as seen from our side."""
+
+    def observed_addrs(self) -> list[str]:
+        """Where the bootstraps see us."""
+
 
 class TransferHost(Protocol):
     """What a download needs (net/transfer.py)."""
@@ -76,6 +85,9 @@ class TransferHost(Protocol):
     async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> "list[Provider]": ...
 
     def note_fetched(self, nbytes: int) -> None: ...
+
+    def session_for(self, peer_id: str) -> "PeerSession | None":
+        """The peer's current session (a punched one replaces a relayed one mid-download)."""
 
 
 class FetcherHost(TransferHost, Tasks, Protocol):

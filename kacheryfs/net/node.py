@@ -1,7 +1,8 @@
 """A peer node: the roles of a channel member wired together over one SessionHost.
 
 - sessions and routing (host.py): listen, accept, connect, the session registry, the dispatch table
-- dialing (dialing.py) with backoff, directly or through a relay (relay_client.py)
+- dialing (dialing.py) with backoff, directly or through a relay (relay_client.py), then upgraded
+  by a hole punch (punch.py) when the peer is behind NAT
 - serving (serving.py): what this node holds, to channel members only, per request
 - finding (finding.py): who holds an object; announcing what this node stored
 - discovery (discovery.py): bootstrap client, same-machine and LAN discovery; the mainline DHT
@@ -34,12 +35,18 @@ from .dispatch import Handler
 from .finding import Finder, Provider
 from .host import Closed, HostedNode, Opened, SessionHost
 from .interfaces import PeerHint
+from ..protocol.messages import Observed, PunchIncoming, PunchSync
+from .dialing import DIAL_ERRORS, DialTarget
+from .punch import PunchClient, PunchError
 from .relay_client import RelayClient
 from .serving import NodeCounters, Server
 from .session import PeerSession
 from .swarm import Swarm
+from .sockets import format_addr
 
 log = logging.getLogger(__name__)
+
+RELAY_LIMIT_HOLD_OFF = 60.0  # after a relay limit closed our circuit to a peer, do not reopen one at once
 
 __all__ = ["Node", "NodeCounters", "Provider", "build_node", "parse_hostport"]
 
@@ -62,11 +69,16 @@ class Node(HostedNode):
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
                              more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
-        self.dialer = Dialer(self.host, max_peers)
+        self.punch = PunchClient(lambda: self.host.listen_local, self._punched)
+        self.dialer = Dialer(self.host, self.observed_addrs, self.behind_nat, max_peers)
         self.dht = dht  # net.dht.DhtNode (not started) or None
         self.dht_discovery = None
         self._dht_lookups: set[str] = set()  # objects being looked up in the DHT now
-        self.dialer.ways.append(self.relay_client.dial)
+        self.dialer.ways.append(self._relay_then_punch)
+        self.host.register(Observed, self._observed)
+        self.host.register(PunchIncoming, self._punch_incoming)
+        self.host.register(PunchSync, self._punch_sync, inline=True)
+        self.host.watch_sessions(closed=self._session_closed)
         self.discovery = Discovery(self, bootstraps=bootstraps, discovery_dir=discovery_dir, lan=lan_discovery)
         self.feed_sync = None
         if feeds is not None:
@@ -150,6 +162,87 @@ class Node(HostedNode):
     async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
         return await self.finder.find(sha1, timeout, whole=whole)
 
+    # ---- reachability: observed addresses, hole punching ----------------------------------------
+    async def connect_bootstrap(self, host: str, port: int) -> PeerSession:
+        return await self.host.connect_from_listener(host, port)
+
+    def local_addrs(self, bootstrap: PeerSession) -> list[str]:
+        """Where we listen, concretely: a wildcard listener at the address our connection to this
+        bootstrap leaves from (the LAN address, behind a NAT)."""
+        local = self.host.listen_local
+        if local is None:
+            return []
+        host, port = local
+        if host in ("0.0.0.0", "::"):
+            try:
+                host = bootstrap.stream.socket.getsockname()[0]
+            except (AttributeError, OSError):
+                return list(self.listen_addrs)
+        return [format_addr(host, port)]
+
+    def observed_addrs(self) -> list[str]:
+        return self.punch.observed_addrs()
+
+    def behind_nat(self) -> bool:
+        """A bootstrap sees us at an address that is not ours."""
+        observed = self.observed_addrs()
+        if not observed:
+            return False
+        own = {a for b in self.relay_client.relays for a in self.local_addrs(b)}
+        return any(addr not in own for addr in observed)
+
+    async def _observed(self, session: PeerSession, msg: Observed) -> None:
+        if session in self.relay_client.relays:  # only our bootstraps tell us where they see us
+            self.punch.on_observed(session, msg)
+
+    async def _punch_incoming(self, session: PeerSession, msg: PunchIncoming) -> None:
+        if session in self.relay_client.relays:
+            await self.punch.on_incoming(session, msg)
+
+    async def _punch_sync(self, session: PeerSession, msg: PunchSync) -> None:
+        if session in self.relay_client.relays:
+            self.punch.on_sync(session, msg)
+
+    async def _punched(self, stream, remote: str, peer: str, initiator: bool) -> PeerSession:
+        """A punched TCP connection: the requester runs the handshake as initiator."""
+        if initiator:
+            return await self.host.open_session(stream, remote, "punched", expected_peer=peer)
+        return await self.host.answer_session(stream, remote, "punched", expected_peer=peer)
+
+    async def _relay_then_punch(self, target: DialTarget) -> bool:
+        """A way of dialing: a relayed session at once (bytes can flow), then a hole punch in the
+        background; a punched session replaces the relayed one (host.py)."""
+        relayed = await self.relay_client.dial(target)
+        if target.via is not None and target.addrs and target.observed and self.punch.can_punch(target.via):
+            if relayed:
+                self.host.start_soon(self._try_punch, target)
+            else:
+                return await self._try_punch(target)
+        return relayed
+
+    async def _try_punch(self, target: DialTarget) -> bool:
+        try:
+            await self.punch.punch(target.via, target.node)
+            return True
+        except (PunchError, *DIAL_ERRORS) as exc:
+            log.info("no hole punch to %s: %s", target.node[:12], exc)
+            return False
+
+    def _session_closed(self, session: PeerSession) -> None:
+        reason = session.close_reason
+        if session.direction == "relayed" and reason and reason.startswith("relay limit"):
+            log.warning("relayed session to %s ended: %s", session.peer_id[:12], reason)
+            self.dialer.hold_off(session.peer_id, RELAY_LIMIT_HOLD_OFF)
+        if session in self.relay_client.relays:
+            self.punch.forget(session)
+
+    def session_for(self, peer_id: str) -> PeerSession | None:
+        session = self.sessions.get(peer_id)
+        return session if session is not None and not session.closed.is_set() else None
+
+    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
+        return await self.finder.find(sha1, timeout)
+
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         self.provide(sha1)
         await self.finder.announce(sha1, size, manifest_sha1)
@@ -170,7 +263,11 @@ class Node(HostedNode):
         return {
             "node_id": self.node_id,
             "listen": self.listen_addrs,
-            "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction,
+            "listen_port": self.host.listen_local[1] if self.host.listen_local else None,
+            "observed": self.observed_addrs(),
+            "behind_nat": self.behind_nat(),
+            "punch": dict(self.punch.stats),
+            "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction, "path": s.path,
                        "channels": len(s.channel_ids), "sent": s.stats.bytes_sent,
                        "received": s.stats.bytes_received,
                        "seconds": math.floor(time.monotonic() - s.stats.started)}
@@ -201,4 +298,8 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds, dht=dht, max_peers=config.max_peers,
                 swarming=config.swarming,
                 lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
+
+                serve_rate_limit=config.serve_rate_limit, feeds=feeds,
+                # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
+                lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

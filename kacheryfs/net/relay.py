@@ -3,25 +3,23 @@
 The bootstrap only forwards RelayData between two sessions; the two nodes run the normal handshake
 inside the circuit, so the relay sees ciphertext and cannot impersonate either side. Limits per
 circuit (bytes) and per node (open circuits) keep a relay from being used as free bulk transport
-without bound (the idea of libp2p circuit-relay v2 reservations).
+without bound (the idea of libp2p circuit-relay v2 reservations; protocol/relay_limits.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from dataclasses import dataclass
 
 import trio
 
 from ..protocol.messages import RelayClose, RelayData
+from ..protocol.relay_limits import RelayLimitExceeded, RelayLimits, RelayTable  # noqa: F401 (re-exported)
 from .session import PeerGone, PeerSession
 
 log = logging.getLogger(__name__)
 
 RELAY_PIECE = 1 << 20
-MAX_CIRCUIT_BYTES = 64 << 30
-MAX_CIRCUITS_PER_NODE = 64
+RELAY_STALL_SECONDS = 30.0
 
 
 class RelayStream(trio.abc.Stream):
@@ -33,19 +31,35 @@ class RelayStream(trio.abc.Stream):
         self._send, self._receive = trio.open_memory_channel(64)
         self._closed = False
         self._on_close = on_close
+        self.close_reason: str | None = None  # why the relay closed the circuit (e.g. a limit it names)
 
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived for this circuit (called in order by the relay session's receive loop)."""
+    async def feed(self, data: bytes) -> None:
+        """Bytes arrived for this circuit (called in order by the relay session's receive loop).
+
+        When the reader is 64 pieces behind, wait for it: the relay session's receive loop stops,
+        TCP pushes back to the relay and through it to the sender (flow control, instead of the
+        transfer failing whenever the reader is briefly slower, e.g. on a busy machine). A reader
+        stuck for RELAY_STALL_SECONDS closes the circuit, so one circuit cannot block the others
+        of that relay session for ever."""
         try:
             self._send.send_nowait(data)
+            return
         except trio.WouldBlock:
-            # the reader is 64 MiB behind: treat as a broken circuit rather than block the relay session
-            log.warning("relay circuit %d overflowed; closing it", self.circuit)
-            self.remote_closed()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        with trio.move_on_after(RELAY_STALL_SECONDS):
+            try:
+                await self._send.send(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+            return
+        log.warning("relay circuit %d: reader stalled for %.0fs; closing it", self.circuit, RELAY_STALL_SECONDS)
+        self.remote_closed("relay circuit stalled")
 
-    def remote_closed(self) -> None:
+    def remote_closed(self, reason: str | None = None) -> None:
+        if reason and self.close_reason is None:
+            self.close_reason = reason
         self._send.close()
 
     async def send_all(self, data) -> None:
@@ -81,47 +95,3 @@ class RelayStream(trio.abc.Stream):
                 await self.relay.send(RelayClose(circuit=self.circuit))
             except PeerGone:
                 pass
-
-
-@dataclass
-class Circuit:
-    ends: tuple[PeerSession, PeerSession]
-    bytes: int = 0
-
-    def other(self, session: PeerSession) -> PeerSession:
-        return self.ends[1] if session is self.ends[0] else self.ends[0]
-
-
-class RelayTable:
-    """The bootstrap's circuits."""
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self.circuits: dict[int, Circuit] = {}
-
-    def open(self, a: PeerSession, b: PeerSession) -> int | None:
-        for s in (a, b):
-            if sum(1 for c in self.circuits.values() if s in c.ends) >= MAX_CIRCUITS_PER_NODE:
-                return None
-        circuit = next(self._ids)
-        self.circuits[circuit] = Circuit((a, b))
-        return circuit
-
-    def route(self, session: PeerSession, circuit: int, nbytes: int) -> PeerSession | None:
-        c = self.circuits.get(circuit)
-        if c is None or session not in c.ends:
-            return None
-        c.bytes += nbytes
-        if c.bytes > MAX_CIRCUIT_BYTES:
-            del self.circuits[circuit]
-            return None
-        return c.other(session)
-
-    def close(self, circuit: int) -> Circuit | None:
-        return self.circuits.pop(circuit, None)
-
-    def drop_session(self, session: PeerSession) -> list[tuple[int, PeerSession]]:
-        gone = [(cid, c.other(session)) for cid, c in self.circuits.items() if session in c.ends]
-        for cid, _ in gone:
-            del self.circuits[cid]
-        return gone

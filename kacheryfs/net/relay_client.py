@@ -15,7 +15,7 @@ from ..protocol.messages import RelayClose, RelayData, RelayIncoming, RelayOpen,
 from .dialing import DIAL_ERRORS, DialTarget
 from .host import SessionHost
 from .relay import RelayStream
-from .session import PeerSession
+from .session import PeerSession, RequestFailed
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ class RelayClient:
             return False
 
     async def connect_via_relay(self, relay: PeerSession, node: str) -> PeerSession:
-        reply = await relay.request(RelayOpen(req=relay.next_req(), target=node), RELAY_OPEN_TIMEOUT)
+        try:
+            reply = await relay.request(RelayOpen(req=relay.next_req(), target=node), RELAY_OPEN_TIMEOUT)
+        except RequestFailed as exc:
+            raise KacheryError(f"the relay refused a circuit: {exc}") from None
         if not isinstance(reply, RelayOpened):
             raise KacheryError("relay refused")
         stream = self._streams[(id(relay), reply.circuit)] = RelayStream(relay, reply.circuit, self._forget)
@@ -61,17 +64,19 @@ class RelayClient:
         if session not in self.relays:
             return  # only our own bootstraps may relay to us
         stream = self._streams[(id(session), msg.circuit)] = RelayStream(session, msg.circuit, self._forget)
-        self.host.start_soon(self.host.accept, stream, f"relay:{session.remote}")
+        self.host.start_soon(self.host.accept, stream, f"relay:{session.remote}", "relayed")
 
     async def _data(self, session: PeerSession, msg: RelayData) -> None:
         stream = self._streams.get((id(session), msg.circuit))
         if stream is not None:
-            stream.feed(msg.payload)
+            await stream.feed(msg.payload)
 
     async def _closed(self, session: PeerSession, msg: RelayClose) -> None:
         stream = self._streams.pop((id(session), msg.circuit), None)
         if stream is not None:
-            stream.remote_closed()
+            if msg.reason:
+                log.info("relay circuit %d closed by the relay: %s", msg.circuit, msg.reason)
+            stream.remote_closed(msg.reason)
 
     def _session_closed(self, session: PeerSession) -> None:
         self.relays.discard(session)

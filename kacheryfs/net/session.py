@@ -61,7 +61,7 @@ class PeerSession:
         self.channel_ids = info.channel_ids
         self.addrs = info.addrs
         self.agent = info.agent
-        self.direction = direction  # "inbound" / "outbound"
+        self.direction = direction  # "inbound" / "outbound" / "relayed" / "punched"
         self.remote = remote
         self.stats = TransferStats()
         self._send_lock = trio.Lock()
@@ -71,6 +71,26 @@ class PeerSession:
 
     def __repr__(self) -> str:
         return f"<peer {self.peer_id[:12]} {self.direction} {self.remote}>"
+
+    @property
+    def path(self) -> str:
+        """How the bytes travel: "direct", "hole-punched" or "relayed" (kacheryfs status)."""
+        return {"relayed": "relayed", "punched": "hole-punched"}.get(self.direction, "direct")
+
+    @property
+    def busy(self) -> bool:
+        """Requests of ours still waiting for their answer."""
+        return bool(self._pending)
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the transport ended, when it said (a relay names the limit that closed a circuit)."""
+        return getattr(self.stream, "close_reason", None)
+
+    async def close(self) -> None:
+        """End the session: its receive loop sees the end and the session is unregistered."""
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
 
     def next_req(self) -> int:
         return next(self._req_ids)

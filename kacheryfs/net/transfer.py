@@ -302,7 +302,13 @@ class Download:
                         peer[:12], pending[0], self.manifest.sha1[:12])
             self.scheduler.drop_peer(peer, "corrupt chunk")
         except PeerGone:
-            self.scheduler.remove_peer(peer)
+            current = self.node.session_for(peer)
+            if current is not None and current is not provider.session:
+                # the old path of an upgraded peer closed under this request: ask again on the new one
+                for index in pending:
+                    self.scheduler.on_chunk_failed(peer, index, trio.current_time())
+            else:
+                self.scheduler.remove_peer(peer)
         except (KacheryError, trio.TooSlowError):
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
@@ -316,6 +322,14 @@ class Download:
         scope = self._requests.get((peer, chunk))
         if scope is not None:
             scope.cancel()
+
+    def _follow_upgrade(self, peer: str) -> None:
+        """The peer's session was replaced (a hole punch upgraded a relayed one): new requests go
+        to the new session; those in flight finish on the old one, which then closes."""
+        provider = self.by_peer[peer]
+        current = self.node.session_for(peer)
+        if current is not None and current is not provider.session and current.channel_ids:
+            self.by_peer[peer] = Provider(current, provider.size, provider.manifest_sha1, provider.have)
 
     async def _refresh_providers(self) -> None:
         """Providers that appeared since the download started (or came back) join it. While some
@@ -374,6 +388,7 @@ class Download:
                     for peer, index in scheduler.expired(now):
                         log.info("chunk %d of %s from %s timed out", index, self.manifest.sha1[:12], peer[:12])
                     for peer in scheduler.peers:
+                        self._follow_upgrade(peer)
                         if self.by_peer[peer].session.closed.is_set():
                             scheduler.remove_peer(peer)
                             continue
@@ -383,9 +398,12 @@ class Download:
                         self._cancel(peer, index)
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
+                        reasons = sorted({p.session.close_reason for p in self.by_peer.values()
+                                          if p.session.closed.is_set() and p.session.close_reason})
                         failure = FetchFailed(
                             f"all providers of {self.manifest.sha1[:12]} failed or left "
-                            f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)")
+                            f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)"
+                            + "".join(f"; {reason}" for reason in reasons))
                         break
                     with trio.move_on_after(1.0):
                         await self._changed.wait()

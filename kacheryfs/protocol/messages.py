@@ -220,9 +220,11 @@ class Announce(_Validating):
 
 @message(8)
 class Register(_Validating):
-    """To a bootstrap: the channel ids (hashes) I am in and where I listen."""
+    """To a bootstrap: the channel ids (hashes) I am in, where I listen (local addresses), and
+    where other bootstraps observed me (protocol.md §5b)."""
     channel_ids: list
     addrs: list
+    observed: list = field(default_factory=list)
 
     def validate(self) -> None:
         if len(self.channel_ids) > 256 or len(self.addrs) > 32:
@@ -233,6 +235,7 @@ class Register(_Validating):
             _check_hex(c, 32, "channel id")
         if not all(isinstance(a, str) and len(a) < 300 for a in self.addrs):
             raise ValueError("bad address")
+        _check_addrs(self.observed, "observed")
 
 
 @message(9)
@@ -367,6 +370,110 @@ class Cancel(_Validating):
     req: int
 
 
+# ---- NAT traversal (protocol.md §5b): the bootstrap coordinates a hole punch ----------------
+MAX_PUNCH_ADDRS = 4
+
+
+def _check_addrs(addrs: list, what: str = "addrs") -> None:
+    """Each a "HOST:PORT" of at most 64 characters, an IPv4 or bracketed IPv6 literal."""
+    import ipaddress
+
+    if len(addrs) > MAX_PUNCH_ADDRS:
+        raise ValueError(f"too many {what}")
+    for a in addrs:
+        if not isinstance(a, str) or len(a) > 64:
+            raise ValueError(f"bad address in {what}")
+        host, sep, port = a.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or len(port) > 5:
+            raise ValueError(f"bad port in {what}")
+        try:
+            ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        except ValueError:
+            raise ValueError(f"{what} must be IP literals") from None
+
+
+@message(40)
+class Observed(_Validating):
+    """From a bootstrap, after Register: the address it sees this session coming from (the node's
+    public mapping when it dials from its listening port)."""
+    addr: str
+
+    def validate(self) -> None:
+        _check_addrs([self.addr], "addr")
+
+
+@message(41)
+class PunchRequest(_Validating):
+    """To a bootstrap: coordinate a hole punch to ``target``; ``addrs`` are where it should dial me
+    (each must be an address the bootstrap observed for me)."""
+    req: int
+    target: str
+    addrs: list
+
+    def validate(self) -> None:
+        super().validate()
+        _check_hex(self.target, 64, "target")
+        if not self.addrs:
+            raise ValueError("no addresses to punch to")
+        _check_addrs(self.addrs)
+
+
+@message(42)
+class PunchIncoming(_Validating):
+    """From a bootstrap: ``peer`` wants a punch; dial ``addrs`` when the sync comes."""
+    punch: int
+    peer: str
+    addrs: list
+
+    def validate(self) -> None:
+        if self.punch < 1:
+            raise ValueError("punch ids start at 1")
+        _check_hex(self.peer, 64, "peer")
+        _check_addrs(self.addrs)
+
+
+@message(43)
+class PunchReply(_Validating):
+    """To a bootstrap, answering PunchIncoming: my addresses (observed by the bootstrap), or
+    ``accept: false``."""
+    punch: int
+    addrs: list
+    accept: bool = True
+
+    def validate(self) -> None:
+        if self.punch < 1:
+            raise ValueError("punch ids start at 1")
+        if self.accept and not self.addrs:
+            raise ValueError("no addresses to punch to")
+        _check_addrs(self.addrs)
+
+
+@message(44, reply=True)
+class PunchReady(_Validating):
+    """From a bootstrap, the reply to PunchRequest: the target's addresses. The requester measures
+    the round trip request -> ready, sends PunchSync and dials half that time later."""
+    req: int
+    punch: int
+    addrs: list
+
+    def validate(self) -> None:
+        super().validate()
+        if self.punch < 1:
+            raise ValueError("punch ids start at 1")
+        _check_addrs(self.addrs)
+
+
+@message(45)
+class PunchSync(_Validating):
+    """Requester -> bootstrap -> target: dial now (attempt 1, 2, ...)."""
+    punch: int
+    attempt: int
+
+    def validate(self) -> None:
+        if self.punch < 1 or not 1 <= self.attempt <= 16:
+            raise ValueError("bad punch id or attempt")
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
@@ -375,4 +482,5 @@ __all__ = [
     "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
     "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "Cancel", "ChunkSet",
+    "Observed", "PunchRequest", "PunchIncoming", "PunchReply", "PunchReady", "PunchSync",
 ]

@@ -1,0 +1,195 @@
+"""Hole punching, the node's side: drives the pure state machines of protocol/punch.py over the
+node's session to a bootstrap, and dials from the listening port (net/sockets.py).
+
+The requester (A) calls ``punch(bootstrap, target)``; the target (B) answers PunchIncoming and
+PunchSync as they come. The TCP connection that results goes to ``on_stream``, which runs the
+handshake (A as initiator, B as responder, each expecting the other's id) and returns the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+import trio
+
+from ..errors import KacheryError
+from ..protocol.messages import Observed, PunchIncoming, PunchReady, PunchReply, PunchRequest, PunchSync
+from ..protocol.punch import (
+    DIAL_TIMEOUT, PUNCH_TTL, Dial, InitiatorPunch, Punched, PunchFailed, ResponderPunch, SendSync,
+)
+from .session import PeerGone, PeerSession, RequestFailed
+from .sockets import connect_from, format_addr
+
+log = logging.getLogger(__name__)
+
+PUNCH_REPLY_TIMEOUT = 5.0
+DIAL_ERRORS = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError)
+
+# (stream, remote "host:port", expected peer id, we are the initiator) -> the session, or None
+OnStream = Callable[[trio.SocketStream, str, str, bool], Awaitable["PeerSession | None"]]
+
+
+class PunchError(KacheryError):
+    """The hole punch failed"""
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class PunchClient:
+    def __init__(self, local: Callable[[], "tuple[str, int] | None"], on_stream: OnStream):
+        self.local = local  # the listening address to dial from (None: not listening, cannot punch)
+        self.on_stream = on_stream
+        self.observed: dict[int, str] = {}  # id(bootstrap session) -> the address it sees us at
+        self.stats = {"attempted": 0, "punched": 0, "failed": 0, "answered": 0, "last_seconds": None}
+        self._responders: dict[tuple[int, int], trio.MemorySendChannel] = {}
+
+    # ---- what the bootstrap tells us ---------------------------------------------------------
+    def on_observed(self, bootstrap: PeerSession, msg: Observed) -> None:
+        if self.observed.get(id(bootstrap)) != msg.addr:
+            log.info("bootstrap %s sees us at %s", bootstrap.remote, msg.addr)
+        self.observed[id(bootstrap)] = msg.addr
+
+    def forget(self, bootstrap: PeerSession) -> None:
+        self.observed.pop(id(bootstrap), None)
+
+    def observed_addrs(self) -> list[str]:
+        return sorted(set(self.observed.values()))
+
+    def can_punch(self, bootstrap: PeerSession) -> bool:
+        return self.local() is not None and id(bootstrap) in self.observed
+
+    # ---- requester ---------------------------------------------------------------------------
+    async def punch(self, bootstrap: PeerSession, target: str) -> PeerSession:
+        """A direct session to ``target``, or PunchError. Bounded: a few attempts of DIAL_TIMEOUT."""
+        mine = self.observed.get(id(bootstrap))
+        if self.local() is None or mine is None:
+            raise PunchError("no listening port or observed address to punch from")
+        self.stats["attempted"] += 1
+        started = time.monotonic()
+        state = InitiatorPunch(trio.current_time())
+        punch_id = 0
+        try:
+            reply = await bootstrap.request(PunchRequest(req=bootstrap.next_req(), target=target, addrs=[mine]),
+                                            PUNCH_REPLY_TIMEOUT)
+            if not isinstance(reply, PunchReady):
+                raise RequestFailed("unexpected reply")
+            punch_id = reply.punch
+            events = state.ready(trio.current_time(), reply.addrs)
+        except (RequestFailed, PeerGone, trio.TooSlowError) as exc:
+            events = state.refused(f"the bootstrap did not coordinate: {exc}")
+        while events:
+            event, events = events[0], events[1:]
+            if isinstance(event, SendSync):
+                try:
+                    await bootstrap.send(PunchSync(punch=punch_id, attempt=event.attempt))
+                except PeerGone:
+                    events = state.refused("the bootstrap left")
+            elif isinstance(event, Dial):
+                session = await self._dial(event, target, initiator=True)
+                events = state.dial_result(session is not None)
+            elif isinstance(event, Punched):
+                self.stats["punched"] += 1
+                self.stats["last_seconds"] = round(time.monotonic() - started, 3)
+                log.info("punched through to %s (attempt %d, relay rtt %.0f ms, %.2fs in all)", target[:12],
+                         event.attempt, (event.rtt or 0) * 1000, time.monotonic() - started)
+                return session
+            elif isinstance(event, PunchFailed):
+                self.stats["failed"] += 1
+                raise PunchError(event.reason)
+        raise PunchError("punch ended without a result")  # not reached: the machine always ends
+
+    # ---- target ------------------------------------------------------------------------------
+    async def on_incoming(self, bootstrap: PeerSession, msg: PunchIncoming) -> None:
+        """Answer a punch the bootstrap forwards, then dial on each sync until punched or done."""
+        mine = self.observed.get(id(bootstrap))
+        key = (id(bootstrap), msg.punch)
+        if self.local() is None or mine is None or key in self._responders:
+            await _send_quietly(bootstrap, PunchReply(punch=msg.punch, addrs=[], accept=False))
+            return
+        state = ResponderPunch(msg.punch, msg.peer, msg.addrs)
+        started = time.monotonic()
+        send, receive = trio.open_memory_channel(8)
+        self._responders[key] = send
+        self.stats["answered"] += 1
+        try:
+            await bootstrap.send(PunchReply(punch=msg.punch, addrs=[mine]))
+            deadline = trio.current_time() + PUNCH_TTL
+            while state.state not in ("punched", "failed"):
+                with trio.move_on_after(max(0.0, deadline - trio.current_time())):
+                    attempt = await receive.receive()
+                    events = state.sync(attempt)
+                    for event in events:
+                        session = await self._dial(event, msg.peer, initiator=False)
+                        events = state.dial_result(session is not None)
+                        if any(isinstance(e, Punched) for e in events):
+                            self.stats["punched"] += 1
+                            self.stats["last_seconds"] = round(time.monotonic() - started, 3)
+                            log.info("punched through to %s (asked by it)", msg.peer[:12])
+                        for failed in (e for e in events if isinstance(e, PunchFailed)):
+                            self.stats["failed"] += 1
+                            log.info("no hole punch to %s: %s", msg.peer[:12], failed.reason)
+                    continue
+                for failed in state.timed_out():
+                    self.stats["failed"] += 1
+                    log.info("no hole punch to %s: %s", msg.peer[:12], failed.reason)
+        except PeerGone:
+            pass
+        finally:
+            del self._responders[key]
+
+    def on_sync(self, bootstrap: PeerSession, msg: PunchSync) -> None:
+        send = self._responders.get((id(bootstrap), msg.punch))
+        if send is not None:
+            try:
+                send.send_nowait(msg.attempt)
+            except trio.WouldBlock:
+                pass  # a flood of syncs: the state machine would ignore them anyway
+
+    # ---- dialling ----------------------------------------------------------------------------
+    async def _dial(self, dial: Dial, peer: str, initiator: bool) -> PeerSession | None:
+        """Dial every address at once from the listening port after ``dial.delay``; the first TCP
+        connection that completes is handed to on_stream. None if none did."""
+        local = self.local()
+        if local is None:
+            return None
+        await trio.sleep(dial.delay)
+        winner: list[tuple[trio.SocketStream, str]] = []
+
+        async def one(addr: str, cancel: trio.CancelScope) -> None:
+            try:
+                host, port = split_addr(addr)
+                with trio.fail_after(DIAL_TIMEOUT):
+                    stream = await connect_from(local, host, port)
+            except (*DIAL_ERRORS, ValueError) as exc:
+                log.debug("punch to %s at %s (attempt %d): %r", peer[:12], addr, dial.attempt, exc)
+                return
+            if winner:
+                await trio.aclose_forcefully(stream)
+                return
+            winner.append((stream, addr))
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for addr in dial.addrs:
+                nursery.start_soon(one, addr, nursery.cancel_scope)
+        if not winner:
+            return None
+        stream, addr = winner[0]
+        host, port = split_addr(addr)
+        try:
+            return await self.on_stream(stream, format_addr(host, port), peer, initiator)
+        except DIAL_ERRORS as exc:
+            log.info("punched connection to %s failed its handshake: %r", peer[:12], exc)
+            return None
+
+
+async def _send_quietly(session: PeerSession, msg) -> None:
+    try:
+        await session.send(msg)
+    except PeerGone:
+        pass
