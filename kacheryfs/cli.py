@@ -63,7 +63,7 @@ def network_options(fn):
         click.option("--dht-listen", default=None, metavar="HOST:PORT",
                      help="UDP address of this node's DHT node (default 0.0.0.0:0)."),
         click.option("--max-peers", default=None, type=int,
-                     help="Peers this node dials by itself at most (default 16; it accepts up to twice that)."),
+                     help="Peers this node dials by itself at most (default 16; it accepts up to twice that, plus 8)."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -62,7 +62,9 @@ class Node(HostedNode):
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
         self.host = SessionHost(key, channel_keys, listen=listen)
-        self.host.max_inbound = 2 * max_peers  # with the dialer's cap: every node's sessions are bounded
+        # With the dialer's cap every node's sessions are bounded; the 8 spare leave room for the
+        # peers that dial us because a find of theirs widened to us.
+        self.host.max_inbound = 2 * max_peers + 8
         self.swarm = Swarm(self, self, enabled=swarming)
         self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
                              read_partial=self._read_partial)
@@ -240,9 +242,6 @@ class Node(HostedNode):
         session = self.sessions.get(peer_id)
         return session if session is not None and not session.closed.is_set() else None
 
-    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
-        return await self.finder.find(sha1, timeout)
-
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         self.provide(sha1)
         await self.finder.announce(sha1, size, manifest_sha1)
@@ -297,9 +296,6 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds, dht=dht, max_peers=config.max_peers,
                 swarming=config.swarming,
-                lan_discovery=config.lan_discovery and not config.bootstraps and listen is not None
-
-                serve_rate_limit=config.serve_rate_limit, feeds=feeds,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
                 lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")
