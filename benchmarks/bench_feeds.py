@@ -55,7 +55,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def end_to_end(base: Path, n: int) -> dict:
-    import kacheryfs.feeds_api as fa
+    import kacheryfs.api.feeds as fa
 
     discovery = base / "discovery"
     envs = {name: env_for(base, name, discovery) for name in ("a", "b")}

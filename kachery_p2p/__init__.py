@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from kacheryfs import api as _api
-from kacheryfs import feeds_api as _feeds
+from kacheryfs.api import feeds as _feeds
+from kacheryfs.api import objects as _api
 from kacheryfs.config import Config
 from kacheryfs.errors import KacheryError, ObjectNotFound, UnknownFeed
 from kacheryfs.store import format_uri, parse_uri
@@ -95,7 +95,8 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
                p2p: bool = True, from_node: str | None = None, from_channel: str | None = None) -> bytes | None:
     """Bytes [start, end) of a file (all of it without start/end); from peers only the chunks they
     cover are fetched. None if nobody has the file."""
-    from kacheryfs.api_client import NoDaemon, request
+    from kacheryfs.api.client import request
+    from kacheryfs.errors import NoDaemon
 
     parsed = parse_uri(uri)
     start = int(start or 0)
@@ -195,7 +196,7 @@ def load_pkl(uri: str, p2p: bool = True, from_node: str | None = None, from_chan
 # ---- the network ------------------------------------------------------------------------------------
 
 def _daemon_call(op: str, **fields) -> dict:
-    from kacheryfs.api_client import call
+    from kacheryfs.api.client import call
 
     return call(Config.from_env().config_dir, op, **fields)
 

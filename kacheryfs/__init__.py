@@ -1,11 +1,10 @@
 """kacheryfs: a peer-to-peer, content-addressed file store exposed as a FUSE filesystem."""
 
 from .api import (
-    load_bytes, load_file, load_npy, load_object, load_text,
+    Feed, Subfeed, create_feed, load_bytes, load_file, load_feed, load_npy, load_object, load_text,
     store_file, store_npy, store_object, store_text,
 )
 from .errors import KacheryError
-from .feeds_api import Feed, Subfeed, create_feed, load_feed
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .config import Config
-from .errors import KacheryError, MountError, ObjectNotFound
 from .cli_cache import human as _human
+from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
+from .errors import KacheryError, MountError, NoDaemon, ObjectNotFound
 from .progress import ByteProgress
 from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
 
@@ -46,13 +46,13 @@ def network_options(fn):
                      help="Channel to join (repeatable). Files this node stores are shared on all of them."),
         click.option("--channel-secret-file", "secret_files", multiple=True, metavar="[NAME=]FILE",
                      help="Makes a channel private: members must know the secret in FILE."),
-        click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT|none",
+        click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT|none",
                      help="Where to accept peers; 'none' accepts no inbound connections."),
         click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
                      help="A rendezvous node to find channel peers through (repeatable)."),
-        click.option("--find-timeout", default=3.0, show_default=True, type=float,
+        click.option("--find-timeout", default=DEFAULT_FIND_TIMEOUT, show_default=True, type=float,
                      help="Seconds to wait for peers to answer who holds a file."),
-        click.option("--cache-size", default="100G", show_default=True, metavar="SIZE",
+        click.option("--cache-size", default=f"{DEFAULT_CACHE_SIZE >> 30}G", show_default=True, metavar="SIZE",
                      help="Keep at most this much of files fetched from peers (least recently used go first)."),
         click.option("--dht/--no-dht", default=None,
                      help="Find channel peers and providers through the BitTorrent mainline DHT "
@@ -169,7 +169,7 @@ def store(paths, storage_dir):
 
 def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
     """The object's path in the local store; fetched through the running daemon if need be."""
-    from .api_client import NoDaemon, daemon_load
+    from .api.client import daemon_load
 
     config = _config(storage_dir, config_dir)
     parsed = parse_uri(uri)
@@ -325,7 +325,7 @@ def swarm_lines(node: dict) -> list[str]:
 @config_option
 def find(uri, config_dir):
     """List the channel peers that hold a file (asks the running daemon)."""
-    from .api_client import call
+    from .api.client import call
 
     parsed = parse_uri(uri)
     providers = call(_config(None, config_dir).config_dir, "find", uri=str(parsed))["providers"]
@@ -346,7 +346,7 @@ def feed():
 @config_option
 def feed_create(label, storage_dir, config_dir):
     """Create a feed this node owns; prints its id."""
-    from .feeds_api import create_feed
+    from .api.feeds import create_feed
 
     click.echo(create_feed(label, storage_dir=storage_dir, config_dir=config_dir).feed_id)
 
@@ -361,7 +361,7 @@ def feed_append(feed_ref, subfeed, messages, storage_dir, config_dir):
     """Append JSON messages to a subfeed of a feed you own; prints their indices."""
     import json
 
-    from .feeds_api import load_feed
+    from .api.feeds import load_feed
 
     try:
         values = [json.loads(m) for m in messages]
@@ -383,7 +383,7 @@ def feed_read(feed_ref, subfeed, follow, start, storage_dir, config_dir):
     """Print a subfeed's messages as JSON lines (fetched from channel peers if need be)."""
     import json
 
-    from .feeds_api import load_feed
+    from .api.feeds import load_feed
 
     sub = load_feed(feed_ref, storage_dir=storage_dir, config_dir=config_dir).get_subfeed(subfeed)
     sub.set_position(start)
@@ -402,15 +402,15 @@ def feed_read(feed_ref, subfeed, follow, start, storage_dir, config_dir):
 @config_option
 def feed_ls(feed_ref, storage_dir, config_dir):
     """List feeds (or one feed's subfeeds) with their message counts."""
-    from .api_client import NoDaemon, call
+    from .api.client import call
     from .feeds import FeedStore
 
     config = _config(storage_dir, config_dir)
     try:
         feeds = call(config.config_dir, "feed_ls", **({"feed": feed_ref} if feed_ref else {}))["feeds"]
     except NoDaemon:
-        store = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
-        from .feeds_api import _Backend
+        store = FeedStore(config.feeds_db, config.feed_keys_dir)
+        from .api.feeds import _Backend
 
         ids = [_Backend(config).resolve(feed_ref)] if feed_ref else store.feed_ids()
         feeds = [{"feed_id": f, "label": store.label_of(f), "owned": store.owns(f),

@@ -37,7 +37,8 @@ def daemon_status(config_dir) -> dict | None:
 
 
 def _daemon_call(config_dir, op: str, key: str, **fields):
-    from .api_client import NoDaemon, call
+    from .api.client import call
+    from .errors import NoDaemon
 
     try:
         return call(Config.from_env(config_dir=config_dir).config_dir, op, **fields)[key]

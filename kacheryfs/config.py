@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KacheryError
+from .errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
@@ -18,9 +18,9 @@ DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files a
 DEFAULT_DHT_LISTEN = "0.0.0.0:0"
 DEFAULT_MAX_PEERS = 16  # sessions a node dials; it accepts up to twice that
 
-
-class ConfigError(KacheryError):
-    """Invalid configuration"""
+DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
+FEEDS_DB = "feeds.sqlite3"  # in the storage dir
+FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Config:
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
-    discovery_dir: Path = Path("/tmp/kacheryfs-discovery")  # KACHERYFS_DISCOVERY_DIR
+    discovery_dir: Path = DEFAULT_DISCOVERY_DIR  # KACHERYFS_DISCOVERY_DIR
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
@@ -86,7 +86,7 @@ class Config:
             bootstraps=tuple(bootstraps),
             find_timeout=find_timeout,
             cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
-            discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or "/tmp/kacheryfs-discovery"),
+            discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
             dht=_dht_on(dht, dht_bootstrap, env),
@@ -104,6 +104,14 @@ class Config:
     def mounts_dir(self) -> Path:
         """Where running mounts register themselves (one JSON file per daemon pid)."""
         return self.config_dir / "mounts"
+
+    @property
+    def feeds_db(self) -> Path:
+        return self.storage_dir / FEEDS_DB
+
+    @property
+    def feed_keys_dir(self) -> Path:
+        return self.config_dir / FEED_KEYS_DIR
 
     def channel_keys(self) -> dict[str, tuple[str, bytes]]:
         """channel id -> (name, key) for every channel joined; private ones read their secret file."""

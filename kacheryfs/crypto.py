@@ -21,7 +21,7 @@ import nacl.exceptions
 import nacl.signing
 from nacl._sodium import ffi as _ffi, lib as _lib
 
-from .errors import KacheryError
+from .errors import CryptoError, KacheryError
 
 HANDSHAKE_DOMAIN = b"kacheryfs/handshake/v1"
 CHANNEL_KEY_DOMAIN = b"kacheryfs/channel-key/v1"
@@ -34,10 +34,6 @@ AEAD_KEY_BYTES = 32
 AEAD_TAG_BYTES = 32
 AEAD_NONCE_BYTES = 32
 NODE_KEY_FILE = "node-key.ed25519"
-
-
-class CryptoError(KacheryError):
-    """Authentication failed"""
 
 
 def blake2b(data: bytes, *, key: bytes = b"", size: int = 32) -> bytes:

@@ -15,10 +15,10 @@ import signal
 
 import trio
 
+from .api.server import ApiServer, claim_socket
 from .config import Config
 from .feeds import FeedStore
 from .gateway import make_gateway
-from .net.api_server import ApiServer, claim_socket
 from .net.bootstrap import BootstrapNode, build_bootstrap
 from .net.fetcher import NetworkFetcher
 from .net.node import Node, build_node
@@ -41,7 +41,7 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
     try:
         store.reconcile()
         claim_socket(config.config_dir)  # one daemon per config dir, checked before mounting
-        feeds = FeedStore(config.storage_dir / "feeds.sqlite3", config.config_dir / "feeds")
+        feeds = FeedStore(config.feeds_db, config.feed_keys_dir)
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
         gateway = make_gateway(config, store, fetcher, node.feed_sync)  # None without --http

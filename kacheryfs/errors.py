@@ -1,12 +1,16 @@
-"""Every error kacheryfs raises on purpose.
+"""Every error kacheryfs raises on purpose, all defined here.
 
 Each class's docstring is the message a user sees; ``errno`` is what the FUSE layer returns.
-The CLI prints ``str(error)`` as one line and exits non-zero, never a traceback.
+The CLI prints ``str(error)`` as one line and exits non-zero, never a traceback. The local API
+carries an error's class and errno to the client (api/messages.py), which raises the same class.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import sqlite3
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class KacheryError(Exception):
@@ -117,6 +121,64 @@ class MountError(KacheryError):
     errno = _errno.EIO
 
 
+class NoSuchAttribute(KacheryError):
+    """No such extended attribute"""
+
+    errno = _errno.ENODATA
+
+
+# ---- configuration and keys --------------------------------------------------------------------
+class ConfigError(KacheryError):
+    """Invalid configuration"""
+
+
+class CryptoError(KacheryError):
+    """Authentication failed"""
+
+
+# ---- the wire protocol ---------------------------------------------------------------------------
+class RemoteProtocolError(KacheryError):
+    """The peer broke the protocol"""
+
+
+class LocalProtocolError(KacheryError):
+    """Tried to send something the protocol does not allow"""
+
+
+class ProtocolError(RemoteProtocolError):
+    """The peer broke the protocol"""
+
+
+# ---- peers and transfers -------------------------------------------------------------------------
+class PeerGone(KacheryError):
+    """The peer disconnected"""
+
+
+class RequestFailed(KacheryError):
+    """The peer could not answer"""
+
+
+class FetchFailed(KacheryError):
+    """Could not fetch the file from any peer"""
+
+
+class PunchError(KacheryError):
+    """The hole punch failed"""
+
+
+# ---- the daemon and its local API ----------------------------------------------------------------
+class DaemonAlreadyRunning(KacheryError):
+    """Another kacheryfs daemon is running with this config directory"""
+
+
+class NoDaemon(KacheryError):
+    """No kacheryfs daemon is running for this config directory (start `kacheryfs mount` or `kacheryfs daemon`)"""
+
+
+class GatewayError(KacheryError):
+    """The HTTP gateway could not start"""
+
+
 # ---- feeds (signed append-only logs) ---------------------------------------------------------
 class FeedError(KacheryError):
     """Feed operation failed"""
@@ -207,6 +269,21 @@ class UnknownFeed(FeedError, NotFound):
     """No such feed here"""
 
     errno = _errno.ENOENT
+
+
+class NotAnAppend(NotPermitted):
+    """Feeds are append-only: only writes at the end of a subfeed are allowed"""
+
+
+@contextmanager
+def sqlite_errors(what: str, failure: type[KacheryError]) -> Iterator[None]:
+    """SQLite errors become kacheryfs errors: a full disk must read as one, not as a crash."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "full" in str(exc):
+            raise StorageFull(f"the {what} could not be updated") from None
+        raise failure(f"{what}: {exc}") from None
 
 
 def from_os_error(exc: OSError, context: str) -> KacheryError:

@@ -45,8 +45,7 @@ class Cluster:
             bootstraps = (tuple(bootstrap),) if bootstrap else ()
             node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
                             find_timeout=find_timeout, feeds=feeds, **extra)
-        # The fixture stops every task of a node (node.cancel() stops its host, not its services)
-        # and closes its stores only once they are done.
+        # The fixture stops every task of a node and closes its stores only once they are done.
         stopped = trio.Event()
         scope = trio.CancelScope()
 

@@ -4,13 +4,17 @@ and how a node treats messages nobody registered for (over loopback)."""
 import pytest
 import trio
 
-from kacheryfs.net.bootstrap import BootstrapRegistry
+from kacheryfs.crypto import NodeKey
+from kacheryfs.net.bootstrap import BootstrapNode, BootstrapRegistry
 from kacheryfs.net.dispatch import Dispatch
+from kacheryfs.net.node import Node
+from kacheryfs.store import LocalStore
 from kacheryfs.protocol.messages import (
     Announce, ChunkData, ErrorResponse, FeedEntries, FindRequest, FindResponse, Ping, Pong, Register,
 )
 
-from .test_net import addr_of, chans
+from .mounting import free_port
+from .test_net import LOCAL, addr_of, chans
 
 SHA1 = "a" * 40
 
@@ -103,6 +107,28 @@ async def test_a_late_reply_gets_no_answer(cluster):
     received = session.stats.bytes_received
     await trio.sleep(0.3)
     assert session.stats.bytes_received == received  # no error came back (nor went on forever)
+
+
+async def test_cancel_stops_every_task_of_a_node(tmp_path, nursery):
+    store = LocalStore(tmp_path / "storage")
+    unreachable = ("127.0.0.1", free_port())  # its bootstrap loop keeps retrying
+    nodes = [Node(NodeKey.generate(), store, chans("x"), listen=LOCAL, bootstraps=(unreachable,),
+                  discovery_dir=tmp_path / "discovery"),
+             BootstrapNode(NodeKey.generate(), listen=LOCAL)]
+    try:
+        for node in nodes:
+            done = trio.Event()
+
+            async def run(task_status=trio.TASK_STATUS_IGNORED, node=node, done=done):
+                await node.run(task_status=task_status)
+                done.set()
+
+            await nursery.start(run)
+            node.cancel()
+            with trio.fail_after(5):
+                await done.wait()  # run() returned: nothing of the node is left running
+    finally:
+        store.close()
 
 
 def test_direct_providers_are_preferred_over_relayed_ones():

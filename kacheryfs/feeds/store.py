@@ -30,7 +30,7 @@ from ..errors import (
     FeedNotOwned,
     InvalidFeedLabel,
     InvalidSubfeedName,
-    StorageFull,
+    sqlite_errors,
 )
 from .entry import (
     ZERO_HASH,
@@ -64,15 +64,8 @@ CREATE TABLE IF NOT EXISTS entries (
 """
 
 
-@contextmanager
-def _db_errors() -> Iterator[None]:
-    """SQLite errors become feed errors: a full disk must read as one, not as a crash."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        if "full" in str(exc):
-            raise StorageFull("the feed database could not be updated") from None
-        raise FeedError(f"feed database: {exc}") from None
+def _db_errors():
+    return sqlite_errors("feed database", FeedError)
 
 
 def _check_label(label: object) -> str:

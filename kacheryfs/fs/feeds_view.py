@@ -8,12 +8,8 @@ import bisect
 import json
 from dataclasses import dataclass, field
 
-from ..errors import FeedNotOwned, InvalidFeedMessage, KacheryError, NotOpenForWriting, NotPermitted
+from ..errors import FeedNotOwned, InvalidFeedMessage, KacheryError, NotAnAppend, NotOpenForWriting
 from .handles import Handle
-
-
-class NotAnAppend(NotPermitted):
-    """Feeds are append-only: only writes at the end of a subfeed are allowed"""
 
 
 @dataclass

@@ -22,7 +22,6 @@ of ``names``, so they apply in one order.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -35,12 +34,13 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 import trio
 
 from ..errors import (
-    BadFileHandle, InvalidName, KacheryError, NameTooLong, NotFound, NotPermitted, ObjectNotFound, ReadOnly,
+    BadFileHandle, InvalidName, KacheryError, NameTooLong, NoSuchAttribute, NotAnAppend, NotFound, NotPermitted,
+    ObjectNotFound, ReadOnly,
 )
 from ..store import LocalStore, NameRecord, StoredObject, format_uri, is_sha1_hex, open_mmap
 from .drafts import Draft, Drafts
 from .handles import DirHandle, Handle, ObjectHandle
-from .inodes import FEEDS_DIR_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
+from .inodes import FEEDS_DIR_INO, FIRST_DYNAMIC_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
 from .remote import RemoteHandle
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class VirtualTree:
         raise NotFound(f"inode {parent} is not a directory")
 
     def _remember(self, attr: Attr) -> Attr:
-        if attr.ino >= 16:
+        if attr.ino >= FIRST_DYNAMIC_INO:  # the fixed directories need no lookup count
             self.inodes.remember(attr.ino)
         return attr
 
@@ -378,7 +378,7 @@ class VirtualTree:
         return Step(partial(self.store.use, sha1), finish)  # use: a cached copy moves up the LRU order
 
     def _open_subfeed(self, ino: int, name: str, flags: int) -> int:
-        from .feeds_view import FeedHandle, FeedWriter, NotAnAppend
+        from .feeds_view import FeedHandle, FeedWriter
 
         feed_id, subfeed = name.split("/", 1)
         writer = None
@@ -455,8 +455,6 @@ class VirtualTree:
         if key is None:
             raise NotFound(f"inode {ino}")
         if key[0] == "subfeed":
-            from .feeds_view import NotAnAppend
-
             raise NotAnAppend("feeds cannot be truncated")
         if key[0] != "store":
             raise ReadOnly(key[1])
@@ -575,7 +573,7 @@ class VirtualTree:
             return no_query(lambda: json.dumps(self.fetcher.stats()).encode())
         if name == URI_XATTR:
             return self._uri_of(ino).then(partial(_uri_xattr, name))
-        raise _NoAttr(name)
+        raise NoSuchAttribute(name)
 
     def listxattr(self, ino: int) -> list[str]:
         return self._listxattr(ino).now()
@@ -597,7 +595,7 @@ class VirtualTree:
 
 def _uri_xattr(name: str, uri: str | None) -> bytes:
     if uri is None:
-        raise _NoAttr(name)
+        raise NoSuchAttribute(name)
     return uri.encode()
 
 
@@ -605,9 +603,3 @@ def _is_feed_id(name: str) -> bool:
     from ..feeds.entry import is_feed_id
 
     return is_feed_id(name)
-
-
-class _NoAttr(KacheryError):
-    """No such extended attribute"""
-
-    errno = errno.ENODATA

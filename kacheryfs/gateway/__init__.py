@@ -8,14 +8,10 @@ import logging
 
 import trio
 
-from ..errors import KacheryError
+from ..errors import GatewayError
 from .app import GatewayApp
 
 log = logging.getLogger(__name__)
-
-
-class GatewayError(KacheryError):
-    """The HTTP gateway could not start"""
 
 
 def is_loopback(host: str) -> bool:

@@ -16,13 +16,13 @@ from collections import defaultdict
 import trio
 
 from ..config import DEFAULT_FIND_TIMEOUT
-from ..errors import FeedChainError, FeedGap, KacheryError, UnknownFeed
+from ..errors import FeedChainError, FeedGap, KacheryError, PeerGone, UnknownFeed
 from ..feeds import FeedEntry, FeedStore, decode_entry, encode_entry
 from ..protocol.messages import (
     ErrorResponse, FeedEntries, FeedInfo, FeedQuery, FeedSubscribe, FeedSubscribed, Message,
 )
 from .interfaces import FeedSyncHost
-from .session import PeerGone, PeerSession
+from .session import PeerSession
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Callable
 import trio
 
 from ..config import DEFAULT_FIND_TIMEOUT
-from ..errors import KacheryError
+from ..errors import KacheryError, PeerGone
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Announce, FindRequest, FindResponse
 from .interfaces import Peers, Routes
-from .session import PeerGone, PeerSession
+from .session import PeerSession
 
 FIND_GRACE = 0.015  # after the first "found", wait this long for more providers (they also join later)
 FIND_CACHE_SECONDS = 5.0

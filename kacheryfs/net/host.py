@@ -14,12 +14,12 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..crypto import NodeKey
-from ..errors import KacheryError
-from ..protocol import Connection, ProtocolError
+from ..errors import KacheryError, PeerGone, ProtocolError
+from ..protocol import Connection
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import Message, Ping, Pong
 from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
-from .session import PeerGone, PeerSession, handshake
+from .session import PeerSession, handshake
 from .sockets import connect_from, open_shared_listener
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,7 @@ class SessionHost:
                              expected_peer: str) -> PeerSession:
         """Run the handshake as responder, expecting ``expected_peer`` (a hole punch's other end);
         returns once the session is registered. Raises on a failed handshake."""
-        conn = self._connection(RESPONDER, expected_peer)
-        try:
-            info = await handshake(stream, conn)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        session = PeerSession(stream, conn, info, direction, remote)
-        await self.start(self._run_session, session)
-        return session
+        return await self._start_session(RESPONDER, stream, remote, direction, expected_peer)
 
     async def connect(self, host: str, port: int, expected_peer: str | None = None) -> PeerSession:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -178,7 +170,11 @@ class SessionHost:
     async def open_session(self, stream: trio.abc.Stream, remote: str, direction: str,
                            expected_peer: str | None = None) -> PeerSession:
         """Run the handshake as initiator over ``stream``; returns once the session is registered."""
-        conn = self._connection(INITIATOR, expected_peer)
+        return await self._start_session(INITIATOR, stream, remote, direction, expected_peer)
+
+    async def _start_session(self, role: bytes, stream: trio.abc.Stream, remote: str, direction: str,
+                             expected_peer: str | None) -> PeerSession:
+        conn = self._connection(role, expected_peer)
         try:
             info = await handshake(stream, conn)
         except BaseException:
@@ -210,20 +206,11 @@ class SessionHost:
                     if route is None:
                         return
                     if route.inline:  # in the receive loop: messages of one stream stay in order
-                        try:
-                            reply = await route.handler(sess, msg)
-                        except KacheryError as exc:
-                            log.warning("message %s from %r failed: %s", type(msg).__name__, sess, exc)
-                            return
-                        except Exception:  # a bug in one handler must not take the node down
-                            log.exception("message %s from %r crashed", type(msg).__name__, sess)
-                            return
-                        if reply is not None:
-                            await send_quietly(sess, reply)
+                        await self._answer(sess, msg, route.handler)
                         return
                     token = object()  # backpressure: at most SERVE_LIMIT_PER_PEER handlers at once
                     await limiter.acquire_on_behalf_of(token)
-                    handlers.start_soon(self._answer, sess, msg, route.handler, limiter, token)
+                    handlers.start_soon(self._answer_in_task, sess, msg, route.handler, limiter, token)
 
                 await session.receive_loop(on_message)
                 handlers.cancel_scope.cancel()
@@ -251,8 +238,7 @@ class SessionHost:
         log.info("closing %r: replaced by a better path", session)
         await session.close()
 
-    async def _answer(self, session: PeerSession, msg: Message, handler: Handler, limiter: trio.CapacityLimiter,
-                      token: object) -> None:
+    async def _answer(self, session: PeerSession, msg: Message, handler: Handler) -> None:
         try:
             reply = await handler(session, msg)
             if reply is not None:
@@ -261,8 +247,13 @@ class SessionHost:
             pass
         except KacheryError as exc:
             log.warning("request %s from %r failed: %s", type(msg).__name__, session, exc)
-        except Exception:  # a bug in serving one request must not take the node down
+        except Exception:  # a bug in handling one message must not take the node down
             log.exception("request %s from %r crashed", type(msg).__name__, session)
+
+    async def _answer_in_task(self, session: PeerSession, msg: Message, handler: Handler,
+                              limiter: trio.CapacityLimiter, token: object) -> None:
+        try:
+            await self._answer(session, msg, handler)
         finally:
             limiter.release_on_behalf_of(token)
 
@@ -272,6 +263,7 @@ class HostedNode:
     the node's background services."""
 
     host: SessionHost
+    _nursery: trio.Nursery | None = None  # the node's: its host and its services
 
     @property
     def node_id(self) -> str:
@@ -291,13 +283,16 @@ class HostedNode:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.host.run)
             for service in self.services():
                 nursery.start_soon(service)
             task_status.started(self)
 
     def cancel(self) -> None:
-        self.host.cancel()
+        """Stop every task of the node: its sessions and its services."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
 
 async def send_quietly(session: PeerSession, msg: Message) -> None:

@@ -109,19 +109,5 @@ class FeedSyncHost(Routes, Tasks, Peers, Protocol):
     store: "LocalStore"
 
 
-class ApiHost(Protocol):
-    """What the local API server needs (net/api_server.py)."""
-
-    store: "LocalStore"
-    feed_sync: Any  # net.feed_sync.FeedSync | None
-
-    @property
-    def channel_keys(self) -> Mapping[str, bytes]: ...
-
-    async def find(self, sha1: str) -> "list[Provider]": ...
-
-    def status(self) -> dict: ...
-
-
-__all__ = ["PeerHint", "Routes", "Tasks", "Peers", "Dials", "DiscoveryHost", "TransferHost", "FetcherHost", "FeedSyncHost",
-           "ApiHost"]
+__all__ = ["PeerHint", "Routes", "Tasks", "Peers", "Dials", "DiscoveryHost", "TransferHost", "FetcherHost",
+           "FeedSyncHost"]

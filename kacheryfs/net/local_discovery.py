@@ -17,7 +17,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DISCOVERY_DIR = "/tmp/kacheryfs-discovery"
 ENTRY_TTL = 30.0  # seconds without refresh before an entry is ignored and removed
 
 

@@ -14,12 +14,12 @@ from typing import Awaitable, Callable
 
 import trio
 
-from ..errors import KacheryError
+from ..errors import KacheryError, PeerGone, PunchError, RequestFailed
 from ..protocol.messages import Observed, PunchIncoming, PunchReady, PunchReply, PunchRequest, PunchSync
 from ..protocol.punch import (
     DIAL_TIMEOUT, PUNCH_TTL, Dial, InitiatorPunch, Punched, PunchFailed, ResponderPunch, SendSync,
 )
-from .session import PeerGone, PeerSession, RequestFailed
+from .session import PeerSession
 from .sockets import connect_from, format_addr
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ DIAL_ERRORS = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceErro
 
 # (stream, remote "host:port", expected peer id, we are the initiator) -> the session, or None
 OnStream = Callable[[trio.SocketStream, str, str, bool], Awaitable["PeerSession | None"]]
-
-
-class PunchError(KacheryError):
-    """The hole punch failed"""
 
 
 def split_addr(addr: str) -> tuple[str, int]:

@@ -12,9 +12,10 @@ import logging
 
 import trio
 
+from ..errors import PeerGone
 from ..protocol.messages import RelayClose, RelayData
 from ..protocol.relay_limits import RelayLimitExceeded, RelayLimits, RelayTable  # noqa: F401 (re-exported)
-from .session import PeerGone, PeerSession
+from .session import PeerSession
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import KacheryError
+from ..errors import KacheryError, RequestFailed
 from ..protocol.messages import RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened
 from .dialing import DIAL_ERRORS, DialTarget
 from .host import SessionHost
 from .relay import RelayStream
-from .session import PeerSession, RequestFailed
+from .session import PeerSession
 
 log = logging.getLogger(__name__)
 

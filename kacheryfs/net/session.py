@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import KacheryError
-from ..protocol import Connection, HandshakeComplete, MessageReceived, ProtocolError
+from ..errors import PeerGone, ProtocolError, RequestFailed
+from ..protocol import Connection, HandshakeComplete, MessageReceived
 from ..protocol.connection import ConnectionClosed
 from ..protocol.messages import ErrorResponse, Message
 
@@ -18,14 +18,6 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 RECEIVE_SIZE = 1 << 20  # whole 1 MiB frames per call: 256 KiB receives cost ~40% throughput
-
-
-class PeerGone(KacheryError):
-    """The peer disconnected"""
-
-
-class RequestFailed(KacheryError):
-    """The peer could not answer"""
 
 
 @dataclass

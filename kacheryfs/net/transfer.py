@@ -16,7 +16,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import CorruptChunk, CorruptObject, KacheryError, ObjectNotFound
+from ..errors import CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
 from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
@@ -24,7 +24,6 @@ from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
 from .scheduler import ChunkScheduler
-from .session import PeerGone, RequestFailed
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,6 @@ def _runs(chunks: list[int], longest: int) -> list[list[int]]:
     return runs  # manifests and small files are fetched whole, in 1 MiB requests
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
-
-
-class FetchFailed(KacheryError):
-    """Could not fetch the file from any peer"""
 
 
 def _channels_of(providers: list[Provider]) -> frozenset[str]:

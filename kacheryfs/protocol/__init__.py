@@ -1,9 +1,7 @@
 """The wire protocol, pure and I/O-free: messages, framing, and the connection state machine."""
 
-from .connection import (
-    Connection, ConnectionClosed, HandshakeComplete, MessageReceived, ProtocolError,
-)
-from .messages import LocalProtocolError, RemoteProtocolError
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .connection import Connection, ConnectionClosed, HandshakeComplete, MessageReceived
 
 __all__ = [
     "Connection", "ConnectionClosed", "HandshakeComplete", "MessageReceived", "ProtocolError",

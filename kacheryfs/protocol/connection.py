@@ -17,16 +17,13 @@ from ..crypto import (
     AEAD_TAG_BYTES, CryptoError, Ephemeral, FrameCipher, NodeKey, auth_message, channel_proof,
     session_keys, transcript_hash, verify_signature,
 )
-from .messages import Auth, LocalProtocolError, Message, RemoteProtocolError, decode_message
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .messages import Auth, Message, decode_message
 
 MAGIC = b"KACHFS01"
 HELLO_BYTES = len(MAGIC) + 32
 MAX_FRAME = (4 << 20) + 4096  # a 4 MiB chunk plus its header and tag
 INITIATOR, RESPONDER = b"initiator", b"responder"
-
-
-class ProtocolError(RemoteProtocolError):
-    """The peer broke the protocol"""
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,8 @@ import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
-from ..errors import KacheryError
+from ..errors import LocalProtocolError, RemoteProtocolError
 from .chunkset import ChunkSet
-
-
-class RemoteProtocolError(KacheryError):
-    """The peer broke the protocol"""
-
-
-class LocalProtocolError(KacheryError):
-    """Tried to send something the protocol does not allow"""
 
 
 MESSAGE_TYPES: dict[int, type["Message"]] = {}

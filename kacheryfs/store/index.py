@@ -12,11 +12,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StorageFull, StoreFailed
+from ..errors import StoreFailed, sqlite_errors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -69,15 +68,8 @@ MIGRATIONS = {
 BUSY_TIMEOUT = 30  # seconds a write waits for another process's write to finish
 
 
-@contextmanager
 def _index_errors():
-    """SQLite errors become store errors: a full disk must read as one, not as a crash."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        if "full" in str(exc):
-            raise StorageFull("the index could not be updated") from None
-        raise StoreFailed(f"index: {exc}") from None
+    return sqlite_errors("index", StoreFailed)
 
 
 @dataclass(frozen=True)

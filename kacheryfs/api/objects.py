@@ -1,4 +1,5 @@
-"""The synchronous Python API, named as in kachery-p2p: ``store_*`` return URIs, ``load_*`` take them."""
+"""The synchronous Python calls for objects, named as in kachery-p2p: ``store_*`` return URIs,
+``load_*`` take them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import InvalidURI, KacheryError, ObjectNotFound
-from .store import LocalStore, parse_uri
+from ..config import Config
+from ..errors import InvalidURI, KacheryError, NoDaemon, ObjectNotFound
+from ..store import LocalStore, parse_uri
 
 _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
@@ -34,7 +35,7 @@ def store_file(path: str | os.PathLike, *, storage_dir: str | os.PathLike | None
                progress: bool | None = None) -> str:
     """Store a local file; returns ``sha1://<hash>/<basename>[?manifest=...]``. A progress bar
     shows for files that take a while (on a terminal or in Jupyter; ``progress=False``: never)."""
-    from .progress import ByteProgress
+    from ..progress import ByteProgress
 
     with ByteProgress(Path(path).name, progress, delay=0.5) as bar:
         return _store(storage_dir).put_file(path, on_progress=bar).uri(Path(path).name)
@@ -79,8 +80,8 @@ class _WriterFile(io.RawIOBase):
 def load_file(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
     the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never)."""
-    from .api_client import NoDaemon, daemon_load
-    from .progress import ByteProgress
+    from ..progress import ByteProgress
+    from .client import daemon_load
 
     parsed = parse_uri(uri)
     store = _store(storage_dir)

@@ -1,4 +1,4 @@
-"""Talking to the running daemon's local API (a Unix socket in the config dir)."""
+"""Talking to the running daemon's local API (api/messages.py): used by the CLI and the Python API."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from .errors import KacheryError
-
-SOCKET_NAME = "api.sock"
-
-
-class NoDaemon(KacheryError):
-    """No kacheryfs daemon is running for this config directory (start `kacheryfs mount` or `kacheryfs daemon`)"""
+from ..errors import KacheryError, NoDaemon
+from . import messages
 
 
 def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -> Iterator[dict]:
-    """Send one request; yield each reply object (progress lines, then the final one)."""
-    path = Path(config_dir) / SOCKET_NAME
+    """Send one request; yield each reply object (progress lines, then the final one). An error
+    reply is raised as the error the daemon raised."""
+    path = messages.socket_path(config_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -26,27 +22,17 @@ def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoDaemon(str(path)) from None
-        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+        sock.sendall(messages.request(op, **fields))
         with sock.makefile("rb") as lines:
             for line in lines:
                 reply = json.loads(line)
                 if "error" in reply:
-                    raise _error_from(reply)
+                    raise messages.error_from_reply(reply)
                 yield reply
     except OSError as exc:
         raise KacheryError(f"local API: {exc}") from None
     finally:
         sock.close()
-
-
-def _error_from(reply: dict) -> KacheryError:
-    """The daemon's error as the class it raised (ObjectNotFound stays ObjectNotFound)."""
-    from . import errors
-
-    cls = getattr(errors, str(reply.get("kind", "")), None)
-    if isinstance(cls, type) and issubclass(cls, KacheryError) and "detail" in reply:
-        return cls(reply["detail"])
-    return KacheryError(reply["error"])
 
 
 def call(config_dir: Path, op: str, **fields) -> dict:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .api_client import NoDaemon, call, request
-from .config import Config
-from .errors import UnknownFeed
-from .feeds import FeedStore, feed_uri, parse_feed_uri
-from .feeds.entry import is_feed_id
+from ..config import Config
+from ..errors import NoDaemon, UnknownFeed
+from ..feeds import FeedStore, feed_uri, parse_feed_uri
+from ..feeds.entry import is_feed_id
+from .client import call, request
 
 
 class _Backend:
@@ -24,7 +24,7 @@ class _Backend:
 
     def store(self) -> FeedStore:
         if self._store is None:
-            self._store = FeedStore(self.config.storage_dir / "feeds.sqlite3", self.config.config_dir / "feeds")
+            self._store = FeedStore(self.config.feeds_db, self.config.feed_keys_dir)
         return self._store
 
     def call(self, op: str, **fields) -> dict | None:
