@@ -14,7 +14,7 @@ import click
 
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
-from .errors import KacheryError, MountError, NoDaemon, ObjectNotFound
+from .errors import CorruptObject, KacheryError, MountError, NoDaemon, ObjectNotFound
 from .progress import ByteProgress
 from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, format_uri, parse_uri
 
@@ -167,8 +167,10 @@ def store(paths, storage_dir):
         click.echo(obj.uri(Path(path).name))
 
 
-def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
-    """The object's path in the local store; fetched through the running daemon if need be."""
+def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool]:
+    """The object's path in the local store, fetched through the running daemon if need be; and
+    whether it was here already (its bytes are then checked as they are read: they may have rotted
+    since they were stored), rather than just fetched and verified by the daemon."""
     from .api.client import daemon_load
 
     config = _config(storage_dir, config_dir)
@@ -176,12 +178,28 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
     local = LocalStore(config.storage_dir)
     try:  # closing writes the use of a cached copy (its place in the eviction order)
         if local.use(parsed.sha1) is not None:
-            return local.object_path(parsed.sha1)
+            return local.object_path(parsed.sha1), True
         with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
-            return Path(daemon_load(config.config_dir, str(parsed), progress))
+            return Path(daemon_load(config.config_dir, str(parsed), progress)), False
     except NoDaemon:
         raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
                              "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+    finally:
+        local.close()
+
+
+VERIFIED_BLOCK = 8 * CHUNK_SIZE
+
+
+def _copy_verified(uri: str, storage_dir, out) -> None:
+    """Write a stored object to ``out``, each chunk checked before it is written (RottenObject,
+    and the object quarantined, if one fails)."""
+    sha1 = parse_uri(uri).sha1
+    local = LocalStore(_config(storage_dir).storage_dir)
+    try:
+        size = local.require(sha1).size
+        for offset in range(0, size, VERIFIED_BLOCK):
+            out.write(local.integrity.read_range(sha1, offset, VERIFIED_BLOCK))
     finally:
         local.close()
 
@@ -193,12 +211,20 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> Path:
 @config_option
 def load(uri, dest, storage_dir, config_dir):
     """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path."""
-    path = _local_path(uri, storage_dir, config_dir)
+    path, held = _local_path(uri, storage_dir, config_dir)
     if dest is None:
         click.echo(str(path))
         return
     try:
-        shutil.copyfile(path, dest)
+        if not held:
+            shutil.copyfile(path, dest)
+        else:
+            try:
+                with open(dest, "wb") as out:
+                    _copy_verified(uri, storage_dir, out)
+            except KacheryError:
+                Path(dest).unlink(missing_ok=True)
+                raise
     except OSError as exc:
         raise KacheryError(f"could not write {dest}: {exc.strerror}") from None
     click.echo(dest)
@@ -210,15 +236,18 @@ def load(uri, dest, storage_dir, config_dir):
 @config_option
 def cat(uri, storage_dir, config_dir):
     """Write a file's bytes to stdout (fetched from channel peers if need be)."""
-    path = _local_path(uri, storage_dir, config_dir)
+    path, held = _local_path(uri, storage_dir, config_dir)
     out = sys.stdout.buffer
-    with open(path, "rb") as f:
-        try:
-            while block := f.read(1 << 20):
-                out.write(block)
-            out.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    try:
+        if held:
+            _copy_verified(uri, storage_dir, out)
+        else:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    out.write(block)
+        out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()
@@ -318,6 +347,58 @@ def swarm_lines(node: dict) -> list[str]:
             lines.append(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
                          f"in flight {p['in_flight']:>3}  {p['state']}")
     return lines
+
+
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Quarantine corrupt objects and fetch good copies from channel peers (needs a running daemon).")
+@storage_option
+@config_option
+def verify(repair, storage_dir, config_dir):
+    """Re-hash every object in the store; report (or with --repair, replace) the corrupt ones."""
+    config = _config(storage_dir, config_dir)
+    local = LocalStore(config.storage_dir)
+    try:
+        _verify(config, local, repair)
+    finally:
+        local.close()
+
+
+def _verify(config: Config, local: LocalStore, repair: bool) -> None:
+    from .api.client import daemon_load
+
+    integrity = local.integrity
+    with ByteProgress("verifying", delay=0.5) as progress:
+        report = integrity.scrub(repair=repair, progress=progress)
+    click.echo(f"verified: {report.objects} objects, {_human(report.bytes)}")
+    for record in report.rotten:
+        kind = "stored here" if record.pinned else "cached copy"
+        click.echo(f"corrupt:  {record.sha1}  {_human(record.size)}  {kind}"
+                   + ("  (quarantined)" if repair else ""))
+    for record in report.missing:
+        click.echo(f"missing:  {record.sha1}  {_human(record.size)}" + ("  (dropped from the index)" if repair else ""))
+    if not repair:
+        if report.rotten or report.missing:
+            raise CorruptObject(f"{len(report.rotten)} corrupt and {len(report.missing)} missing objects in "
+                                f"{local.root}; `kacheryfs verify --repair` quarantines them and fetches good copies")
+        return
+    lost = []
+    for record in integrity.quarantined():  # this run's and earlier ones' (or the daemon's)
+        try:
+            daemon_load(config.config_dir, format_uri(record.sha1, "", record.manifest_sha1))
+        except NoDaemon:
+            raise CorruptObject(f"{len(integrity.quarantined())} objects are in quarantine "
+                                f"({integrity.quarantine_dir}); no daemon is running to fetch good copies: "
+                                "start `kacheryfs daemon` or `kacheryfs mount` and run `kacheryfs verify --repair` again") from None
+        except KacheryError as exc:
+            lost.append(record)
+            click.echo(f"lost:     {record.sha1}  {_human(record.size)}  ({exc})")
+            continue
+        integrity.restored(record)
+        click.echo(f"restored: {record.sha1}  {_human(record.size)}  from channel peers")
+    if lost:
+        raise CorruptObject(f"{len(lost)} corrupt objects could not be fetched from any peer "
+                            f"(their corrupt copies are in {integrity.quarantine_dir})")
 
 
 @cli.command()

@@ -21,6 +21,12 @@ DEFAULT_MAX_PEERS = 16  # sessions a node dials; it accepts up to twice that
 DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
 FEEDS_DB = "feeds.sqlite3"  # in the storage dir
 FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
+# Connections that have not proved anything yet (net/admission.py): see docs/security.md.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds to complete a handshake, however idle or slow the peer
+DEFAULT_MAX_HANDSHAKES = 256  # handshakes in progress at once, from everyone
+DEFAULT_MAX_HANDSHAKES_PER_IP = 16  # handshakes in progress at once from one address
+DEFAULT_MAX_INBOUND_PER_IP = 128  # inbound connections (handshaking or not) from one address
+
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,10 @@ class Config:
     dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
     max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
     swarming: bool = True  # serve objects while downloading them; KACHERYFS_SWARM=0 (benchmark baseline)
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # KACHERYFS_HANDSHAKE_TIMEOUT
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # KACHERYFS_MAX_HANDSHAKES
+    max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP  # KACHERYFS_MAX_HANDSHAKES_PER_IP
+    max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP  # KACHERYFS_MAX_INBOUND_PER_IP
     relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
 
@@ -95,6 +105,11 @@ class Config:
                                        "--dht-listen"),
             max_peers=_max_peers(max_peers, env),
             swarming=env.get("KACHERYFS_SWARM", "1") not in ("0", "no", "false", "off"),
+            handshake_timeout=_positive_float(env.get("KACHERYFS_HANDSHAKE_TIMEOUT"), "KACHERYFS_HANDSHAKE_TIMEOUT")
+            or DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES", DEFAULT_MAX_HANDSHAKES),
+            max_handshakes_per_ip=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES_PER_IP", DEFAULT_MAX_HANDSHAKES_PER_IP),
+            max_inbound_per_ip=_positive_int(env, "KACHERYFS_MAX_INBOUND_PER_IP", DEFAULT_MAX_INBOUND_PER_IP),
             relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
                                        relay_node_bytes),
             http=parse_http_bind(http) if http else None,
@@ -200,6 +215,19 @@ def _positive_float(text: str | None, name: str) -> float | None:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _positive_int(env, name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
     return value

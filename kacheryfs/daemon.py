@@ -39,6 +39,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
     store = LocalStore(config.storage_dir)
     feeds = None
     try:
+        if config.storage_dir.stat().st_mode & 0o077:  # made 0700 when kacheryfs creates it
+            log.warning("storage directory %s can be read by other users (chmod 700 it)", config.storage_dir)
         store.reconcile()
         claim_socket(config.config_dir)  # one daemon per config dir, checked before mounting
         feeds = FeedStore(config.feeds_db, config.feed_keys_dir)
@@ -50,7 +52,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
             return {"http": gateway and gateway.url, "cache_size": config.cache_size}
 
         if mountpoint is None:
-            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway)
+            trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway,
+                     fetcher)
             return
         from .fs.feeds_view import FeedsView
         from .fs.mount import FuseMount
@@ -59,14 +62,16 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         tree = VirtualTree(store, fetcher, FeedsView(node.feed_sync))
         api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint), **status()})
         with FuseMount(tree, mountpoint, config, debug) as mount:
-            trio.run(_serve, node, api, store, config, mount, gateway)
+            trio.run(_serve, node, api, store, config, mount, gateway, fetcher)
     finally:
         if feeds is not None:
             feeds.close()
         store.close()
 
 
-async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount, gateway) -> None:
+async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, mount, gateway,
+                 fetcher: NetworkFetcher) -> None:
+    store.integrity.on_rotten = fetcher.rot_handler()  # rotten objects are fetched again from peers
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         if gateway is not None:

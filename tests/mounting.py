@@ -67,7 +67,10 @@ class Mount:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mount exited with {self.proc.returncode}:\n{self.read_log()}")
             try:
-                if fuse_mounted(self.mountpoint) and (self.mountpoint / "store").is_dir():
+                # This daemon's registration, not just a mount: after a kill -9 the stale mount is
+                # still listed, and the kernel may answer a stat of store/ from its cache.
+                registered = (self.config / "mounts" / f"{self.proc.pid}.json").exists()
+                if registered and fuse_mounted(self.mountpoint) and (self.mountpoint / "store").is_dir():
                     return self
             except OSError:  # a stale mount the new daemon has not cleaned up yet
                 pass

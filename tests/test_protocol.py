@@ -147,6 +147,23 @@ def test_bad_magic_and_oversized_frame():
         b.next_event()
 
 
+def test_before_auth_only_small_frames_are_accepted():
+    """An unauthenticated peer cannot make the node buffer a chunk-sized frame."""
+    from kacheryfs.protocol.connection import MAX_AUTH_FRAME
+
+    for length in (MAX_AUTH_FRAME + 1, 4 << 20, 2 << 30):
+        b = Connection(RESPONDER, KEY_B, channels(KX))
+        b.receive_data(Connection(INITIATOR, KEY_A, channels(KX)).data_to_send())
+        assert b.next_event() is None  # hello answered, waiting for the Auth frame
+        b.receive_data(length.to_bytes(4, "big"))
+        with pytest.raises(ProtocolError, match="out of bounds"):
+            b.next_event()
+    a, b, _ea, _eb = connect()  # once open, chunk-sized frames are fine
+    a_to_b = a.send(ChunkData(req=1, payload=b"z" * (4 << 20)))
+    b.receive_data(a_to_b)
+    assert isinstance(b.next_event(), MessageReceived)
+
+
 def test_tampered_frame_is_rejected():
     a, b, _ea, _eb = connect()
     data = bytearray(a.send(FindRequest(req=1, sha1="a" * 40)))

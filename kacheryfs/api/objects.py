@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import InvalidURI, KacheryError, NoDaemon, ObjectNotFound
+from ..errors import CorruptObject, InvalidURI, KacheryError, NoDaemon, ObjectNotFound
 from ..store import LocalStore, parse_uri
 
 _stores: dict[Path, LocalStore] = {}
@@ -98,7 +99,13 @@ def load_file(uri: str, *, storage_dir=None, progress: bool | None = None) -> st
 
 
 def load_bytes(uri: str, *, storage_dir=None, progress: bool | None = None) -> bytes:
-    return Path(load_file(uri, storage_dir=storage_dir, progress=progress)).read_bytes()
+    """The bytes of ``uri``, checked against its hash (a stored copy may have rotted on disk)."""
+    data = Path(load_file(uri, storage_dir=storage_dir, progress=progress)).read_bytes()
+    sha1 = parse_uri(uri).sha1
+    if hashlib.sha1(data).hexdigest() != sha1:
+        _store(storage_dir).integrity.verify(sha1, 0, max(len(data), 1))  # quarantines it and raises...
+        raise CorruptObject(f"{sha1} in the local store")  # ...unless this process checked it before
+    return data
 
 
 def load_text(uri: str, *, storage_dir=None, progress: bool | None = None) -> str:

@@ -13,6 +13,8 @@ what kind a handle is. The kinds:
 
 from __future__ import annotations
 
+import trio
+
 from ..errors import NotADirectory, NotOpenForReading, NotOpenForWriting
 
 
@@ -42,21 +44,47 @@ class Handle:
         raise NotADirectory()
 
 
+class CheckedReads:
+    """Bit rot: the chunks a read covers are checked the first time this daemon reads them
+    (store/integrity.py); a rotten object fails the read with EIO and is quarantined."""
+
+    def __init__(self, integrity, record, inode: int, cheap: bool):
+        self.integrity = integrity
+        self.record = record
+        self.inode = inode  # of the mapped file: a quarantine never moves a newer copy
+        self.cheap = cheap  # xxh3 sums recorded: checking costs less than a thread hop
+
+    def pending(self, offset: int, size: int) -> bool:
+        return bool(self.integrity.unverified(self.record.sha1, self.record.size, offset, size))
+
+    def check(self, mapping, offset: int, size: int) -> None:
+        with memoryview(mapping) as view:
+            self.integrity.verify(self.record.sha1, offset, size, view, self.inode, self.record)
+
+
 class ObjectHandle(Handle):
     """An object in the store, through a read-only mmap: reads are views, no copy in Python."""
 
-    def __init__(self, ino: int, size: int, mapping, keep_cache: bool):
+    def __init__(self, ino: int, size: int, mapping, keep_cache: bool, checks: CheckedReads | None = None):
         self.ino = ino
         self.size = size
         self.map = mapping  # mmap.mmap, or None for an empty object (which cannot be mapped)
         self.keep_cache = keep_cache
+        self.checks = checks  # None: bytes this daemon has just verified itself (a finished download)
 
     def read_now(self, offset: int, size: int):
         if self.map is None or offset >= self.size:
             return b""
+        if self.checks is not None and self.checks.pending(offset, size):
+            self.checks.check(self.map, offset, size)
         return memoryview(self.map)[offset:offset + size]
 
     async def read(self, offset: int, size: int):
+        checks = self.checks
+        if self.map is not None and checks is not None and not checks.cheap and checks.pending(offset, size):
+            # no recorded checksums: SHA-1 against the manifest, ~1 ms per MiB, in a worker thread
+            await trio.to_thread.run_sync(checks.check, self.map, offset, size)
+        # with recorded checksums the check is xxh3 over pages the reply faults in anyway: inline
         return self.read_now(offset, size)
 
     async def release(self) -> None:

@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..store import LocalStore, NameRecord, StoredObject, format_uri, is_sha1_hex, open_mmap
 from .drafts import Draft, Drafts
-from .handles import DirHandle, Handle, ObjectHandle
+from .handles import CheckedReads, DirHandle, Handle, ObjectHandle
 from .inodes import FEEDS_DIR_INO, FIRST_DYNAMIC_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
 from .remote import RemoteHandle
 
@@ -366,16 +366,25 @@ class VirtualTree:
         return no_query(lambda: (self._add(self.drafts.open(ino, base, flags)), False))
 
     def _open_object(self, ino: int, sha1: str, keep_cache: bool) -> Step[tuple[int, bool]]:
-        def finish(record) -> tuple[int, bool]:
+        def query():
+            record = self.store.use(sha1)  # use: a cached copy moves up the LRU order
+            # whether its chunks have recorded checksums (loaded now, off the trio thread)
+            return record, record is not None and self.store.integrity.cheap(record)
+
+        def finish(answer) -> tuple[int, bool]:
+            record, cheap = answer
             if record is None:
                 raise ObjectNotFound(sha1)
+            path = self.store.object_path(sha1)
             try:
-                mapping = open_mmap(self.store.object_path(sha1))
+                inode = os.stat(path).st_ino
+                mapping = open_mmap(path)
             except FileNotFoundError:
                 raise NotFound(sha1) from None
-            return self._add(ObjectHandle(ino, record.size, mapping, keep_cache)), keep_cache
+            checks = CheckedReads(self.store.integrity, record, inode, cheap)
+            return self._add(ObjectHandle(ino, record.size, mapping, keep_cache, checks)), keep_cache
 
-        return Step(partial(self.store.use, sha1), finish)  # use: a cached copy moves up the LRU order
+        return Step(query, finish)
 
     def _open_subfeed(self, ino: int, name: str, flags: int) -> int:
         from .feeds_view import FeedHandle, FeedWriter

@@ -16,9 +16,15 @@ BLOCK = 1 << 20  # one chunk: what a streamed response sends at a time
 class LocalSource:
     def __init__(self, store: LocalStore, sha1: str, size: int):
         self.size = size
+        self._store = store
+        self._sha1 = sha1
         self._fd = os.open(store.object_path(sha1), os.O_RDONLY)
 
     async def read(self, offset: int, size: int) -> bytes:
+        integrity = self._store.integrity
+        if integrity.unverified(self._sha1, self.size, offset, size):
+            # first read of these chunks by this daemon: checked against bit rot (EIO if rotten)
+            return await trio.to_thread.run_sync(integrity.read_range, self._sha1, offset, size)
         if size <= (64 << 10):  # a page-cache hit costs microseconds: cheaper than a thread hop
             return os.pread(self._fd, size, offset)
         return await trio.to_thread.run_sync(os.pread, self._fd, size, offset)

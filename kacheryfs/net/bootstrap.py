@@ -22,6 +22,7 @@ from ..protocol.messages import (
     ErrorResponse, Message, Observed, PeersRequest, PeersResponse, PunchReply, PunchRequest, PunchSync, Register,
     RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
 )
+from .admission import Limits
 from .host import HostedNode, SessionHost, send_quietly
 from .punch_service import PunchService, observed_addr
 from .relay import RelayLimitExceeded, RelayLimits, RelayTable
@@ -94,8 +95,9 @@ class BootstrapRegistry:
 
 
 class BootstrapNode(HostedNode):
-    def __init__(self, key: NodeKey, *, listen: tuple[str, int] | None, relay_limits: RelayLimits | None = None):
-        self.host = SessionHost(key, {}, listen=listen, agent=AGENT)
+    def __init__(self, key: NodeKey, *, listen: tuple[str, int] | None, relay_limits: RelayLimits | None = None,
+                 limits: Limits | None = None):
+        self.host = SessionHost(key, {}, listen=listen, agent=AGENT, limits=limits)
         self.registry = BootstrapRegistry()
         self.relay_table = RelayTable(relay_limits or RelayLimits())  # circuits between two registered nodes
         self.punches = PunchService(self.host.sessions, self.registry.is_registered, self.registry.share_channel)
@@ -195,4 +197,4 @@ def build_bootstrap(config) -> BootstrapNode:
 
     return BootstrapNode(NodeKey.load_or_create(config.config_dir),
                          listen=parse_hostport(config.listen) if config.listen else None,
-                         relay_limits=config.relay_limits)
+                         relay_limits=config.relay_limits, limits=Limits.from_config(config))

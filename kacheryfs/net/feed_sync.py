@@ -61,6 +61,9 @@ class FeedSync:
         self._subscribed: set[tuple[int, Where]] = set()  # (id(session), where)
         self.rejected = 0
         self._backlogs: dict[str, dict[str, int]] = {}  # feed id -> subfeed -> count a peer had (discover)
+        # Replicas held here stay live across restarts: follow them from the first session on
+        # (they were followed only once something read them, so a restarted replica never caught up).
+        self.followed_feeds.update(f for f in feeds.feed_ids() if not feeds.owns(f))
         node.register(FeedQuery, self._query)
         node.register(FeedSubscribe, self._subscribe_request)
         node.register(FeedEntries, self.on_entries, inline=True)  # in order, as pushed

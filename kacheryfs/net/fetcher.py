@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import KacheryError
+from ..errors import KacheryError, StorageFull
 from .interfaces import FetcherHost
 from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
@@ -89,6 +89,7 @@ class NetworkFetcher:
         self.node = node
         self._downloads: dict[str, _RunningDownload] = {}
         self._opening: dict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._restoring: set[str] = set()
 
     async def locate(self, sha1: str) -> int | None:
         """The size of ``sha1`` if a channel peer holds it (bounded wait), else None."""
@@ -98,23 +99,31 @@ class NetworkFetcher:
     async def _acquire(self, sha1: str, manifest_sha1: str | None = None) -> _RunningDownload | None:
         """The running download of ``sha1`` (started if need be, one more user), or None once the
         object is local (one-chunk objects are fetched whole right here)."""
-        async with self._opening[sha1]:
-            if await self._held(sha1) is not None:
+        lock = self._opening[sha1]
+        try:
+            async with lock:
+                return await self._acquire_locked(sha1, manifest_sha1)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._opening.pop(sha1, None)  # one lock per object ever opened would only grow
+
+    async def _acquire_locked(self, sha1: str, manifest_sha1: str | None) -> _RunningDownload | None:
+        if await self._held(sha1) is not None:
+            return None
+        running = self._downloads.get(sha1)
+        if running is None or running.download.settled.is_set():
+            if running is not None:  # a failed one: start afresh, resuming its chunks
+                self._drop(sha1, running)
+            providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
+            if manifest is None:
+                await fetch_small_into_store(self.node, providers, sha1)
                 return None
-            running = self._downloads.get(sha1)
-            if running is None or running.download.settled.is_set():
-                if running is not None:  # a failed one: start afresh, resuming its chunks
-                    self._drop(sha1, running)
-                providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
-                if manifest is None:
-                    await fetch_small_into_store(self.node, providers, sha1)
-                    return None
-                download = await Download.start(self.node, manifest, providers)
-                self.node.swarm.add(download)  # its verified chunks are served while it runs
-                scope = await self.node.start(self._run_download, download)
-                running = self._downloads[sha1] = _RunningDownload(download, scope)
-            running.refs += 1
-            return running
+            download = await Download.start(self.node, manifest, providers)
+            self.node.swarm.add(download)  # its verified chunks are served while it runs
+            scope = await self.node.start(self._run_download, download)
+            running = self._downloads[sha1] = _RunningDownload(download, scope)
+        running.refs += 1
+        return running
 
     async def _held(self, sha1: str):
         """The object's record if it is here (the index, off the trio thread)."""
@@ -132,12 +141,30 @@ class NetworkFetcher:
         if progress is not None:
             download.progress.append(progress)
         try:
+            try:
+                await self._check_room(download)
+            except StorageFull:
+                if running.refs == 1 and download.partial.present_bytes() == 0:
+                    download.partial.abort()  # nothing in it, nobody else reading: leave no trace
+                raise
             download.want(range(len(download.manifest.chunk_sha1s)))
             await download.wait_complete()
         finally:
             if progress is not None:
                 download.progress.remove(progress)
             self.release(sha1, running)
+
+    async def _check_room(self, download) -> None:
+        """A whole fetch that cannot fit, even after evicting every cached copy, fails at once
+        (a lazy reader may still read parts of it, so open_remote does not check)."""
+        store = self.node.store
+        need = download.manifest.size - download.partial.present_bytes()
+        free, cached = await trio.to_thread.run_sync(
+            lambda: (store.disk_usage().free, sum(size for _s, size, _m in store.index.cached_by_age())))
+        if free + cached < need:  # evicting would not help: keep the cache
+            raise StorageFull(f"{download.manifest.sha1} needs {need} bytes; {free} are free in {store.root} "
+                              f"and cached copies that could be evicted take {cached}")
+        await trio.to_thread.run_sync(store.evict_bytes, need)
 
     async def open_remote(self, sha1: str, manifest_sha1: str | None = None) -> RemoteReader | None:
         """For a read through the mount: a lazy reader, or None once the object is local. A manifest
@@ -151,6 +178,9 @@ class NetworkFetcher:
             with trio.CancelScope() as scope:
                 task_status.started(scope)
                 await download.run()
+                running = self._downloads.get(sha1)
+                if running is not None and running.download is download and running.refs <= 0:
+                    self._drop(sha1, running)  # its last user left while it installed
         finally:
             if download.result is not None:
                 self.node.swarm.finish(sha1)  # interested peers learn we hold it all
@@ -171,7 +201,46 @@ class NetworkFetcher:
         """One user of this download is done (the one it acquired, even if since replaced)."""
         running.refs -= 1
         if running.refs <= 0:
+            if running.download.partial.is_complete() and not running.download.settled.is_set():
+                # Every chunk is here: let it install (hash, fsync, rename, index) rather than
+                # cancel it half way, which left a complete object in partial/, not served.
+                return
             self._drop(sha1, running)
+
+    def rot_handler(self):
+        """What store.integrity.on_rotten should be: restore(), callable from the worker thread that
+        found the rot (run on the trio thread, soon)."""
+        token = trio.lowlevel.current_trio_token()
+
+        def handler(record) -> None:
+            try:
+                token.run_sync_soon(self.restore, record)
+            except trio.RunFinishedError:
+                pass
+
+        return handler
+
+    def restore(self, record) -> None:
+        """A stored object turned out rotten and was quarantined (store/integrity.py): fetch a good
+        copy from channel peers, in the background, and pin it again if it was stored here."""
+        if record.sha1 in self._restoring:
+            return
+        try:
+            self.node.start_soon(self._restore, record)
+            self._restoring.add(record.sha1)
+        except RuntimeError as exc:  # shutting down
+            log.debug("restore of %s skipped: %s", record.sha1[:12], exc)
+
+    async def _restore(self, record) -> None:
+        try:
+            await self.fetch(record.sha1, record.manifest_sha1)
+        except KacheryError as exc:
+            log.error("could not restore quarantined object %s from peers: %s", record.sha1, exc)
+            return
+        finally:
+            self._restoring.discard(record.sha1)
+        await trio.to_thread.run_sync(self.node.store.integrity.restored, record)
+        log.warning("restored quarantined object %s from peers", record.sha1)
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         """Tell channel peers, in the background: a slow peer must not delay close(), and a

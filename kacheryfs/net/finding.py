@@ -25,6 +25,7 @@ FIND_CACHE_SECONDS = 5.0
 FIND_FANOUT = 8  # peers asked at once
 FIND_STEP = 0.2  # seconds before the next batch, if the last has not all answered
 WIDEN_SECONDS = 0.5  # while nobody has it, ask for more peers this often
+CACHE_PRUNE_AT = 256  # entries: past this, expired ones are dropped when the next answer is cached
 
 
 @dataclass
@@ -115,7 +116,10 @@ class Finder:
                 nursery.cancel_scope.cancel()
         found = prefer_direct(found)
         if found:
-            self._cache[sha1] = (time.monotonic(), found)
+            now = time.monotonic()
+            if len(self._cache) >= CACHE_PRUNE_AT:  # expired answers would hold closed sessions for ever
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] < FIND_CACHE_SECONDS}
+            self._cache[sha1] = (now, found)
         return found
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:

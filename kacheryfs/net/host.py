@@ -9,6 +9,7 @@ host's nursery.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -18,6 +19,7 @@ from ..errors import KacheryError, PeerGone, ProtocolError
 from ..protocol import Connection
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import Message, Ping, Pong
+from .admission import Admission, Limits, LogThrottle, Ticket
 from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
 from .session import PeerSession, handshake
 from .sockets import connect_from, open_shared_listener
@@ -38,7 +40,7 @@ Closed = Callable[[PeerSession], None]
 
 class SessionHost:
     def __init__(self, key: NodeKey, channel_keys: dict[str, bytes], *,
-                 listen: tuple[str, int] | None, agent: str = "kacheryfs"):
+                 listen: tuple[str, int] | None, agent: str = "kacheryfs", limits: Limits | None = None):
         self.key = key
         self.channel_keys = dict(channel_keys)
         self.listen = listen
@@ -52,7 +54,14 @@ class SessionHost:
         self._closed: list[Closed] = []
         self._nursery: trio.Nursery | None = None
         self._peers_changed = trio.Event()
+        self.admission = Admission(limits or Limits())
+        self.rejected: Counter = Counter()  # inbound connections that never became sessions, by why
+        self._reject_log = LogThrottle()
         self.register(Ping, self._pong)
+
+    @property
+    def limits(self) -> Limits:
+        return self.admission.limits
 
     @property
     def node_id(self) -> str:
@@ -122,20 +131,39 @@ class SessionHost:
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         try:
-            remote = "%s:%s" % stream.socket.getpeername()[:2]
+            ip, port = stream.socket.getpeername()[:2]
         except OSError:
-            remote = "?"
-        await self.accept(stream, remote)
+            ip, port = "?", 0
+        ticket = self.admission.admit(ip)
+        if isinstance(ticket, str):
+            self.rejected["refused"] += 1
+            self._log_rejection("refused connection from %s:%s: %s", ip, port, ticket)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await self.accept(stream, f"{ip}:{port}", ticket=ticket)
+        finally:
+            ticket.release()
 
-    async def accept(self, stream: trio.abc.Stream, remote: str, direction: str = "inbound") -> None:
+    def _log_rejection(self, fmt: str, *args) -> None:
+        skipped = self._reject_log.allow(trio.current_time())
+        if skipped is not None:
+            log.warning(fmt + ("" if not skipped else f" ({skipped} more not logged)"), *args)
+
+    async def accept(self, stream: trio.abc.Stream, remote: str, direction: str = "inbound",
+                     ticket: Ticket | None = None) -> None:
         """Answer the handshake on an incoming stream (TCP or a relay circuit), then host the session."""
         conn = self._connection(RESPONDER)
         try:
-            info = await handshake(stream, conn)
+            info = await handshake(stream, conn, self.limits.handshake_timeout)
         except (ProtocolError, PeerGone, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            log.warning("rejected connection from %s: %r", remote, exc)
+            why = "bad" if isinstance(exc, ProtocolError) else "timeout" if isinstance(exc, trio.TooSlowError) else "cut"
+            self.rejected[why] += 1
+            self._log_rejection("rejected connection from %s: %r", remote, exc)
             await trio.aclose_forcefully(stream)
             return
+        if ticket is not None:
+            ticket.authenticated()
         if self.max_inbound is not None and info.peer_id not in self.sessions and len(self.sessions) >= self.max_inbound:
             log.info("turned away %s from %s: %d peers already", info.peer_id[:12], remote, len(self.sessions))
             await trio.aclose_forcefully(stream)
@@ -176,7 +204,7 @@ class SessionHost:
                              expected_peer: str | None) -> PeerSession:
         conn = self._connection(role, expected_peer)
         try:
-            info = await handshake(stream, conn)
+            info = await handshake(stream, conn, self.limits.handshake_timeout)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

@@ -29,6 +29,7 @@ import trio
 from ..config import DEFAULT_FIND_TIMEOUT, DEFAULT_MAX_PEERS
 from ..crypto import NodeKey
 from ..store import LocalStore
+from .admission import Limits
 from .dialing import Dialer, parse_hostport
 from .discovery import Discovery
 from .dispatch import Handler
@@ -56,12 +57,13 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 dht=None, max_peers: int = DEFAULT_MAX_PEERS, swarming: bool = True):
+                 limits: Limits | None = None, dht=None, max_peers: int = DEFAULT_MAX_PEERS,
+                 swarming: bool = True):
         self.key = key
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
-        self.host = SessionHost(key, channel_keys, listen=listen)
+        self.host = SessionHost(key, channel_keys, listen=listen, limits=limits)
         # With the dialer's cap every node's sessions are bounded; the 8 spare leave room for the
         # peers that dial us because a find of theirs widened to us.
         self.host.max_inbound = 2 * max_peers + 8
@@ -250,8 +252,9 @@ class Node(HostedNode):
         self.counters.fetched_bytes += nbytes
 
     def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
-        """The bytes this node serves (blocking). Tests override it to play a lying peer."""
-        return self.store.read_range(sha1, offset, length)
+        """The bytes this node serves (blocking), each chunk checked against its hash the first time
+        (store/integrity.py). Tests override it to play a lying peer."""
+        return self.store.integrity.read_range(sha1, offset, length)
 
     def _read_partial(self, partial, offset: int, length: int) -> bytes:
         """Bytes of an object still downloading here (blocking); raises for a chunk not verified here.
@@ -275,6 +278,9 @@ class Node(HostedNode):
             "fetched_bytes": self.counters.fetched_bytes,
             "swarm": self.swarm.status(),
             "dht": None if self.dht is None else {"port": self.dht.port, "nodes": self.dht.nodes},
+            # inbound connections that never became sessions: refused by a limit, bad handshake
+            # bytes, handshake timeout, or cut by the peer
+            "rejected": dict(self.host.rejected),
         }
 
 
@@ -294,8 +300,8 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
-                serve_rate_limit=config.serve_rate_limit, feeds=feeds, dht=dht, max_peers=config.max_peers,
-                swarming=config.swarming,
+                serve_rate_limit=config.serve_rate_limit, feeds=feeds, limits=Limits.from_config(config),
+                dht=dht, max_peers=config.max_peers, swarming=config.swarming,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
                 lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

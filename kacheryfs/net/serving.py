@@ -118,6 +118,9 @@ class Server:
                         await trio.sleep(msg.length / self.rate_limit)
                 # one worker-thread hop per chunk: the index check and the read together
                 data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+            except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
+                log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+                return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
             finally:
                 del self._waiting[key]
         if scope.cancelled_caught:

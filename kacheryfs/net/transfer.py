@@ -16,7 +16,10 @@ from typing import Callable
 
 import trio
 
-from ..errors import CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed
+from ..errors import (
+    CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed, StorageFull,
+    StoreFailed,
+)
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
 from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
@@ -98,14 +101,14 @@ async def fetch_small_into_store(node: TransferHost, providers: list[Provider], 
     """A one-chunk object: fetched in one request, checked against its SHA-1, stored as a cached copy
     (re-served on the channels it came from)."""
     data = await fetch_small(node, providers, sha1, providers[0].size)
-    return await trio.to_thread.run_sync(_keep_copy, node.store, data, _channels_of(providers))
+    return await trio.to_thread.run_sync(_keep_copy, node.store, sha1, data, _channels_of(providers))
 
 
-def _keep_copy(store: LocalStore, data: bytes, channel_ids: frozenset[str]) -> StoredObject:
-    """Store fetched bytes as a cached copy, re-served on the channels it came through (blocking)."""
-    obj = store.put_bytes(data, pinned=False)
-    store.add_channels(obj.sha1, channel_ids)
-    return obj
+def _keep_copy(store: LocalStore, sha1: str, data: bytes, channel_ids: frozenset[str]) -> StoredObject:
+    """Store fetched bytes as a cached copy, re-served on the channels it came through (blocking).
+    Channels first: an installed cached copy is servable at once, never briefly refused."""
+    store.add_channels(sha1, channel_ids)
+    return store.put_bytes(data, pinned=False)
 
 
 def _held_bytes(store: LocalStore, sha1: str) -> bytes | None:
@@ -145,7 +148,7 @@ async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str
         if manifest.sha1 != sha1 or manifest.size != size:
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
-        await trio.to_thread.run_sync(_keep_copy, node.store, raw, _channels_of(providers))
+        await trio.to_thread.run_sync(_keep_copy, node.store, candidate, raw, _channels_of(providers))
         return manifest
     raise FetchFailed(f"no usable manifest for {sha1}")
 
@@ -175,6 +178,7 @@ class Download:
         self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
+        self._local_failure: KacheryError | None = None  # our disk failed, not a peer: give up
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
@@ -251,10 +255,10 @@ class Download:
         return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
 
     def _install(self) -> StoredObject:
-        """Check the whole file, move it into the store, note where it came from (blocking)."""
-        obj = self.partial.finish()
-        self.node.store.add_channels(obj.sha1, self.channel_ids)
-        return obj
+        """Note where it came from, check the whole file, move it into the store (blocking). Channels
+        first: an installed cached copy is servable at once, never briefly refused."""
+        self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
+        return self.partial.finish()
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
@@ -281,8 +285,7 @@ class Download:
                 a, b = self.manifest.chunk_range(index)
                 fresh = not self.partial.has_chunk(index)
                 if fresh:
-                    await trio.to_thread.run_sync(self.partial.write_chunk, index, view[a - start:b - start],
-                                                  limiter=self._limiter)
+                    await self._write_chunk(index, view[a - start:b - start])
                 self.chunks_from[peer] = self.chunks_from.get(peer, 0) + 1
                 for other in self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time()):
                     self._cancel(other, index)  # an endgame duplicate that lost the race
@@ -296,6 +299,9 @@ class Download:
             log.warning("peer %s sent a corrupt chunk %d of %s: dropped for this file",
                         peer[:12], pending[0], self.manifest.sha1[:12])
             self.scheduler.drop_peer(peer, "corrupt chunk")
+        except (StorageFull, StoreFailed) as exc:  # our disk, not the peer: no use asking others
+            if self._local_failure is None:
+                self._local_failure = exc
         except PeerGone:
             current = self.node.session_for(peer)
             if current is not None and current is not provider.session:
@@ -317,6 +323,22 @@ class Download:
         scope = self._requests.get((peer, chunk))
         if scope is not None:
             scope.cancel()
+
+    async def _write_chunk(self, index: int, data) -> None:
+        """Verify and store a chunk; on a full disk, evict least recently used cached copies (never
+        files stored here) to fit what is still wanted of this download, and retry."""
+        try:
+            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+        except StorageFull:
+            chunk = self.manifest.chunk_size
+            still = sum(1 for c in self.scheduler.needed if not self.partial.has_chunk(c)) * chunk
+            evicted = len(await trio.to_thread.run_sync(self.node.store.evict_bytes, max(still, chunk),
+                                                        limiter=self._limiter))
+            if not evicted:
+                raise
+            log.info("disk full while fetching %s: evicted %d cached copies to make room",
+                     self.manifest.sha1[:12], evicted)
+            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
 
     def _follow_upgrade(self, peer: str) -> None:
         """The peer's session was replaced (a hole punch upgraded a relayed one): new requests go
@@ -391,6 +413,9 @@ class Download:
                             nursery.start_soon(self._get_run, peer, run)
                     for peer, index in scheduler.take_cancelled():
                         self._cancel(peer, index)
+                    if self._local_failure is not None:
+                        failure = self._local_failure
+                        break
                     if scheduler.stalled():
                         # kept, not raised, inside the nursery: it would come out as an ExceptionGroup
                         reasons = sorted({p.session.close_reason for p in self.by_peer.values()
@@ -403,6 +428,12 @@ class Download:
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            if isinstance(failure, StorageFull):
+                # Full even after evicting cached copies: give the space back rather than keep a
+                # partial that cannot complete (it would keep the disk full for everything else).
+                await trio.to_thread.run_sync(self.partial.abort)
+                raise StorageFull(f"fetching {self.manifest.sha1[:12]} ({self.manifest.size} bytes) into "
+                                  f"{self.node.store.root}; the partial download was discarded")
             if failure is not None:
                 raise failure
             self.result = await trio.to_thread.run_sync(self._install)
@@ -415,6 +446,9 @@ class Download:
                      stats.moves, stats.duplicates)
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
+        except Exception as exc:  # a bug must fail this download, not take the daemon down
+            log.exception("download of %s crashed", self.manifest.sha1[:12])
+            self.error = KacheryError(f"internal error while fetching {self.manifest.sha1[:12]}: {exc!r}")
         finally:
             self.settled.set()
             self._wake()

@@ -23,6 +23,9 @@ from .messages import Auth, Message, decode_message
 MAGIC = b"KACHFS01"
 HELLO_BYTES = len(MAGIC) + 32
 MAX_FRAME = (4 << 20) + 4096  # a 4 MiB chunk plus its header and tag
+# The Auth frame (at most 256 proofs and 32 addresses) fits easily; an unauthenticated peer must
+# not make us buffer megabytes before it has proved anything.
+MAX_AUTH_FRAME = 64 << 10
 INITIATOR, RESPONDER = b"initiator", b"responder"
 
 
@@ -113,7 +116,7 @@ class Connection:
         if len(self._inbuf) < 4:
             return None
         length = int.from_bytes(self._inbuf[:4], "big")
-        if length < AEAD_TAG_BYTES or length > MAX_FRAME:
+        if length < AEAD_TAG_BYTES or length > (MAX_FRAME if self.state == "open" else MAX_AUTH_FRAME):
             raise ProtocolError(f"frame length {length} out of bounds")
         if len(self._inbuf) < 4 + length:
             return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import xxhash
+
 # 1 MiB: see docs/architecture.md ("Chunk size"). Changing it changes every manifest hash.
 CHUNK_SIZE = 1 << 20
 
@@ -15,6 +17,9 @@ class Digest:
     size: int
     chunk_sha1s: tuple[str, ...]
     chunk_size: int = CHUNK_SIZE
+    # xxh3-128 of each chunk (16 bytes each, concatenated): a cheap local check against bit rot,
+    # recorded when the bytes are written (store/integrity.py); b"" when not computed
+    chunk_sums: bytes = b""
 
 
 class ContentHasher:
@@ -24,8 +29,10 @@ class ContentHasher:
         self.chunk_size = chunk_size
         self._whole = hashlib.sha1()
         self._chunk = hashlib.sha1()
+        self._sum = xxhash.xxh3_128()
         self._chunk_fill = 0
         self._chunks: list[str] = []
+        self._sums: list[bytes] = []
         self.size = 0
 
     def update(self, data) -> None:
@@ -36,18 +43,22 @@ class ContentHasher:
             room = self.chunk_size - self._chunk_fill
             piece = view[:room]
             self._chunk.update(piece)
+            self._sum.update(piece)
             self._chunk_fill += len(piece)
             view = view[len(piece):]
             if self._chunk_fill == self.chunk_size:
                 self._chunks.append(self._chunk.hexdigest())
+                self._sums.append(self._sum.digest())
                 self._chunk = hashlib.sha1()
+                self._sum = xxhash.xxh3_128()
                 self._chunk_fill = 0
 
     def digest(self) -> Digest:
-        chunks = list(self._chunks)
+        chunks, sums = list(self._chunks), list(self._sums)
         if self._chunk_fill or not chunks:
             chunks.append(self._chunk.hexdigest())
-        return Digest(self._whole.hexdigest(), self.size, tuple(chunks), self.chunk_size)
+            sums.append(self._sum.digest())
+        return Digest(self._whole.hexdigest(), self.size, tuple(chunks), self.chunk_size, b"".join(sums))
 
 
 def hash_bytes(data: bytes) -> Digest:
@@ -58,3 +69,8 @@ def hash_bytes(data: bytes) -> Digest:
 
 def sha1_hex(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
+
+
+def chunk_sum(data) -> bytes:
+    """The xxh3-128 of one chunk, as recorded in Digest.chunk_sums."""
+    return xxhash.xxh3_128(data).digest()

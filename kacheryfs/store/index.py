@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS pins (  -- objects the user pinned (kacheryfs pin): n
     sha1 TEXT PRIMARY KEY,
     pinned_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chunk_sums (  -- xxh3-128 of each 1 MiB chunk: cheap checks against bit rot
+    sha1 TEXT PRIMARY KEY,
+    sums BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stat_cache (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
@@ -148,7 +152,11 @@ class Index:
         return ObjectRecord(*rows[0][:3], bool(rows[0][3]), rows[0][4]) if rows else None
 
     def remove_object(self, sha1: str) -> None:
-        self._run("DELETE FROM objects WHERE sha1=?", (sha1,))
+        """Forget an object, and the channels a cached copy came from (a later copy brings its own)."""
+        with self._lock, _index_errors():
+            self._db.execute("DELETE FROM objects WHERE sha1=?", (sha1,))
+            self._db.execute("DELETE FROM object_channels WHERE sha1=?", (sha1,))
+            self._db.execute("DELETE FROM chunk_sums WHERE sha1=?", (sha1,))
 
     def all_objects(self) -> list[ObjectRecord]:
         rows = self._query("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects ORDER BY sha1")
@@ -213,6 +221,16 @@ class Index:
 
     def _channels(self, where: str, key: str) -> frozenset[str]:
         return frozenset(r[0] for r in self._query(f"SELECT channel_id FROM {where}", (key,)))
+
+    def put_chunk_sums(self, sha1: str, sums: bytes) -> None:
+        self._run("INSERT OR REPLACE INTO chunk_sums (sha1, sums) VALUES (?, ?)", (sha1, sums))
+
+    def remove_chunk_sums(self, sha1: str) -> None:
+        self._run("DELETE FROM chunk_sums WHERE sha1=?", (sha1,))
+
+    def chunk_sums(self, sha1: str) -> bytes | None:
+        rows = self._query("SELECT sums FROM chunk_sums WHERE sha1=?", (sha1,))
+        return bytes(rows[0][0]) if rows else None
 
     # names under store/
     def set_name(self, name: str, sha1: str, size: int, manifest_sha1: str | None, mtime_ns: int) -> None:

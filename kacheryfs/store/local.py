@@ -7,6 +7,7 @@ Files larger than one chunk also get a manifest object (see manifest.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import KacheryError, ObjectNotFound, StoreFailed, from_os_error
+from ..errors import KacheryError, ObjectNotFound, StorageFull, StoreFailed, from_os_error
 from .hashing import CHUNK_SIZE, ContentHasher, Digest
 from .index import Index, NameRecord, ObjectRecord
 from .manifest import Manifest
@@ -187,7 +188,10 @@ class LocalStore:
         # of dead processes' files, but a partial download must survive a restart to be resumed.
         self.partial_dir = self.root / "partial"
         try:
-            for d in (self.root, self.objects_dir, self.tmp_dir):
+            if not self.root.exists():
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                self.root.mkdir(mode=0o700, exist_ok=True)  # other local users see nothing inside
+            for d in (self.objects_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)
             self.index = Index(self.root / INDEX_FILE)  # private to the store: use the methods below
         except OSError as exc:
@@ -288,6 +292,8 @@ class LocalStore:
         if digest.size > digest.chunk_size:
             manifest = Manifest.from_digest(digest)
             manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
+        if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
+            self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
         self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
         return StoredObject(digest.sha1, digest.size, manifest_sha1)
 
@@ -413,6 +419,7 @@ class LocalStore:
         self.flush_touches()
         total = self.index.cached_total()
         evicted: list[str] = []
+        unindexed: list[str] = []
         for sha1, size, manifest_sha1 in self.index.cached_by_age():
             if total <= limit_bytes:
                 break
@@ -420,16 +427,29 @@ class LocalStore:
                 record = self.index.get_object(victim) if victim else None
                 if record is None or record.pinned:
                     continue
-                self.index.remove_object(victim)
-                try:
+                try:  # the file first: on a full disk the index needs the room to change
                     os.unlink(self.object_path(victim))  # open maps keep their pages until unmapped
                 except FileNotFoundError:
                     pass
+                try:
+                    self.index.remove_object(victim)
+                except StorageFull:
+                    unindexed.append(victim)
                 total -= record.size
                 evicted.append(victim)
+        for victim in unindexed:  # with some room now
+            self.index.remove_object(victim)
         if evicted:
             log.info("evicted %d cached objects to keep the cache under %d bytes", len(evicted), limit_bytes)
         return evicted
+
+    def evict_bytes(self, needed: int) -> list[str]:
+        """Evict least recently used cached copies until ``needed`` more bytes are free on the
+        storage filesystem (or no cached copy is left). Returns the evicted hashes."""
+        short = needed - self.disk_usage().free
+        if short <= 0:
+            return []
+        return self.evict_cached(max(0, self.index.cached_total() - short))
 
     # start-up housekeeping
     def reconcile(self) -> dict[str, int]:
@@ -465,6 +485,13 @@ class LocalStore:
     def disk_usage(self):
         """(total, used, free) bytes of the storage directory's filesystem."""
         return shutil.disk_usage(self.root)
+
+    @functools.cached_property
+    def integrity(self):
+        """Checks stored bytes before they leave this node; quarantines rotten objects (integrity.py)."""
+        from .integrity import Integrity
+
+        return Integrity(self)
 
 
 def _fingerprint(src, size: int) -> str:

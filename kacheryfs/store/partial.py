@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 from ..errors import ChunkNotPresent, CorruptChunk, CorruptObject, KacheryError, StoreFailed, from_os_error
-from .hashing import Digest
+from .hashing import Digest, chunk_sum
 from .local import LocalStore, StoredObject
 from .manifest import Manifest
 from .uri import is_sha1_hex
@@ -88,6 +88,7 @@ class PartialObject:
         self._hash_lock = threading.Lock()
         self._hasher = hashlib.sha1()
         self._hashed_chunks = 0
+        self._sums: list[bytes | None] = [None] * self.num_chunks  # xxh3 of each verified chunk
 
     # --- opening and resuming
 
@@ -139,6 +140,7 @@ class PartialObject:
             if hashlib.sha1(data).hexdigest() != self.manifest.chunk_sha1s[i]:
                 prefix = False  # lost or torn in a crash: the bit is dropped below
                 continue
+            self._sums[i] = chunk_sum(data)
             self._bits[i >> 3] |= 1 << (i & 7)
             self._present_count += 1
             self._present_bytes += end - start
@@ -194,6 +196,7 @@ class PartialObject:
         # Hashed outside the lock: verification is the costly part and may run on several cores.
         if hashlib.sha1(data).hexdigest() != self.manifest.chunk_sha1s[i]:
             raise CorruptChunk(f"chunk {i} of {self.sha1}")
+        checksum = chunk_sum(data)
         with self._lock:
             self._check_open()
             if self._has(i):
@@ -207,6 +210,7 @@ class PartialObject:
                 raise from_os_error(exc, f"writing chunk {i} of {self.sha1}") from None
             self._present_count += 1
             self._present_bytes += end - start
+            self._sums[i] = checksum
         self._advance_hash(i, data)
 
     def _advance_hash(self, just_written: int = -1, data=None) -> None:
@@ -267,7 +271,8 @@ class PartialObject:
         if whole != self.manifest.sha1:
             self.abort()
             raise CorruptObject(f"downloaded {self.sha1} hashes to {whole}; partial discarded")
-        digest = Digest(self.sha1, self.size, self.manifest.chunk_sha1s, self.manifest.chunk_size)
+        sums = b"" if any(x is None for x in self._sums) else b"".join(self._sums)
+        digest = Digest(self.sha1, self.size, self.manifest.chunk_sha1s, self.manifest.chunk_size, sums)
         with self._lock:
             self._check_open()
             try:
