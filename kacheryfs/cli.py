@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .cli_cache import cli_config
+from .cli_status import swarm_lines  # noqa: F401 (status lines of downloads, for tests)
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
 from .errors import CorruptObject, IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
@@ -78,6 +79,16 @@ def network_options(fn):
                      help="Seconds to wait for peers to answer who holds a file."),
         click.option("--cache-size", default=f"{DEFAULT_CACHE_SIZE >> 30}G", show_default=True, metavar="SIZE",
                      help="Keep at most this much of files fetched from peers (least recently used go first)."),
+        click.option("--dht/--no-dht", default=None,
+                     help="Find channel peers and providers through the BitTorrent mainline DHT "
+                          "(default: off, or KACHERYFS_DHT=1)."),
+        click.option("--dht-bootstrap", "dht_bootstrap", multiple=True, metavar="HOST:PORT",
+                     help="A DHT node to join through (repeatable; implies --dht). "
+                          "Without one, --dht joins through the public mainline routers."),
+        click.option("--dht-listen", default=None, metavar="HOST:PORT",
+                     help="UDP address of this node's DHT node (default 0.0.0.0:0)."),
+        click.option("--max-peers", default=None, type=int,
+                     help="Peers this node dials by itself at most (default 16; it accepts up to twice that, plus 8)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -91,10 +102,12 @@ http_option = click.option(
 
 
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size, http=None, allow_other=False) -> Config:
+                cache_size, http=None, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None,
+                allow_other=False) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
-                           find_timeout=find_timeout, cache_size=cache_size, http=http,
+                           find_timeout=find_timeout, cache_size=cache_size, http=http, dht=dht,
+                           dht_bootstrap=dht_bootstrap, dht_listen=dht_listen, max_peers=max_peers,
                            allow_other=allow_other)
 
 

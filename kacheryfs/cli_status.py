@@ -65,4 +65,20 @@ def status_lines(info: dict) -> list[str]:
         lines.append(f"bootstrap: {p['node'][:16]}  {p['remote']}  {_rates(p)}")
     lines.append(f"peers:    {len(peers)}")
     lines.extend(_session_line(p) for p in peers)
+    return lines + swarm_lines(node)
+
+
+def swarm_lines(node: dict) -> list[str]:
+    """The DHT node and the swarm view of each object being fetched, from a node's status."""
+    lines = []
+    if node.get("dht"):
+        lines.append(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
+    for fetch in node.get("swarm", []):
+        lines.append(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
+                     f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
+                     f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
+        for p in sorted(fetch["providers"], key=lambda p: -p["chunks_from"]):
+            holds = {"all": "whole", None: "-"}.get(p["holds"], f"{p['holds']} chunks")
+            lines.append(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
+                         f"in flight {p['in_flight']:>3}  {p['state']}")
     return lines

@@ -19,6 +19,9 @@ DEFAULT_LISTEN_PORT = 14507
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_LISTEN_PORT}"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
+DEFAULT_DHT_LISTEN = "0.0.0.0:0"
+DEFAULT_MAX_PEERS = 16  # sessions a node dials; it accepts up to twice that
+
 DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
 API_SOCKET = "api.sock"  # in the config dir: the running daemon's local API (api/messages.py)
 FEEDS_DB = "feeds.sqlite3"  # in the storage dir
@@ -46,6 +49,11 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
+    dht: bool = False  # discovery through the mainline DHT: --dht, KACHERYFS_DHT=1, or any --dht-bootstrap
+    dht_bootstrap: tuple[str, ...] = ()  # DHT nodes to join through; none: the public mainline routers
+    dht_listen: str = DEFAULT_DHT_LISTEN  # UDP address of the DHT node; KACHERYFS_DHT_LISTEN
+    max_peers: int = DEFAULT_MAX_PEERS  # sessions a node opens by itself; KACHERYFS_MAX_PEERS
+    swarming: bool = True  # serve objects while downloading them; KACHERYFS_SWARM=0 (benchmark baseline)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT  # KACHERYFS_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # KACHERYFS_MAX_HANDSHAKES
     max_handshakes_per_ip: int = DEFAULT_MAX_HANDSHAKES_PER_IP  # KACHERYFS_MAX_HANDSHAKES_PER_IP
@@ -66,6 +74,10 @@ class Config:
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
+        dht: bool | None = None,
+        dht_bootstrap: tuple[str, ...] | list[str] = (),
+        dht_listen: str | None = None,
+        max_peers: int | None = None,
         relay_circuit_bytes: str | int | None = None,
         relay_circuit_seconds: float | None = None,
         relay_node_circuits: int | None = None,
@@ -93,6 +105,12 @@ class Config:
             running_dir=_running_dir(env),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
+            dht=_dht_on(dht, dht_bootstrap, env),
+            dht_bootstrap=tuple(_check_hostport(b, "--dht-bootstrap") for b in dht_bootstrap),
+            dht_listen=_check_hostport(dht_listen or env.get("KACHERYFS_DHT_LISTEN") or DEFAULT_DHT_LISTEN,
+                                       "--dht-listen"),
+            max_peers=_max_peers(max_peers, env),
+            swarming=env.get("KACHERYFS_SWARM", "1") not in ("0", "no", "false", "off"),
             handshake_timeout=_positive_float(env.get("KACHERYFS_HANDSHAKE_TIMEOUT"), "KACHERYFS_HANDSHAKE_TIMEOUT")
             or DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes=_positive_int(env, "KACHERYFS_MAX_HANDSHAKES", DEFAULT_MAX_HANDSHAKES),
@@ -213,6 +231,32 @@ def parse_http_bind(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--http {text!r}: expected PORT or HOST:PORT (e.g. 127.0.0.1:8080)")
     return host, int(port)
+
+
+def _dht_on(flag: bool | None, bootstrap, env) -> bool:
+    if flag is not None:
+        if flag is False and bootstrap:
+            raise ConfigError("--no-dht with --dht-bootstrap: choose one")
+        return flag
+    return bool(bootstrap) or env.get("KACHERYFS_DHT", "0") in ("1", "yes", "true", "on")
+
+
+def _check_hostport(text: str, what: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} wants HOST:PORT, got {text!r}")
+    return text
+
+
+def _max_peers(flag: int | None, env) -> int:
+    text = str(flag) if flag is not None else env.get("KACHERYFS_MAX_PEERS") or str(DEFAULT_MAX_PEERS)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"max peers {text!r} is not a number") from None
+    if value < 1:
+        raise ConfigError("max peers must be at least 1")
+    return value
 
 
 def _positive_float(text: str | None, name: str) -> float | None:

@@ -28,6 +28,8 @@ CHANNEL_KEY_DOMAIN = b"kacheryfs/channel-key/v1"
 CHANNEL_ID_DOMAIN = b"kacheryfs/channel-id/v1"
 CHANNEL_PROOF_DOMAIN = b"kacheryfs/channel-proof/v1"
 SESSION_KEY_DOMAIN = b"kacheryfs/session-keys/v1"
+DHT_CHANNEL_DOMAIN = b"kacheryfs/dht-channel/v1"
+DHT_OBJECT_DOMAIN = b"kacheryfs/dht-object/v1"
 AEAD_KEY_BYTES = 32
 AEAD_TAG_BYTES = 32
 AEAD_NONCE_BYTES = 32
@@ -216,6 +218,18 @@ def channel_id(key: bytes) -> str:
 def channel_proof(key: bytes, transcript: bytes, role: bytes, node_public: bytes) -> bytes:
     """A MAC only holders of the channel key can make, valid only for this session and sender."""
     return blake2b(_tagged(CHANNEL_PROOF_DOMAIN, transcript, role, node_public), key=key, size=32)
+
+
+def dht_channel_infohash(key: bytes) -> bytes:
+    """The 20-byte mainline DHT key (a BEP 5 info-hash) under which a channel's members announce
+    themselves: a MAC under the channel key, so only members can compute it (for a private channel
+    that needs the secret), and it is unrelated to the channel id a bootstrap sees."""
+    return blake2b(_tagged(DHT_CHANNEL_DOMAIN), key=key, size=20)
+
+
+def dht_object_infohash(key: bytes, sha1: str) -> bytes:
+    """The DHT key under which providers of one object announce themselves in one channel."""
+    return blake2b(_tagged(DHT_OBJECT_DOMAIN, bytes.fromhex(sha1)), key=key, size=20)
 
 
 # ---- frame encryption ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class Cluster:
         self.nodes = []
 
     async def node(self, name, channels, *, bootstrap=None, node_cls=Node, bootstrap_mode=False, listen=LOCAL,
-                   find_timeout=2.0):
+                   find_timeout=2.0, **extra):
         from kacheryfs.feeds import FeedStore
 
         if bootstrap_mode:  # the bootstrap is a node of its own kind: no channels, no store
@@ -44,7 +44,7 @@ class Cluster:
             feeds = FeedStore(self.tmp_path / name / "feeds.sqlite3", self.tmp_path / name / "feed-keys")
             bootstraps = (tuple(bootstrap),) if bootstrap else ()
             node = node_cls(NodeKey.generate(), store, channels, listen=listen, bootstraps=bootstraps,
-                            find_timeout=find_timeout, feeds=feeds)
+                            find_timeout=find_timeout, feeds=feeds, **extra)
         # The fixture stops every task of a node and closes its stores only once they are done.
         stopped = trio.Event()
         scope = trio.CancelScope()

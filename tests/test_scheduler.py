@@ -107,7 +107,8 @@ def test_three_peers_every_chunk_verified_once_faster_gets_more():
     assert end < 1.1 * ideal, (end, ideal)
     stats = sim.sched.stats
     assert stats.verified == 300 and stats.in_flight == 0 and stats.queued == 0
-    assert stats.requests == len(sim.requests) <= 300 + stats.duplicates
+    assert stats.requests == len(sim.requests) <= 300 + stats.duplicates + stats.moves
+    assert stats.moves <= 16
     assert stats.duplicates <= 16 and sim.expired == []
     assert stats.peers["fast"].window > stats.peers["slow"].window
     assert stats.peers["fast"].rate > stats.peers["mid"].rate > stats.peers["slow"].rate
@@ -205,10 +206,11 @@ def test_endgame_duplicates_and_late_copy_is_harmless():
     assert s.next_requests("slow", 0.0) == [0, 1, 2, 3]
     s.add_peer("fast")
     s.on_chunk_ok("slow", 0, MiB, 1.0)
-    dup = s.next_requests("fast", 1.0)
-    assert dup == [3, 2, 1]  # every remaining chunk is in flight: race them, last-expected first
-    assert s.next_requests("fast", 1.0) == [] and s.stats.duplicates == 3
-    s.remove_peer("slow")  # nothing re-queued: each chunk is still in flight at "fast"
+    moved = s.next_requests("fast", 1.0)
+    assert moved == [3, 2, 1]  # waiting at a peer that delivers 1 chunk/s: moved, last-expected first
+    assert s.next_requests("fast", 1.0) == [] and s.stats.moves == 3 and s.stats.duplicates == 0
+    assert sorted(s.take_cancelled()) == [("slow", 1), ("slow", 2), ("slow", 3)]
+    s.remove_peer("slow")  # nothing re-queued: each chunk is in flight at "fast"
     assert s.queued == []
     s.add_peer("slow")
     assert s.next_requests("slow", 1.1) == [1, 2, 3]  # again at most one duplicate per chunk

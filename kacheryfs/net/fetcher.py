@@ -119,6 +119,7 @@ class NetworkFetcher:
                 await fetch_small_into_store(self.node, providers, sha1)
                 return None
             download = await Download.start(self.node, manifest, providers)
+            self.node.swarm.add(download)  # its verified chunks are served while it runs
             scope = await self.node.start(self._run_download, download)
             running = self._downloads[sha1] = _RunningDownload(download, scope)
         running.refs += 1
@@ -172,18 +173,27 @@ class NetworkFetcher:
         return None if running is None else RemoteReader(self, sha1, running)
 
     async def _run_download(self, download, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            await download.run()
-            running = self._downloads.get(download.manifest.sha1)
-            if running is not None and running.download is download and running.refs <= 0:
-                self._drop(download.manifest.sha1, running)  # its last user left while it installed
+        sha1 = download.manifest.sha1
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await download.run()
+                running = self._downloads.get(sha1)
+                if running is not None and running.download is download and running.refs <= 0:
+                    self._drop(sha1, running)  # its last user left while it installed
+        finally:
+            if download.result is not None:
+                self.node.swarm.finish(sha1)  # interested peers learn we hold it all
+                self.node.provide(sha1)
+            else:
+                self.node.swarm.drop(sha1, download)
 
     def _drop(self, sha1: str, running: _RunningDownload) -> None:
         if self._downloads.get(sha1) is running:
             del self._downloads[sha1]
         if not running.dropped:
             running.dropped = True
+            self.node.swarm.drop(sha1, running.download)  # no longer served from its partial file
             running.scope.cancel()  # what was fetched stays in the partial file, for resuming
             running.download.close()
 

@@ -1,22 +1,30 @@
-"""Finding who holds an object: ask every channel peer at once, keep the first answers, cache them
-briefly; and announcing what this node stored, which also drops a stale cached answer at peers.
+"""Finding who holds an object: ask channel peers a bounded batch at a time (FIND_FANOUT, the next
+batch once the last has answered or after FIND_STEP), keep the first answers, cache them briefly;
+when no connected peer has it, ask for more peers (``more_peers``: remembered peers beyond the
+connection cap, the DHT). Announcing what this node stored also drops a stale cached answer at peers.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
 from ..config import DEFAULT_FIND_TIMEOUT
 from ..errors import KacheryError, PeerGone
+from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Announce, FindRequest, FindResponse
 from .interfaces import Peers, Routes
 from .session import PeerSession
 
 FIND_GRACE = 0.015  # after the first "found", wait this long for more providers (they also join later)
 FIND_CACHE_SECONDS = 5.0
+FIND_FANOUT = 8  # peers asked at once
+FIND_STEP = 0.2  # seconds before the next batch, if the last has not all answered
+WIDEN_SECONDS = 0.5  # while nobody has it, ask for more peers this often
 CACHE_PRUNE_AT = 256  # entries: past this, expired ones are dropped when the next answer is cached
 
 
@@ -25,6 +33,7 @@ class Provider:
     session: PeerSession
     size: int
     manifest_sha1: str | None
+    have: ChunkSet | None = None  # chunks it holds while it is still downloading; None: all
 
 
 def prefer_direct(providers: list[Provider]) -> list[Provider]:
@@ -35,17 +44,21 @@ def prefer_direct(providers: list[Provider]) -> list[Provider]:
 
 
 class Finder:
-    def __init__(self, routes: Routes, peers: Peers, *, in_a_channel: bool, timeout: float = DEFAULT_FIND_TIMEOUT):
+    def __init__(self, routes: Routes, peers: Peers, *, in_a_channel: bool, timeout: float = DEFAULT_FIND_TIMEOUT,
+                 more_peers: Callable[[str], None] | None = None):
         self.peers = peers
+        self.more_peers = more_peers
         self.in_a_channel = in_a_channel  # in no channel there is nobody to ask
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[Provider]]] = {}
         routes.register(Announce, self._announced)
 
-    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
-        """Ask every channel peer at once; first answers win, bounded wait; cached briefly."""
+    async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
+        """Ask channel peers in batches; first answers win, bounded wait; cached briefly.
+        ``whole``: fresh answers, and keep asking (and widening) until a provider of the whole
+        object answers; partial providers met on the way are returned too."""
         cached = self._cache.get(sha1)
-        if cached and time.monotonic() - cached[0] < FIND_CACHE_SECONDS and \
+        if not whole and cached and time.monotonic() - cached[0] < FIND_CACHE_SECONDS and \
                 all(not p.session.closed.is_set() for p in cached[1]):
             return cached[1]
         timeout = self.timeout if timeout is None else timeout
@@ -53,12 +66,12 @@ class Finder:
             return []
         found: list[Provider] = []
         first = trio.Event()
-        everyone = trio.Event()  # every peer asked so far has answered: no point in more grace
+        batch_done = trio.Event()  # every peer asked so far has answered
         asked: set[str] = set()
         answered = 0
 
         async def ask(session: PeerSession) -> None:
-            nonlocal answered
+            nonlocal answered, batch_done
             try:
                 reply = await session.request(FindRequest(req=session.next_req(), sha1=sha1), timeout)
             except (KacheryError, trio.TooSlowError):
@@ -66,25 +79,40 @@ class Finder:
             finally:
                 answered += 1
                 if answered == len(asked):
-                    everyone.set()
+                    batch_done.set()
             if isinstance(reply, FindResponse) and reply.found and reply.sha1 == sha1:
-                found.append(Provider(session, reply.size, reply.manifest_sha1))
-                first.set()
+                found.append(Provider(session, reply.size, reply.manifest_sha1, reply.chunks))
+                if not whole or reply.have is None:
+                    first.set()
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
-                async def watch_new_peers():
-                    while True:  # peers that connect while we wait are asked too
-                        for session in self.peers.channel_peers():
-                            if session.peer_id not in asked:
+                async def ask_in_batches():
+                    nonlocal batch_done
+                    while True:
+                        fresh = [s for s in self.peers.channel_peers() if s.peer_id not in asked]
+                        random.shuffle(fresh)  # spread the finds of a crowd over the channel
+                        if fresh:
+                            batch_done = trio.Event()
+                            for session in fresh[:FIND_FANOUT]:
                                 asked.add(session.peer_id)
                                 nursery.start_soon(ask, session)
-                        await self.peers.wait_peers_changed()
+                            with trio.move_on_after(FIND_STEP):
+                                await batch_done.wait()
+                            continue
+                        if answered < len(asked):
+                            await batch_done.wait()
+                            continue
+                        if self.more_peers is not None:
+                            self.more_peers(sha1)  # every peer asked said no: look further, again and again
+                        with trio.move_on_after(WIDEN_SECONDS):
+                            await self.peers.wait_peers_changed()  # peers that connect meanwhile are asked too
 
-                nursery.start_soon(watch_new_peers)
+                nursery.start_soon(ask_in_batches)
                 await first.wait()
-                with trio.move_on_after(FIND_GRACE):
-                    await everyone.wait()
+                if answered < len(asked):
+                    with trio.move_on_after(FIND_GRACE):
+                        await batch_done.wait()
                 nursery.cancel_scope.cancel()
         found = prefer_direct(found)
         if found:

@@ -53,6 +53,7 @@ class SessionHost:
         self.listen_addrs: list[str] = []
         self.listen_local: tuple[str, int] | None = None  # the bound listener, to dial from (punching)
         self.sessions: dict[str, PeerSession] = {}  # peer id -> its primary session
+        self.max_inbound: int | None = None  # sessions beyond which a new inbound peer is turned away
         self.dispatch = Dispatch()
         self._opened: list[Opened] = []
         self._closed: list[Closed] = []
@@ -180,6 +181,10 @@ class SessionHost:
             return
         if ticket is not None:
             ticket.authenticated()
+        if self.max_inbound is not None and info.peer_id not in self.sessions and len(self.sessions) >= self.max_inbound:
+            log.info("turned away %s from %s: %d peers already", info.peer_id[:12], remote, len(self.sessions))
+            await trio.aclose_forcefully(stream)
+            return
         await self._run_session(PeerSession(stream, conn, info, direction, remote))
 
     async def answer_session(self, stream: trio.abc.Stream, remote: str, direction: str,

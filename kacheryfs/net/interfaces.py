@@ -82,7 +82,7 @@ class TransferHost(Protocol):
 
     store: "LocalStore"
 
-    async def find(self, sha1: str) -> "list[Provider]": ...
+    async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> "list[Provider]": ...
 
     def note_fetched(self, nbytes: int) -> None: ...
 
@@ -93,7 +93,12 @@ class TransferHost(Protocol):
 class FetcherHost(TransferHost, Tasks, Protocol):
     """What the fetcher the mount and the local API use needs (net/fetcher.py)."""
 
+    swarm: Any  # net.swarm.Swarm: running downloads are registered there (served while partial)
+
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None: ...
+
+    def provide(self, sha1: str) -> None:
+        """This node now holds ``sha1`` whole (announced in the DHT, when on)."""
 
     def status(self) -> dict: ...
 

@@ -5,7 +5,10 @@
   by a hole punch (punch.py) when the peer is behind NAT
 - serving (serving.py): what this node holds, to channel members only, per request
 - finding (finding.py): who holds an object; announcing what this node stored
-- discovery (discovery.py): bootstrap client, same-machine and LAN discovery
+- discovery (discovery.py): bootstrap client, same-machine and LAN discovery; the mainline DHT
+  (dht.py, dht_discovery.py) when on
+- swarming (swarm.py): objects being downloaded are served chunk by verified chunk, with Have
+  messages to the peers interested in them
 - feed replication (feed_sync.py), when the node keeps feeds
 
 Each role registers its message handlers itself, and reaches the rest of the node only through the
@@ -21,7 +24,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import trio
 
-from ..config import DEFAULT_FIND_TIMEOUT
+from ..config import DEFAULT_FIND_TIMEOUT, DEFAULT_MAX_PEERS
 from ..crypto import NodeKey
 from ..store import LocalStore
 from .admission import Limits
@@ -37,6 +40,7 @@ from .punch import PunchClient, PunchError
 from .relay_client import RelayClient
 from .serving import NodeCounters, Server
 from .session import PeerSession
+from .swarm import Swarm
 from .sockets import format_addr
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,8 @@ class Node(HostedNode):
                  listen: tuple[str, int] | None = ("0.0.0.0", 0), bootstraps: tuple[tuple[str, int], ...] = (),
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
-                 limits: Limits | None = None, channel_names: Mapping[str, str] | None = None,
+                 limits: Limits | None = None, dht=None, max_peers: int = DEFAULT_MAX_PEERS,
+                 swarming: bool = True, channel_names: Mapping[str, str] | None = None,
                  listen_fallback: bool = False, alone_warning_after: float = ALONE_WARNING_SECONDS):
         self.key = key
         self.channel_names = dict(channel_names or {})  # channel id -> name, for status
@@ -62,11 +67,20 @@ class Node(HostedNode):
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
         self.host = SessionHost(key, channel_keys, listen=listen, limits=limits, listen_fallback=listen_fallback)
-        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit)
-        self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout)
+        # With the dialer's cap every node's sessions are bounded; the 8 spare leave room for the
+        # peers that dial us because a find of theirs widened to us.
+        self.host.max_inbound = 2 * max_peers + 8
+        self.swarm = Swarm(self, self, enabled=swarming)
+        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
+                             read_partial=self._read_partial)
+        self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
+                             more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
         self.punch = PunchClient(lambda: self.host.listen_local, self._punched)
-        self.dialer = Dialer(self.host, self.observed_addrs, self.behind_nat)
+        self.dialer = Dialer(self.host, self.observed_addrs, self.behind_nat, max_peers)
+        self.dht = dht  # net.dht.DhtNode (not started) or None
+        self.dht_discovery = None
+        self._dht_lookups: set[str] = set()  # objects being looked up in the DHT now
         self.dialer.ways.append(self._relay_then_punch)
         self.host.register(Observed, self._observed)
         self.host.register(PunchIncoming, self._punch_incoming)
@@ -92,7 +106,38 @@ class Node(HostedNode):
         self.server.rate_limit = value
 
     def services(self):
-        return self.discovery.services() + [self._warn_while_alone]
+        out = self.discovery.services() + [self.swarm.run, self._warn_while_alone]
+        if self.dht is not None:
+            out.append(self._run_dht)
+        return out
+
+    async def _run_dht(self) -> None:
+        from .dht_discovery import DhtDiscovery
+
+        port = int(self.listen_addrs[0].rpartition(":")[2]) if self.listen_addrs else None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.dht.run)
+            self.dht_discovery = await nursery.start(
+                DhtDiscovery(self.dht, dict(self.channel_keys), port, self.dialer.maybe_dial_address).run)
+
+    def _more_peers(self, sha1: str) -> None:
+        """A find found nobody among our peers: dial some we know of but skipped, and ask the DHT."""
+        self.dialer.widen(8)
+        if self.dht_discovery is not None and sha1 not in self._dht_lookups:
+            self._dht_lookups.add(sha1)
+            self.host.start_soon(self._dht_providers, sha1)
+
+    async def _dht_providers(self, sha1: str) -> None:
+        try:
+            for host, port in await self.dht_discovery.find_object(sha1):
+                self.dialer.maybe_dial_address(host, port)
+        finally:
+            self._dht_lookups.discard(sha1)
+
+    def provide(self, sha1: str) -> None:
+        if self.dht_discovery is not None:
+            self.dht_discovery.announce_object(sha1)
+
 
     def channels_without_peers(self) -> list[str]:
         """Names of the joined channels no connected peer shares."""
@@ -155,6 +200,9 @@ class Node(HostedNode):
 
     def trust_relay(self, session: PeerSession) -> None:
         self.relay_client.trust(session)
+
+    async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
+        return await self.finder.find(sha1, timeout, whole=whole)
 
     # ---- reachability: observed addresses, hole punching ----------------------------------------
     async def connect_bootstrap(self, host: str, port: int) -> PeerSession:
@@ -234,10 +282,8 @@ class Node(HostedNode):
         session = self.sessions.get(peer_id)
         return session if session is not None and not session.closed.is_set() else None
 
-    async def find(self, sha1: str, timeout: float | None = None) -> list[Provider]:
-        return await self.finder.find(sha1, timeout)
-
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
+        self.provide(sha1)
         await self.finder.announce(sha1, size, manifest_sha1)
 
     def note_fetched(self, nbytes: int) -> None:
@@ -247,6 +293,11 @@ class Node(HostedNode):
         """The bytes this node serves (blocking), each chunk checked against its hash the first time
         (store/integrity.py). Tests override it to play a lying peer."""
         return self.store.integrity.read_range(sha1, offset, length)
+
+    def _read_partial(self, partial, offset: int, length: int) -> bytes:
+        """Bytes of an object still downloading here (blocking); raises for a chunk not verified here.
+        Tests override it to play a peer that lies about a partial object."""
+        return partial.read(offset, length)
 
     def status(self) -> dict:
         return {
@@ -262,6 +313,8 @@ class Node(HostedNode):
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
+            "swarm": self.swarm.status(),
+            "dht": None if self.dht is None else {"port": self.dht.port, "nodes": self.dht.nodes},
             # inbound connections that never became sessions: refused by a limit, bad handshake
             # bytes, handshake timeout, or cut by the peer
             "rejected": dict(self.host.rejected),
@@ -275,11 +328,17 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
     for cid, (name, _key) in channels.items():
         log.info("channel %s (id %s)", name, cid)
     listen = parse_hostport(config.listen) if config.listen else None
+    dht = None
+    if config.dht:
+        from .dht import DhtNode
+
+        dht = DhtNode(parse_hostport(config.dht_listen), config.dht_bootstrap, public_routers=not config.dht_bootstrap)
     return Node(key, store, {cid: k for cid, (_n, k) in channels.items()}, listen=listen,
                 bootstraps=tuple(parse_hostport(b) for b in config.bootstraps),
                 find_timeout=config.find_timeout,
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds, limits=Limits.from_config(config),
+                dht=dht, max_peers=config.max_peers, swarming=config.swarming,
                 channel_names={cid: name for cid, (name, _k) in channels.items()},
                 listen_fallback=config.listen_fallback,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly

@@ -15,10 +15,22 @@ Policy:
   leaves room to probe upward, while a window deeper than that adds no throughput, only requests
   queued at the peer: they delay the end of the download and, past ``request_timeout``, expire.
   So a peer gets more in flight when it is faster or farther away, and the slow ones stay shallow.
-- Queued chunks go out lowest index first (sequential readers, read-ahead), after any chunks a
-  reader is waiting on (``prioritize``). A chunk that failed or timed out at a peer is given to the
-  other peers first.
-- Endgame: once every remaining chunk is in flight, a peer with a free window may re-request the
+- Providers may hold the whole object or only some chunks (a node still downloading it: its
+  ``have`` set, grown by ``peer_has`` as it announces new chunks). A peer is only ever asked for
+  chunks it holds.
+- Chunks a reader is waiting on (``prioritize``) go out first. Then, while every provider holds
+  the whole object, queued chunks go out lowest index first (sequential readers, read-ahead). Once
+  some providers are partial, **rarest first**: the queued chunk held by the fewest providers,
+  ties broken by a random order of this download's own, so that downloaders starting together
+  fetch different chunks from a seeder and then trade them. A chunk that failed or timed out at a
+  peer is given to the other peers holding it first.
+- The initial window budget is shared: ``add_peers`` gives each of n providers
+  ``initial_window // n`` (at least ``min_initial_window``), so a crowd starting at once does not
+  queue the object many times over at one slow seeder; slow start then grows the fast ones.
+- Moves: a peer with a free window and nothing queued that it holds may take over requests
+  waiting at a peer that should deliver them much later (a slow or crowded seeder) when it
+  holds those chunks; the old request is cancelled (``take_cancelled``), not duplicated.
+- Endgame: once every remaining chunk is in flight and at most ENDGAME_CHUNKS remain, a peer with a free window may re-request the
   chunks another peer is slowest to deliver (latest expected arrival, from that peer's queue
   position and rate), at most one duplicate per chunk and only where this peer expects to be
   sooner, so a fast peer does not race a fast one for nothing. The first verified copy wins.
@@ -30,13 +42,21 @@ Policy:
 from __future__ import annotations
 
 import bisect
+import heapq
+import random
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 # Window cap: _RTT_GAIN round trips' worth of the peer's delivery rate, plus _SLACK_CHUNKS.
 _RTT_GAIN = 2.0
 _SLACK_CHUNKS = 2.0
 _RATE_EWMA = 0.3  # weight of a new delivery-rate sample
+STEAL_MIN_AGE = 0.05  # a request waits this long (s) before another peer may take it over...
+STEAL_SILENT_AGE = 1.0  # (s) for a peer that has delivered nothing yet: its speed is unknown
+STEAL_FACTOR = 2.0  # ...and only if that peer should deliver it in less than half the time
+STEAL_MARGIN = 0.1  # and at least this much (s) sooner
+ENDGAME_CHUNKS = 8  # duplicates only once this few chunks remain
+RARITY_HORIZON = 4096  # rarest-first looks at this many lowest queued chunks (bounded cost per call)
 
 
 @dataclass
@@ -50,6 +70,11 @@ class _Peer:
     chunks_ok: int = 0
     bytes_ok: int = 0
     failures: int = 0
+    have: bytearray | None = None  # chunks it holds, bit i of byte i // 8; None: the whole object
+
+    def holds(self, chunk: int) -> bool:
+        have = self.have
+        return have is None or bool(have[chunk >> 3] >> (chunk & 7) & 1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,7 @@ class PeerStats:
     bytes_ok: int
     failures: int
     rate: float | None
+    holds: int | None  # chunks it holds (None: the whole object)
 
 
 @dataclass(frozen=True)
@@ -70,15 +96,17 @@ class SchedulerStats:
     in_flight: int
     requests: int
     duplicates: int  # endgame re-requests issued
+    moves: int  # requests moved from a slower peer (cancelled there)
     peers: dict[str, PeerStats]
     dropped: frozenset[str]
 
 
 class ChunkScheduler:
     def __init__(self, num_chunks: int, needed: Iterable[int], *, initial_window: int = 4,
-                 max_window: int = 64, request_timeout: float = 10.0, slack_chunks: float = _SLACK_CHUNKS):
-        if not 1 <= initial_window <= max_window:
-            raise ValueError("need 1 <= initial_window <= max_window")
+                 max_window: int = 64, request_timeout: float = 10.0, slack_chunks: float = _SLACK_CHUNKS,
+                 slack_seconds: float = 0.0, min_initial_window: int = 1, seed: int | None = None):
+        if not 1 <= min_initial_window <= initial_window <= max_window:
+            raise ValueError("need 1 <= min_initial_window <= initial_window <= max_window")
         self.num_chunks = num_chunks
         self.needed = set(needed)  # grows with want(): a lazy reader asks for chunks as it goes
         if any(not 0 <= c < num_chunks for c in self.needed):
@@ -89,6 +117,14 @@ class ChunkScheduler:
         # Chunks allowed beyond the measured bandwidth-delay product: a transfer is a pipeline of
         # several serial stages (read, encrypt, send, decrypt, verify, write), each needs one in hand.
         self.slack_chunks = slack_chunks
+        # ...and this much time's worth at the peer's measured rate: deep on a fast link, shallow
+        # at a slow (or shared) provider, whose queued requests could later come from others.
+        self.slack_seconds = slack_seconds
+        self.min_initial_window = min_initial_window
+        self._random = random.Random(seed)
+        self._rank: list[int] | None = None  # random tie-break order, made when a partial peer comes
+        self._holding: list[int] | None = None  # chunk -> partial peers holding it (full ones hold all)
+        self._partial_peers = 0
         self._queue: list[int] = sorted(self.needed)  # waiting, ascending; disjoint from in flight
         self._urgent: dict[int, None] = {}  # chunks readers wait on, oldest first (ordered set)
         self._holders: dict[int, list[str]] = {}  # chunk -> peers it is in flight at (1, or 2 in endgame)
@@ -99,24 +135,93 @@ class ChunkScheduler:
         self._chunk_bytes = 1  # largest chunk seen, for turning a byte rate into a chunk count
         self._requests = 0
         self._duplicates = 0
+        self._moves = 0
+        self._moved: set[int] = set()
+        self._cancelled: list[tuple[str, int]] = []
 
     # --- peers
 
-    def add_peer(self, peer: str) -> None:
-        if peer in self._banned or peer in self._peers:
+    def add_peer(self, peer: str, have: Iterable[int] | None = None, *, window: int | None = None) -> None:
+        """A provider: of the whole object (``have`` None) or of the chunks in ``have``. A peer
+        already known just gains what ``have`` lists."""
+        if peer in self._banned:
             return
-        self._peers[peer] = _Peer(window=float(self.initial_window), ssthresh=float(self.max_window))
+        if peer in self._peers:
+            if have is None:
+                self.peer_has_all(peer)
+            else:
+                self.peer_has(peer, have)
+            return
+        window = self.initial_window if window is None else max(1, min(window, self.max_window))
+        state = self._peers[peer] = _Peer(window=float(window), ssthresh=float(self.max_window))
+        if have is not None:
+            if self._holding is None:
+                self._holding = [0] * self.num_chunks
+                self._rank = list(range(self.num_chunks))
+                self._random.shuffle(self._rank)
+            state.have = bytearray((self.num_chunks + 7) // 8)
+            self._partial_peers += 1
+            self.peer_has(peer, have)
+
+    def add_peers(self, peers: Mapping[str, Iterable[int] | None]) -> None:
+        """Several providers at once, sharing the initial window budget between them."""
+        share = max(self.min_initial_window, self.initial_window // max(1, len(peers)))
+        for peer, have in peers.items():
+            self.add_peer(peer, have, window=share)
+
+    def share_of_initial_window(self) -> int:
+        """The initial window a provider joining now gets (the budget shared with those present)."""
+        return max(self.min_initial_window, self.initial_window // (len(self._peers) + 1))
+
+    def peer_has(self, peer: str, chunks: Iterable[int]) -> bool:
+        """A partial provider now also holds ``chunks``. True if that makes a needed chunk available."""
+        state = self._peers.get(peer)
+        if state is None or state.have is None:
+            return False
+        have, holding, useful = state.have, self._holding, False
+        for chunk in chunks:
+            if not 0 <= chunk < self.num_chunks:
+                continue  # beyond this object: ignore
+            byte, bit = chunk >> 3, 1 << (chunk & 7)
+            if not have[byte] & bit:
+                have[byte] |= bit
+                holding[chunk] += 1
+                if not useful and chunk in self.needed and chunk not in self._verified:
+                    useful = True
+        return useful
+
+    def peer_has_all(self, peer: str) -> None:
+        """A partial provider completed the object."""
+        state = self._peers.get(peer)
+        if state is not None and state.have is not None:
+            self._forget_have(state)
+
+    def _forget_have(self, state: _Peer) -> None:
+        holding = self._holding
+        for byte_index, byte in enumerate(state.have):
+            while byte:
+                low = byte & -byte
+                holding[byte_index * 8 + low.bit_length() - 1] -= 1
+                byte ^= low
+        state.have = None
+        self._partial_peers -= 1
 
     def remove_peer(self, peer: str) -> list[int]:
         """The peer is gone: its in-flight chunks go back to the queue; returns those re-queued."""
         state = self._peers.pop(peer, None)
         if state is None:
             return []
+        if state.have is not None:
+            self._forget_have(state)
         requeued = []
         for chunk in state.in_flight:
             if self._release(chunk, peer):
                 requeued.append(chunk)
         return requeued
+
+    def holds(self, peer: str, chunk: int) -> bool:
+        state = self._peers.get(peer)
+        return state is not None and state.holds(chunk)
 
     def drop_peer(self, peer: str, reason: str) -> None:
         """The peer sent bad bytes: forget it for this file and never ask it again."""
@@ -161,28 +266,45 @@ class ChunkScheduler:
         picked: list[int] = []
         if free <= 0:
             return picked
-        # 1. chunks readers wait on, 2. the queue in order
+        # 1. chunks readers wait on, 2. the queue: in order, or rarest first once some peers are partial
         for chunk in list(self._urgent):
             if len(picked) == free:
                 break
-            if chunk not in self._holders and self._eligible(chunk, peer):
+            if chunk not in self._holders and state.holds(chunk) and self._eligible(chunk, peer):
                 picked.append(chunk)
         if len(picked) < free:
             chosen = set(picked)
-            for chunk in self._queue:
-                if len(picked) == free:
-                    break
-                if chunk not in chosen and self._eligible(chunk, peer):
-                    picked.append(chunk)
+            if self._partial_peers == 0:
+                for chunk in self._queue:
+                    if len(picked) == free:
+                        break
+                    if chunk not in chosen and self._eligible(chunk, peer):
+                        picked.append(chunk)
+            else:
+                holding, rank = self._holding, self._rank
+                horizon = self._queue if len(self._queue) <= RARITY_HORIZON else self._queue[:RARITY_HORIZON]
+                have, failed_at = state.have, self._failed_at
+                if have is None:
+                    candidates = [c for c in horizon
+                                  if c not in chosen and (not failed_at or self._eligible(c, peer))]
+                else:  # the bit test inline: this loop is the scheduler's hottest
+                    candidates = [c for c in horizon if have[c >> 3] >> (c & 7) & 1
+                                  and c not in chosen and (not failed_at or self._eligible(c, peer))]
+                picked += heapq.nsmallest(free - len(picked), candidates, key=lambda c: (holding[c], rank[c]))
         for chunk in picked:
             self._queue.pop(bisect.bisect_left(self._queue, chunk))
-        # 3. endgame: nothing left to queue, so race the chunks other peers will deliver last
-        if not self._queue and len(picked) < free:
+        # 3. chunks waiting at a slower peer move here (their request there is cancelled)
+        if len(picked) < free and len(self._peers) > 1:
+            picked += self._steal(peer, state, free - len(picked), len(picked), now)
+        # 4. endgame: nothing left to queue and only a few chunks to go, so race the chunks other
+        # peers will deliver last (a duplicate costs the other peer's upload: kept for the very end)
+        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS:
             candidates = sorted(
                 ((-self._eta(other_state, rank), chunk)
                  for other, other_state in self._peers.items() if other != peer
                  for rank, chunk in enumerate(other_state.in_flight)  # dicts keep request order
-                 if len(self._holders[chunk]) == 1 and peer not in self._failed_at.get(chunk, ())),
+                 if len(self._holders[chunk]) == 1 and state.holds(chunk)
+                 and peer not in self._failed_at.get(chunk, ())),
             )
             for neg_eta, chunk in candidates[:free - len(picked)]:
                 mine = 0.0 if state.rate is None else self._eta(state, len(state.in_flight) + len(picked))
@@ -196,14 +318,50 @@ class ChunkScheduler:
         self._requests += len(picked)
         return picked
 
+    def _steal(self, peer: str, state: _Peer, room: int, already: int, now: float) -> list[int]:
+        """Requests queued at other peers that ``peer`` holds and should deliver clearly sooner
+        (by STEAL_FACTOR and STEAL_MARGIN): moved here, never duplicated. The requests they leave
+        are listed by ``take_cancelled`` for the caller to cancel at the old peer."""
+        mine_first = 0.0 if state.rate is None else self._eta(state, len(state.in_flight) + already)
+        candidates = sorted(
+            ((-self._eta(other_state, rank), other, chunk)
+             for other, other_state in self._peers.items()
+             if other != peer and other_state.in_flight  # skip peers that will deliver all soon enough:
+             and self._eta(other_state, len(other_state.in_flight) - 1) >= mine_first * STEAL_FACTOR + STEAL_MARGIN
+             for rank, chunk in enumerate(other_state.in_flight)
+             if chunk not in self._moved
+             and now - other_state.in_flight[chunk] >= (STEAL_MIN_AGE if other_state.rate else STEAL_SILENT_AGE)
+             and len(self._holders[chunk]) == 1
+             and state.holds(chunk) and peer not in self._failed_at.get(chunk, ())),
+        )
+        moved: list[int] = []
+        for neg_eta, other, chunk in candidates[:room]:
+            mine = 0.0 if state.rate is None else self._eta(state, len(state.in_flight) + already + len(moved))
+            if -neg_eta < mine * STEAL_FACTOR + STEAL_MARGIN:
+                break  # sorted latest first: no later candidate is worth moving either
+            del self._peers[other].in_flight[chunk]
+            self._holders[chunk].remove(other)
+            del self._holders[chunk]
+            self._cancelled.append((other, chunk))
+            self._moved.add(chunk)  # once: requests do not bounce between peers
+            moved.append(chunk)
+            self._moves += 1
+        return moved
+
+    def take_cancelled(self) -> list[tuple[str, int]]:
+        """(peer, chunk) requests the scheduler moved elsewhere since the last call: cancel them."""
+        out, self._cancelled = self._cancelled, []
+        return out
+
     def _eta(self, state: _Peer, rank: int) -> float:
         """Roughly when the peer delivers the request ``rank`` places back in its queue (unknown: never)."""
         return float("inf") if state.rate is None else (rank + 1) * self._chunk_bytes / state.rate
 
     def _eligible(self, chunk: int, peer: str) -> bool:
-        # A peer that failed this chunk gets it again only once every usable peer has failed it.
+        # A peer that failed this chunk gets it again only once every peer holding it has failed it.
         failed = self._failed_at.get(chunk)
-        return not failed or peer not in failed or failed.issuperset(self._peers)
+        return (not failed or peer not in failed
+                or failed.issuperset(p for p, s in self._peers.items() if s.holds(chunk)))
 
     # --- what happened
 
@@ -243,7 +401,7 @@ class ChunkScheduler:
         state.last_ok = now
         state.min_rtt = now - sent if state.min_rtt is None else min(state.min_rtt, now - sent)
         state.window += 1.0 if state.window < state.ssthresh else 1.0 / state.window
-        cap = state.rate * _RTT_GAIN * state.min_rtt / self._chunk_bytes + self.slack_chunks
+        cap = state.rate * (_RTT_GAIN * state.min_rtt + self.slack_seconds) / self._chunk_bytes + self.slack_chunks
         state.window = max(1.0, min(state.window, float(self.max_window), cap))
 
     def on_chunk_failed(self, peer: str, chunk: int, now: float) -> None:
@@ -300,6 +458,13 @@ class ChunkScheduler:
         """Chunks remain but there is no peer left to ask."""
         return not self.done() and not self._peers
 
+    def unavailable(self) -> int:
+        """Queued chunks that no current peer holds (they wait for a Have, or for a new provider)."""
+        if len(self._peers) > self._partial_peers:
+            return 0  # someone holds everything
+        holding = self._holding
+        return sum(1 for c in self._queue if holding is None or not holding[c])
+
     def is_verified(self, chunk: int) -> bool:
         return chunk in self._verified
 
@@ -315,8 +480,9 @@ class ChunkScheduler:
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             needed=len(self.needed), verified=len(self._verified), queued=len(self._queue),
-            in_flight=len(self._holders), requests=self._requests, duplicates=self._duplicates,
-            peers={p: PeerStats(int(s.window), len(s.in_flight), s.chunks_ok, s.bytes_ok, s.failures, s.rate)
+            in_flight=len(self._holders), requests=self._requests, duplicates=self._duplicates, moves=self._moves,
+            peers={p: PeerStats(int(s.window), len(s.in_flight), s.chunks_ok, s.bytes_ok, s.failures, s.rate,
+                                None if s.have is None else sum(b.bit_count() for b in s.have))
                    for p, s in self._peers.items()},
             dropped=frozenset(self._banned),
         )

@@ -6,6 +6,10 @@ the SQLite lock elsewhere delays no other request and never the node.
 The rule is checked here, on the serving side, per request: the peer must have proved a channel,
 and the object must be stored here (shared on all our channels) or a cached copy that came from
 one of the peer's proved channels. Bytes served and refusals are counted per peer.
+
+An object still being downloaded here is served too (net/swarm.py): on the channels it is coming
+through, chunk by verified chunk; a find is answered with the chunks held (``have``), and a request
+touching a chunk not held yet is refused. A ``Cancel`` drops a chunk request not yet being sent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable
 import trio
 
 from ..errors import KacheryError
-from ..protocol.messages import ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
+from ..protocol.messages import Cancel, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
 from .session import PeerSession
@@ -32,20 +36,26 @@ READ_THREADS = 4  # worker threads reading chunks and the index at once
 class NodeCounters:
     served_bytes: Counter = field(default_factory=Counter)  # peer id -> bytes of content sent
     refused: Counter = field(default_factory=Counter)  # peer id -> requests refused
+    cancelled: Counter = field(default_factory=Counter)  # peer id -> chunk requests it cancelled in time
     fetched_bytes: int = 0  # content bytes received from peers (verified or not)
 
 
 class Server:
     def __init__(self, routes: Routes, store: LocalStore, counters: NodeCounters,
-                 read_range: Callable[[str, int, int], bytes], rate_limit: float | None = None):
+                 read_range: Callable[[str, int, int], bytes], rate_limit: float | None = None, swarm=None,
+                 read_partial: Callable[[object, int, int], bytes] | None = None):
         self.store = store
         self.counters = counters
         self.read_range = read_range  # blocking; runs in a worker thread
         self.rate_limit = rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
-        self._free_at = 0.0
+        self.swarm = swarm  # net.swarm.Swarm: objects being downloaded here, or None
+        self.read_partial = read_partial or (lambda partial, offset, length: partial.read(offset, length))
+        self._rate_turn = trio.Lock()  # FIFO: capped requests take turns; a cancelled one gives its turn up
         self._limiter = trio.CapacityLimiter(READ_THREADS)
+        self._waiting: dict[tuple[int, int], trio.CancelScope] = {}  # (id(session), req) -> request not yet sent
         routes.register(FindRequest, self._find)
         routes.register(ChunkRequest, self._chunk)
+        routes.register(Cancel, self._cancel, inline=True)
 
     def servable(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
         """The object's record if this peer may have it, else None. Stored objects are shared on all
@@ -64,37 +74,69 @@ class Server:
             self.store.touch(sha1)  # serving keeps a cached copy warm
         return record
 
-    def _read_servable(self, session: PeerSession, msg: ChunkRequest) -> bytes | None:
-        if self.servable(session, msg.sha1) is None:
+    def _read_servable(self, session: PeerSession, msg: ChunkRequest):
+        """The bytes, None if this peer may not have the object, or the error for a chunk of a
+        partial object not verified here (blocking: the index, the disk)."""
+        if self.servable(session, msg.sha1) is not None:
+            return self.read_range(msg.sha1, msg.offset, msg.length)
+        download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
+        if download is None:
             return None
-        return self.read_range(msg.sha1, msg.offset, msg.length)
+        try:
+            return self.read_partial(download.partial, msg.offset, msg.length)  # refuses unverified chunks
+        except KacheryError as exc:
+            if self.store.info(msg.sha1) is not None:  # completed and installed meanwhile
+                return self.read_range(msg.sha1, msg.offset, msg.length)
+            return exc
 
     async def _find(self, session: PeerSession, msg: FindRequest) -> Message:
         record = await trio.to_thread.run_sync(self._found, session, msg.sha1, limiter=self._limiter)
         if record is None:
+            download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
+            if download is not None:
+                self.swarm.interested(msg.sha1, session)
+                return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=download.manifest.size,
+                                    manifest_sha1=download.manifest_sha1, have=download.have().encode())
             if not session.channel_ids:
                 self.counters.refused[session.peer_id] += 1
                 log.info("refused find %s from %s: no shared channel", msg.sha1[:12], session.peer_id[:12])
+            elif self.swarm is not None:
+                self.swarm.asked(msg.sha1, session)
             return FindResponse(req=msg.req, sha1=msg.sha1, found=False)
         return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=record.size,
                             manifest_sha1=record.manifest_sha1)
 
-    async def _chunk(self, session: PeerSession, msg: ChunkRequest) -> Message:
-        if self.rate_limit:  # (a refused request is charged too: the cap is a benchmark knob)
-            now = trio.current_time()
-            start = max(now, self._free_at)
-            self._free_at = start + msg.length / self.rate_limit
-            await trio.sleep(self._free_at - now)
-        # one worker-thread hop per chunk: the index check and the read together
-        try:
-            data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
-        except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
-            log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
-            return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+    async def _chunk(self, session: PeerSession, msg: ChunkRequest) -> Message | None:
+        if self.swarm is not None:
+            self.swarm.interested(msg.sha1, session)  # (only if we are fetching it, on its channels)
+        key = (id(session), msg.req)
+        with trio.CancelScope() as scope:
+            self._waiting[key] = scope
+            try:
+                if self.rate_limit:  # (a refused request is charged too: the cap is a benchmark knob)
+                    async with self._rate_turn:  # FIFO; a cancelled request gives its turn up
+                        await trio.sleep(msg.length / self.rate_limit)
+                # one worker-thread hop per chunk: the index check and the read together
+                data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+            except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
+                log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+                return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+            finally:
+                del self._waiting[key]
+        if scope.cancelled_caught:
+            self.counters.cancelled[session.peer_id] += 1
+            return None  # the requester got this chunk elsewhere and does not wait for it
         if data is None:
             self.counters.refused[session.peer_id] += 1
             log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
             return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+        if isinstance(data, KacheryError):  # a chunk of a partial object not held (yet)
+            return ErrorResponse(req=msg.req, code="not-found", message=str(data))
         self.counters.served_bytes[session.peer_id] += len(data)
         log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
         return ChunkData(req=msg.req, payload=data)
+
+    async def _cancel(self, session: PeerSession, msg: Cancel) -> None:
+        scope = self._waiting.get((id(session), msg.req))
+        if scope is not None:
+            scope.cancel()

@@ -106,9 +106,14 @@ class PeerSession:
         if self.closed.is_set():
             raise PeerGone(self.peer_id[:12])
         async with self._send_lock:
+            if self.closed.is_set():
+                raise PeerGone(self.peer_id[:12])
             data = self.conn.send(msg)
             try:
-                await self.stream.send_all(data)
+                # Once sealed, a frame must go out whole: a cancelled half-written frame (a request
+                # moved to another peer, a download's end) would break the stream for good.
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closed.set()
                 raise PeerGone(self.peer_id[:12]) from None

@@ -20,7 +20,8 @@ from ..errors import (
     CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed, StorageFull,
     StoreFailed,
 )
-from ..protocol.messages import ChunkData, ChunkRequest
+from ..protocol.chunkset import ChunkSet
+from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
 from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
@@ -53,10 +54,11 @@ def _channels_of(providers: list[Provider]) -> frozenset[str]:
     return frozenset().union(*(p.session.channel_ids for p in providers))
 
 
-async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost) -> bytes:
+async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost,
+                         req: int | None = None) -> bytes:
     session = provider.session
-    reply = await session.request(ChunkRequest(req=session.next_req(), sha1=sha1, offset=offset, length=length),
-                                  REQUEST_TIMEOUT)
+    req = session.next_req() if req is None else req
+    reply = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=length), REQUEST_TIMEOUT)
     if not isinstance(reply, ChunkData):
         raise RequestFailed("unexpected reply")
     node.note_fetched(len(reply.payload))
@@ -162,19 +164,26 @@ class Download:
     def __init__(self, node: TransferHost, manifest: Manifest, partial: PartialObject, providers: list[Provider]):
         self.node = node
         self.manifest = manifest
+        self.manifest_sha1 = manifest.manifest_sha1  # hashed once: partial providers name it in finds
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
+        self.chunk_listeners: list[Callable[[int], None]] = []  # told of each chunk verified and written
         self.by_peer = {p.session.peer_id: p for p in providers}
         self.channel_ids = _channels_of(providers)
-        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, slack_chunks=32)
-        for peer in self.by_peer:
-            self.scheduler.add_peer(peer)
+        # A deep window on a fast link (slack_seconds of data at the measured rate), a shallow one at
+        # a slow or crowded provider; the initial 32 chunks are shared among the first providers.
+        self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, min_initial_window=2,
+                                        slack_chunks=2, slack_seconds=0.1)
+        self.scheduler.add_peers({p.session.peer_id: None if p.have is None else iter(p.have) for p in providers})
+        self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
         self._local_failure: KacheryError | None = None  # our disk failed, not a peer: give up
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
         self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
+        self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
+        self._refreshing = False
         self.started = time.monotonic()
 
     @classmethod
@@ -188,6 +197,26 @@ class Download:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def have(self) -> ChunkSet:
+        """The chunks verified and on disk here."""
+        return ChunkSet.from_bitmap(self.partial.bitmap())
+
+    def peer_has(self, session, chunks: ChunkSet | None) -> None:
+        """A peer holds ``chunks`` of this object now (None: all of it), from a Have or a find: it
+        becomes a provider if it was not one."""
+        peer = session.peer_id
+        known = self.by_peer.get(peer)
+        if known is None or known.session.closed.is_set():
+            self.by_peer[peer] = Provider(session, self.manifest.size, None, chunks)
+            self.scheduler.add_peer(peer, None if chunks is None else iter(chunks),
+                                    window=self.scheduler.share_of_initial_window())
+            self._wake()
+        elif chunks is None:
+            self.scheduler.peer_has_all(peer)
+            self._wake()
+        elif self.scheduler.peer_has(peer, iter(chunks)):
+            self._wake()
 
     def want(self, chunks, urgent: bool = False) -> None:
         missing = [c for c in chunks if not self.partial.has_chunk(c)]
@@ -233,20 +262,37 @@ class Download:
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
-        reply is verified on its own."""
+        reply is verified on its own. The scheduler may move the request to a faster peer
+        (``_cancel``): then the peer is told to drop it."""
         start = self.manifest.chunk_range(run[0])[0]
         end = self.manifest.chunk_range(run[-1])[1]
         pending = list(run)
         provider = self.by_peer[peer]
+        req = provider.session.next_req()
         try:
-            data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node)
+            with trio.CancelScope() as scope:
+                for index in run:
+                    self._requests[(peer, index)] = scope
+                data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node, req)
+            if scope.cancelled_caught:
+                try:
+                    await provider.session.send(Cancel(req=req))
+                except PeerGone:
+                    pass
+                return
             view = memoryview(data)
             for index in run:
                 a, b = self.manifest.chunk_range(index)
-                if not self.partial.has_chunk(index):
+                fresh = not self.partial.has_chunk(index)
+                if fresh:
                     await self._write_chunk(index, view[a - start:b - start])
-                self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time())
+                self.chunks_from[peer] = self.chunks_from.get(peer, 0) + 1
+                for other in self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time()):
+                    self._cancel(other, index)  # an endgame duplicate that lost the race
                 pending.remove(index)
+                if fresh:
+                    for listener in self.chunk_listeners:
+                        listener(index)
             for report in self.progress:
                 report(self.partial.present_bytes(), self.manifest.size)
         except CorruptChunk:
@@ -268,7 +314,15 @@ class Download:
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
         finally:
+            for index in run:
+                if self._requests.get((peer, index)) is scope:
+                    del self._requests[(peer, index)]
             self._wake()
+
+    def _cancel(self, peer: str, chunk: int) -> None:
+        scope = self._requests.get((peer, chunk))
+        if scope is not None:
+            scope.cancel()
 
     async def _write_chunk(self, index: int, data) -> None:
         """Verify and store a chunk; on a full disk, evict least recently used cached copies (never
@@ -292,20 +346,48 @@ class Download:
         provider = self.by_peer[peer]
         current = self.node.session_for(peer)
         if current is not None and current is not provider.session and current.channel_ids:
-            self.by_peer[peer] = Provider(current, provider.size, provider.manifest_sha1)
+            self.by_peer[peer] = Provider(current, provider.size, provider.manifest_sha1, provider.have)
 
     async def _refresh_providers(self) -> None:
-        """Providers that appeared since the download started (or came back) join it."""
+        """Providers that appeared since the download started (or came back) join it. While some
+        needed chunks are held by no provider we know (all of them partial), the find asks for
+        fresh answers and goes on until it meets a whole provider; and the partial providers are
+        asked what they hold now (their Have messages reach a bounded number of peers)."""
+        if self._refreshing:
+            return
+        self._refreshing = True
         try:
-            providers = await self.node.find(self.manifest.sha1)
+            await self._refresh(self.scheduler.unavailable() > 0)
+        finally:
+            self._refreshing = False
+
+    async def _refresh(self, starving: bool) -> None:
+        if starving:
+            async with trio.open_nursery() as nursery:
+                for provider in list(self.by_peer.values()):
+                    if provider.have is not None and not provider.session.closed.is_set():
+                        nursery.start_soon(self._ask_holdings, provider.session)
+        try:
+            providers = await self.node.find(self.manifest.sha1, whole=starving)
         except KacheryError:
             return
         for provider in providers:
             peer = provider.session.peer_id
             if peer not in self.by_peer or self.by_peer[peer].session.closed.is_set():
                 self.by_peer[peer] = provider
-                self.scheduler.add_peer(peer)
+                self.scheduler.add_peer(peer, None if provider.have is None else iter(provider.have),
+                                        window=self.scheduler.share_of_initial_window())
                 self._wake()
+            else:
+                self.peer_has(provider.session, provider.have)
+
+    async def _ask_holdings(self, session) -> None:
+        try:
+            reply = await session.request(FindRequest(req=session.next_req(), sha1=self.manifest.sha1), 5.0)
+        except (KacheryError, trio.TooSlowError):
+            return
+        if isinstance(reply, FindResponse) and reply.found:
+            self.peer_has(session, reply.chunks)
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
@@ -329,6 +411,8 @@ class Download:
                             continue
                         for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
                             nursery.start_soon(self._get_run, peer, run)
+                    for peer, index in scheduler.take_cancelled():
+                        self._cancel(peer, index)
                     if self._local_failure is not None:
                         failure = self._local_failure
                         break
@@ -354,8 +438,12 @@ class Download:
                 raise failure
             self.result = await trio.to_thread.run_sync(self._install)
             elapsed = time.monotonic() - self.started
-            log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers", self.manifest.sha1[:12],
-                     self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer))
+            stats = self.scheduler.stats
+            log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "
+                     "%d requests moved, %d endgame duplicates)", self.manifest.sha1[:12],
+                     self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer),
+                     " ".join(f"{p[:6]}:{n}" for p, n in sorted(self.chunks_from.items(), key=lambda i: -i[1])),
+                     stats.moves, stats.duplicates)
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
         except Exception as exc:  # a bug must fail this download, not take the daemon down

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from .chunkset import ChunkSet
 
 
 MESSAGE_TYPES: dict[int, type["Message"]] = {}
@@ -142,13 +143,36 @@ class FindRequest(_Validating):
     sha1: str
 
 
+class _HasChunks(_Validating):
+    """A message with ``have``: the chunks the sender holds (ChunkSet wire form), None = all of them."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.have is not None:
+            object.__setattr__(self, "_chunks", ChunkSet.decode(self.have))
+
+    @property
+    def chunks(self) -> ChunkSet | None:
+        """The chunks held, decoded (None: the whole object)."""
+        if self.have is None:
+            return None
+        cached = getattr(self, "_chunks", None)
+        if cached is None:
+            cached = ChunkSet.decode(self.have)
+            object.__setattr__(self, "_chunks", cached)
+        return cached
+
+
 @message(3, reply=True)
-class FindResponse(_Validating):
+class FindResponse(_HasChunks):
+    """``have`` is None from a provider holding the whole object; a node still downloading it
+    answers with the chunks it has verified so far (maybe none yet), and then sends Have updates."""
     req: int
     sha1: str
     found: bool
     size: int = 0
     manifest_sha1: str | None = None
+    have: str | None = None
 
 
 @message(4)
@@ -323,6 +347,21 @@ class FeedEntries(_Validating):
     payload: bytes = b""
 
 
+@message(24)
+class Have(_HasChunks):
+    """To peers interested in an object (they asked us for it): chunks newly verified here since the
+    last Have (batched), or ``have`` None once the whole object is held."""
+    sha1: str
+    have: str | None = None
+
+
+@message(25)
+class Cancel(_Validating):
+    """The sender no longer wants the answer to its request ``req`` (a chunk it now gets elsewhere):
+    the server drops the request if it has not begun sending it, and then sends no reply."""
+    req: int
+
+
 # ---- NAT traversal (protocol.md §5b): the bootstrap coordinates a hole punch ----------------
 MAX_PUNCH_ADDRS = 4
 
@@ -434,6 +473,6 @@ __all__ = [
     "Auth", "FindRequest", "FindResponse", "ChunkRequest", "ChunkData", "ErrorResponse", "Announce",
     "Register", "PeersRequest", "PeersResponse", "Ping", "Pong", "Goodbye",
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
-    "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries",
+    "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "Cancel", "ChunkSet",
     "Observed", "PunchRequest", "PunchIncoming", "PunchReply", "PunchReady", "PunchSync",
 ]

@@ -172,6 +172,11 @@ class PartialObject:
         with self._lock:
             return [i for i in range(self.num_chunks) if not self._has(i)]
 
+    def bitmap(self) -> bytes:
+        """The chunks present: bit i of byte i // 8 (a copy)."""
+        with self._lock:
+            return bytes(self._bits)
+
     def present_bytes(self) -> int:
         with self._lock:
             return self._present_bytes

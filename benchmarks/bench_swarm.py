@@ -1,0 +1,253 @@
+"""Swarm benchmark: a flash crowd on one capped seeder, and a late joiner in a big channel.
+
+    .venv/bin/python benchmarks/bench_swarm.py [--nodes 12 50] [--size-mb 16] [--rate-mb 4]
+
+Every node is a `kacheryfs daemon` subprocess on 127.0.0.1 with its own storage and config, in
+one channel. For each N: one seeder capped at R (KACHERYFS_TEST_SERVE_RATE) holds an object of
+S MB; N-1 leechers run `kacheryfs load URI` at the same moment. Reported: when the last leecher is
+done / (S/R) (S/R = one upload of the object; goal <= 1.5), the seeder's bytes served / S (from its
+counters), then a late joiner: its find+fetch time once it has a peer (goal <= 1 s at N = 50) and
+its time from start (join + find + fetch). Each N runs three ways in the same run: swarming, the
+no-swarming baseline (KACHERYFS_SWARM=0: nobody serves an object before holding it whole; and no peer cap), and
+swarming with discovery only through a local mainline DHT (20 libtorrent nodes on 127.0.0.1, no
+shared discovery directory, no bootstrap). Nodes meet through a shared discovery directory
+otherwise.
+
+The whole machine (2 cores) runs every node: at N = 50 the crowd is CPU-bound, so read the rows
+of one run against each other. Prints a table; saves benchmarks/results/swarm-<date>.json and
+swarm-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+KACHERYFS = str(Path(sys.executable).parent / "kacheryfs")
+MB = 1_000_000
+CHANNEL = "bench"
+KEEP = False  # --keep: leave the nodes' directories (logs) behind
+
+
+class Daemon:
+    def __init__(self, root: Path, name: str, discovery: Path, env: dict | None = None, args: tuple = ()):
+        self.dir = root / name
+        self.dir.mkdir(parents=True)
+        self.config = self.dir / "config"
+        self.log = self.dir / "node.log"
+        self.args = list(args)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KACHERYFS_")}
+        self.env.update(KACHERY_STORAGE_DIR=str(self.dir / "storage"), KACHERY_P2P_CONFIG_DIR=str(self.config),
+                        KACHERYFS_DISCOVERY_DIR=str(discovery), KACHERYFS_LAN_DISCOVERY="0", **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([KACHERYFS, "-v", "daemon", "--channel", CHANNEL, "--listen", "127.0.0.1:0",
+                                          *self.args], env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daemon {self.dir.name} did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        from kacheryfs.api_client import NoDaemon
+
+        while True:  # the socket file appears before the API server answers on it
+            try:
+                self.status()
+                return
+            except NoDaemon:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def status(self) -> dict:
+        from kacheryfs.api_client import call
+
+        return call(self.config, "status")["status"]
+
+    def load(self, uri: str) -> subprocess.Popen:
+        return subprocess.Popen([KACHERYFS, "load", uri], env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_all(procs: list[subprocess.Popen], t0: float, timeout: float) -> list[float]:
+    done: dict[int, float] = {}
+    while len(done) < len(procs):
+        for i, p in enumerate(procs):
+            if i not in done and p.poll() is not None:
+                if p.returncode != 0:
+                    raise RuntimeError(f"load failed: {p.stderr.read().decode()[-1000:]}")
+                done[i] = time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"only {len(done)} of {len(procs)} loads done after {timeout}s")
+        time.sleep(0.01)
+    return sorted(done.values())
+
+
+def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming: bool,
+             dht_ports: list[int] | None) -> dict:
+    work = Path(tempfile.mkdtemp(dir=root))
+    shared = work / "discovery"
+    daemons: list[Daemon] = []
+
+    def make(name: str, env: dict | None = None) -> Daemon:
+        # the baseline is the node as it was before swarming: no partial serving, no peer cap
+        env = dict(env or {}, **({} if swarming else {"KACHERYFS_SWARM": "0", "KACHERYFS_MAX_PEERS": "100"}))
+        args: tuple = ()
+        discovery = shared
+        if dht_ports is not None:  # the DHT only: every node gets a discovery directory of its own
+            discovery = work / f"alone-{name}"
+            args = ("--dht-listen", "127.0.0.1:0", "--dht-bootstrap", f"127.0.0.1:{dht_ports[len(daemons) % len(dht_ports)]}")
+        d = Daemon(work, name, discovery, env, args)
+        daemons.append(d)
+        return d
+
+    out: dict = {"nodes": n, "swarming": swarming, "dht": dht_ports is not None}
+    try:
+        seeder = make("seeder", {"KACHERYFS_TEST_SERVE_RATE": str(int(rate))})
+        uri = subprocess.run([KACHERYFS, "store", str(src)], env=seeder.env, check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()[-1]
+        leechers = [make(f"l{i}") for i in range(n - 1)]
+        t = time.perf_counter()
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            d.wait_ready()
+        want = min(4, n - 1)
+        while any(len(d.status()["peers"]) < want for d in daemons):
+            if time.perf_counter() - t > 300:
+                raise RuntimeError("the channel did not form")
+            time.sleep(0.2)
+        out["start_and_join_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        times = wait_all([d.load(uri) for d in leechers], t, 900)
+        one_upload = size / rate
+        out["crowd_s"] = times[-1]
+        out["crowd_over_one_upload"] = times[-1] / one_upload
+        out["median_leecher_over_one_upload"] = times[len(times) // 2] / one_upload
+        out["seeder_served_over_size"] = sum(seeder.status()["served_bytes"].values()) / size
+        out["max_sessions_per_node"] = max(len(d.status()["peers"]) for d in daemons)
+        late = make("late")
+        t = time.perf_counter()
+        late.start()
+        late.wait_ready()
+        while not late.status()["peers"]:
+            if time.perf_counter() - t > 120:
+                raise RuntimeError("the late joiner met nobody")
+            time.sleep(0.01)
+        out["late_join_s"] = time.perf_counter() - t
+        t2 = time.perf_counter()
+        wait_all([late.load(uri)], t2, 300)
+        out["late_find_fetch_s"] = time.perf_counter() - t2
+        out["late_total_s"] = time.perf_counter() - t
+        fetched = re.findall(r"fetched [0-9a-f]+: \d+ bytes in [0-9.]+s \([^)]*\) from (\d+) peers", late.log.read_text())
+        out["late_providers"] = int(fetched[-1]) if fetched else None
+    finally:
+        for d in daemons:
+            d.stop()
+        if not KEEP:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def dht_swarm_process(count: int) -> tuple[subprocess.Popen, list[int]]:
+    """A helper process running `count` DHT nodes on 127.0.0.1; prints their ports."""
+    code = ("import sys, json, trio\n"
+            "from kacheryfs.net.dht import start_swarm\n"
+            "async def main():\n"
+            "    async with trio.open_nursery() as n:\n"
+            f"        swarm = await start_swarm(n, {count})\n"
+            "        for d in swarm:\n"
+            "            await d.joined.wait()\n"
+            "        print(json.dumps([d.port for d in swarm]), flush=True)\n"
+            "        await trio.sleep_forever()\n"
+            "trio.run(main)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, json.loads(proc.stdout.readline())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, nargs="+", default=[12, 50])
+    parser.add_argument("--size-mb", type=float, default=16)
+    parser.add_argument("--rate-mb", type=float, default=4)
+    parser.add_argument("--no-dht", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
+    parser.add_argument("--variants", default="swarm,baseline,dht", help="which of swarm,baseline,dht to run")
+    args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
+    size, rate = int(args.size_mb * MB), args.rate_mb * MB
+    root = Path(tempfile.mkdtemp(prefix="kacheryfs-bench-swarm-"))
+    results = {"size_mb": args.size_mb, "rate_mb_s": args.rate_mb, "one_upload_s": size / rate, "runs": []}
+    dht_proc = None
+    try:
+        src = root / "object.bin"
+        src.write_bytes(os.urandom(size))
+        dht_ports = None
+        if not args.no_dht:
+            dht_proc, dht_ports = dht_swarm_process(20)
+        for n in args.nodes:
+            chosen = args.variants.split(",")
+            variants = [(True, None)] if "swarm" in chosen else []
+            variants += [] if args.no_baseline or "baseline" not in chosen else [(False, None)]
+            variants += [] if args.no_dht or "dht" not in chosen else [(True, dht_ports)]
+            for swarming, ports in variants:
+                print(f"N={n} swarming={'on' if swarming else 'off'} discovery={'dht' if ports else 'dir'} ...",
+                      flush=True)
+                r = scenario(root, n, src, size, rate, swarming=swarming, dht_ports=ports)
+                print("   ", {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
+                results["runs"].append(r)
+    finally:
+        if dht_proc is not None:
+            dht_proc.terminate()
+            dht_proc.wait()
+        if KEEP:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nobject {args.size_mb:g} MB, seeder capped at {args.rate_mb:g} MB/s: one upload = "
+          f"{results['one_upload_s']:.2f} s\n")
+    print("| N | swarming | discovery | last leecher done / one upload | median | seeder served / S | "
+          "late joiner find+fetch | late joiner from start | max sessions per node |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        print(f"| {r['nodes']} | {'on' if r['swarming'] else 'off (baseline)'} | {'DHT' if r['dht'] else 'shared dir'} "
+              f"| {r['crowd_over_one_upload']:.2f} | {r['median_leecher_over_one_upload']:.2f} "
+              f"| {r['seeder_served_over_size']:.2f} | {r['late_find_fetch_s']:.2f} s | {r['late_total_s']:.2f} s "
+              f"| {r['max_sessions_per_node']} |")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")
+    for name in (f"swarm-{stamp}.json", "swarm-latest.json"):
+        (out / name).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

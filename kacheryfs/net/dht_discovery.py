@@ -1,0 +1,118 @@
+"""What a kacheryfs node announces in, and looks up from, the mainline DHT.
+
+- Channel membership: each channel's key (``crypto.dht_channel_infohash``) carries the listen
+  ports of its members; members look it up and dial what they find.
+- Object providers: a bounded set of objects this node holds (recently stored or fetched) is
+  announced under per-channel object keys (``crypto.dht_object_infohash``); ``find_object`` looks
+  them up when asking connected peers found nothing.
+
+Announcements are repeated (soon after joining, then at growing intervals up to REANNOUNCE_SECONDS)
+since DHT entries expire. Lookups of channel members repeat at growing intervals too (from
+LOOKUP_MIN_SECONDS to LOOKUP_MAX_SECONDS); every address any lookup or announce turns up under a
+channel key is handed to ``dial`` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable
+
+import trio
+
+from ..crypto import dht_channel_infohash, dht_object_infohash
+from .dht import DhtNode
+
+log = logging.getLogger(__name__)
+
+REANNOUNCE_SECONDS = 600.0  # mainline DHT nodes keep announcements ~30 min
+LOOKUP_MIN_SECONDS = 0.5
+LOOKUP_MAX_SECONDS = 30.0
+LOOKUP_TIMEOUT = 5.0
+MAX_ANNOUNCED_OBJECTS = 256
+
+
+class DhtDiscovery:
+    """``dial(host, port)`` is called (synchronously: it should start a dial and return) for each
+    address found under a channel key; the node decides whether it is new."""
+
+    def __init__(self, dht: DhtNode, channel_keys: dict[str, bytes], port: int | None,
+                 dial: Callable[[str, int], None]):
+        self.dht = dht
+        self.channel_keys = dict(channel_keys)
+        self.port = port
+        self.dial = dial
+        self._objects: OrderedDict[str, None] = OrderedDict()  # announced, most recent last
+        self._wake_lookup = trio.Event()
+
+    def _is_self(self, address: tuple[str, int]) -> bool:
+        return address[1] == self.port and address[0] in ("127.0.0.1", "::1", "0.0.0.0", "::")
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self._lookup_loop)
+            task_status.started(self)
+
+    def _announce_all(self) -> None:
+        if self.port is None:
+            return  # accepting no connections: nothing to announce, only to look up
+        for key in self.channel_keys.values():
+            self.dht.announce(dht_channel_infohash(key), self.port)
+            for sha1 in self._objects:
+                self.dht.announce(dht_object_infohash(key, sha1), self.port)
+
+    async def _announce_loop(self) -> None:
+        await self.dht.joined.wait()
+        interval = 1.0
+        while True:
+            self._announce_all()
+            await trio.sleep(interval)
+            interval = min(interval * 2, REANNOUNCE_SECONDS)
+
+    def _found(self, addresses: set[tuple[str, int]]) -> None:
+        for address in addresses:
+            if not self._is_self(address):
+                self.dial(*address)
+
+    async def _lookup_loop(self) -> None:
+        for key in self.channel_keys.values():  # answers come whenever any lookup or announce sees them
+            self.dht.watch(dht_channel_infohash(key), self._found)
+        await self.dht.joined.wait()
+        interval = LOOKUP_MIN_SECONDS
+        while True:
+            for key in self.channel_keys.values():
+                self.dht.lookup(dht_channel_infohash(key))
+            with trio.move_on_after(interval):
+                await self._wake_lookup.wait()
+            self._wake_lookup = trio.Event()
+            interval = min(interval * 2, LOOKUP_MAX_SECONDS)
+
+    def look_again(self) -> None:
+        """Look channel members up now (e.g. when a find found nobody)."""
+        self._wake_lookup.set()
+
+    def announce_object(self, sha1: str) -> None:
+        """Announce that this node provides ``sha1`` (kept among the MAX_ANNOUNCED_OBJECTS most recent)."""
+        self._objects[sha1] = None
+        self._objects.move_to_end(sha1)
+        while len(self._objects) > MAX_ANNOUNCED_OBJECTS:
+            self._objects.popitem(last=False)
+        if self.dht.joined.is_set() and self.port is not None:
+            for key in self.channel_keys.values():
+                self.dht.announce(dht_object_infohash(key, sha1), self.port)
+
+    async def find_object(self, sha1: str, timeout: float = LOOKUP_TIMEOUT) -> set[tuple[str, int]]:
+        """Addresses of nodes that announced ``sha1`` in one of our channels."""
+        found: set[tuple[str, int]] = set()
+
+        async def one(key: bytes) -> None:
+            found.update(await self.dht.get_peers(dht_object_infohash(key, sha1), timeout))
+
+        async with trio.open_nursery() as nursery:
+            for key in self.channel_keys.values():
+                nursery.start_soon(one, key)
+        return {a for a in found if not self._is_self(a)}
+
+
+__all__ = ["DhtDiscovery"]

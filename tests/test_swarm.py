@@ -1,0 +1,180 @@
+"""Swarming over real loopback TCP (nodes in one trio run): downloaders serve the chunks they have
+verified, a crowd trades chunks instead of queueing at one capped seeder, a leecher that dies or
+lies does not stop the others."""
+
+import logging
+
+import trio
+
+from kacheryfs.net.fetcher import NetworkFetcher
+from kacheryfs.net.node import Node
+from kacheryfs.store import CHUNK_SIZE
+
+from .conftest import random_bytes
+from .test_net import addr_of, chans, wait_for
+
+MB = 1_000_000
+SEEDER_RATE = 20 * MB  # bytes/s: the test rate knob (KACHERYFS_TEST_SERVE_RATE) set on the seeder
+
+
+async def mesh(nodes):
+    """Every node connected to every other (as discovery would do in a small channel)."""
+    for i, a in enumerate(nodes):
+        for b in nodes[:i]:
+            if b.node_id not in a.sessions:
+                await a.connect(*addr_of(b), expected_peer=b.node_id)
+    await wait_for(lambda: all(len(n.sessions) >= len(nodes) - 1 for n in nodes))
+
+
+async def crowd(cluster, leechers: int, size: int, seed: int):
+    seeder = await cluster.node("seeder", chans("x"))
+    seeder.serve_rate_limit = SEEDER_RATE
+    data = random_bytes(size, seed=seed)
+    obj = seeder.store.put_bytes(data)
+    nodes = [await cluster.node(f"l{i}", chans("x")) for i in range(leechers)]
+    await mesh([seeder] + nodes)
+    return seeder, nodes, data, obj
+
+
+async def test_flash_crowd_seeder_serves_less_than_three_copies(cluster):
+    seeder, leechers, data, obj = await crowd(cluster, 8, 40 * CHUNK_SIZE, seed=21)
+    async with trio.open_nursery() as nursery:
+        for node in leechers:  # all start at once
+            nursery.start_soon(NetworkFetcher(node).fetch, obj.sha1)
+    for node in leechers:
+        assert node.store.info(obj.sha1) is not None
+        assert node.store.read_bytes(obj.sha1) == data
+    served_by_seeder = sum(seeder.counters.served_bytes.values())
+    served_by_leechers = sum(sum(n.counters.served_bytes.values()) for n in leechers)
+    print(f"seeder served {served_by_seeder / len(data):.2f} copies, leechers {served_by_leechers / len(data):.2f}")
+    assert served_by_seeder < 3 * len(data), served_by_seeder / len(data)
+    assert served_by_leechers > 4 * len(data)  # the rest came from leechers
+    # the same bytes counted from the other side: each leecher fetched about one copy
+    assert sum(n.counters.fetched_bytes for n in leechers) < 8 * len(data) * 1.5
+
+
+async def test_leecher_killed_half_way_others_finish(cluster):
+    seeder, leechers, data, obj = await crowd(cluster, 5, 30 * CHUNK_SIZE, seed=22)
+    victim = leechers[0]
+    fetchers = [NetworkFetcher(n) for n in leechers]
+    async with trio.open_nursery() as nursery:
+        for fetcher in fetchers[1:]:
+            nursery.start_soon(fetcher.fetch, obj.sha1)
+        victim_scope = trio.CancelScope()
+
+        async def victim_fetch():
+            with victim_scope:
+                await fetchers[0].fetch(obj.sha1)
+
+        nursery.start_soon(victim_fetch)
+        # kill it the moment it holds half the object
+        await wait_for(lambda: obj.sha1 in victim.swarm.entries, timeout=60)
+        download = victim.swarm.entries[obj.sha1].download
+        half = trio.Event()
+        download.chunk_listeners.append(lambda _index: len(download.have()) >= 15 and half.set())
+        if len(download.have()) >= 15:
+            half.set()
+        with trio.fail_after(60):
+            await half.wait()
+        victim.cancel()  # its sessions, server and downloads all stop
+        victim_scope.cancel()
+    for node in leechers[1:]:
+        assert node.store.read_bytes(obj.sha1) == data
+    assert victim.store.info(obj.sha1) is None  # it never completed
+
+
+class LyingPartialNode(Node):
+    """Serves the chunks of objects it is still downloading with one byte flipped."""
+
+    def _read_partial(self, partial, offset, length):
+        data = bytearray(super()._read_partial(partial, offset, length))
+        if data:
+            data[len(data) // 2] ^= 0xFF
+        return bytes(data)
+
+
+async def test_peer_serving_a_bad_chunk_of_a_partial_object_is_banned(cluster, caplog):
+    caplog.set_level(logging.WARNING)
+    seeder = await cluster.node("seeder", chans("x"))
+    seeder.serve_rate_limit = SEEDER_RATE
+    data = random_bytes(24 * CHUNK_SIZE, seed=23)
+    obj = seeder.store.put_bytes(data)
+    liar = await cluster.node("liar", chans("x"), node_cls=LyingPartialNode)
+    reader = await cluster.node("reader", chans("x"))
+    await mesh([seeder, liar, reader])
+    # the liar reads the first half lazily and keeps the file open: a partial provider of chunks 0-11
+    liar_reader = await NetworkFetcher(liar).open_remote(obj.sha1)
+    assert await liar_reader.read(0, 12 * CHUNK_SIZE) == data[:12 * CHUNK_SIZE]
+    view = liar.status()["swarm"]  # what `kacheryfs status` shows while the liar's fetch is open
+    assert [f["sha1"] for f in view] == [obj.sha1] and view[0]["have"] >= 12 and view[0]["chunks"] == 24
+    assert {p["node"]: p["holds"] for p in view[0]["providers"]}[seeder.node_id] == "all"
+    assert sum(p["chunks_from"] for p in view[0]["providers"]) >= 12
+    from kacheryfs.cli import swarm_lines
+
+    lines = swarm_lines(liar.status())
+    assert lines[0].startswith(f"fetching: {obj.sha1}") and seeder.node_id[:16] in lines[1] and "whole" in lines[1]
+    try:
+        await NetworkFetcher(reader).fetch(obj.sha1)
+    finally:
+        liar_reader.close()
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert liar.counters.served_bytes[reader.node_id] > 0  # it was asked, as a partial provider
+    assert any("corrupt chunk" in r.message and liar.node_id[:12] in r.message for r in caplog.records)
+    # banned at its first bad chunk: it got no more than the share of the window it had then
+    assert liar.counters.served_bytes[reader.node_id] <= 16 * CHUNK_SIZE
+
+
+async def test_partial_object_served_only_on_its_channels_and_only_verified_chunks(cluster):
+    from kacheryfs.protocol.messages import ChunkRequest, FindRequest
+
+    seeder = await cluster.node("seeder", chans("x"))
+    data = random_bytes(8 * CHUNK_SIZE, seed=24)
+    obj = seeder.store.put_bytes(data)
+    middle = await cluster.node("middle", chans("x", "y"))
+    outsider = await cluster.node("outsider", chans("y"))  # shares only y with the middle node
+    member = await cluster.node("member", chans("x"))
+    await middle.connect(*addr_of(seeder))
+    reader = await NetworkFetcher(middle).open_remote(obj.sha1)
+    try:
+        assert await reader.read(0, 10) == data[:10]  # chunk 0 only
+        for asker, expect in ((member, True), (outsider, False)):
+            session = await asker.connect(*addr_of(middle), expected_peer=middle.node_id)
+            found = await session.request(FindRequest(req=session.next_req(), sha1=obj.sha1), 5)
+            assert found.found is expect
+            if expect:
+                assert found.chunks is not None and 0 in found.chunks and 5 not in found.chunks
+                got = await session.request(ChunkRequest(req=session.next_req(), sha1=obj.sha1,
+                                                         offset=0, length=CHUNK_SIZE), 5)
+                assert bytes(got.payload) == data[:CHUNK_SIZE]
+            for offset in (5 * CHUNK_SIZE, CHUNK_SIZE - 10):  # a chunk not held, or one straddling it
+                try:
+                    await session.request(ChunkRequest(req=session.next_req(), sha1=obj.sha1,
+                                                       offset=offset, length=100), 5)
+                    raise AssertionError("served a chunk it does not hold")
+                except Exception as exc:
+                    assert "not-found" in str(exc)
+    finally:
+        reader.close()
+
+
+async def test_peer_cap_bounds_sessions_and_a_find_widens_to_reach_the_holder(cluster, tmp_path):
+    """Nodes that meet through a shared directory dial at most --max-peers of each other; a find
+    that none of a node's peers can answer dials the peers it had skipped."""
+    discovery = tmp_path / "discovery"
+    nodes = [await cluster.node(f"n{i}", chans("x"), discovery_dir=discovery, max_peers=2) for i in range(6)]
+    await wait_for(lambda: all(len(n.sessions) >= 2 for n in nodes), timeout=30)
+    await trio.sleep(2.5)  # several discovery rounds: the cap must hold
+    # each node dialled at most 2: at most 6 * 2 connections, seen from both ends (a full mesh is 30)
+    assert sum(len(n.sessions) for n in nodes) <= 2 * 2 * len(nodes)
+    assert sum(1 for n in nodes for s in n.sessions.values() if s.direction == "outbound") <= 2 * len(nodes)
+    reader = await cluster.node("reader", chans("x"), discovery_dir=discovery, max_peers=1)
+    await wait_for(lambda: len(reader.sessions) >= 1, timeout=30)
+    await trio.sleep(1.5)
+    strangers = [n for n in nodes if n.node_id not in reader.sessions]
+    assert len(strangers) >= 3  # the others are full: nobody dials the newcomer
+    holder = strangers[0]
+    data = random_bytes(2 * CHUNK_SIZE + 1, seed=25)
+    obj = holder.store.put_bytes(data)
+    await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert holder.node_id in reader.sessions
