@@ -180,3 +180,22 @@ async def test_sha1dir_of_something_else(tree):
         with pytest.raises(NotFound):
             tree.lookup(SHA1DIR_DIR_INO, name)
     assert names_in(tree, SHA1DIR_DIR_INO) == []
+
+
+async def test_a_rotten_directory_manifest_is_refused_not_parsed(tree):
+    """A stored manifest whose bytes changed on disk (bit rot) would list other files: it is
+    checked against its hash and quarantined, never browsed."""
+    from kacheryfs.errors import CorruptObject
+
+    await make_project(tree)
+    proj = tree.lookup(STORE_DIR_INO, "proj").ino
+    sha1 = parse_dir_uri((await tree.agetxattr(proj, URI_XATTR)).decode()).sha1
+    path = tree.store.object_path(sha1)
+    data = bytearray(path.read_bytes())
+    data[data.index(b'"size":') + 7] ^= 0x01  # a size digit changes: still JSON, still a directory
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject) as info:
+        tree.lookup(SHA1DIR_DIR_INO, sha1)
+    assert info.value.errno == errno.EIO
+    assert not path.exists()  # quarantined

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import CorruptObject, InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, ObjectNotFound
+from ..errors import (
+    CorruptObject, InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, NotADirectoryManifest,
+    ObjectNotFound,
+)
 from ..running import located_config
-from ..store import Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri
+from ..store import (
+    MAX_MANIFEST_BYTES, Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri,
+)
 
 COPY_BLOCK = 8 << 20  # load_dir copies this much at a time
 _stores: dict[Path, LocalStore] = {}
@@ -139,8 +144,13 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
 def dir_entry(uri: str, storage_dir, config_dir, progress) -> Directory | FileEntry:
     """What a ``sha1dir://`` URI names; the directory manifest is fetched from peers if need be."""
     parsed = parse_dir_uri(uri)
-    manifest_path = load_file(parsed.sha1, storage_dir=storage_dir, config_dir=config_dir, progress=progress)
-    return Directory.from_bytes(Path(manifest_path).read_bytes()).lookup(parsed.path)
+    load_file(parsed.sha1, storage_dir=storage_dir, config_dir=config_dir, progress=progress)
+    store = _store(storage_dir, config_dir)
+    size = store.require(parsed.sha1).size
+    if size > MAX_MANIFEST_BYTES:
+        raise NotADirectoryManifest(f"{parsed.sha1}: {size} bytes is too large for a directory manifest")
+    # every chunk checked: a stored copy may have rotted (it is then quarantined: CorruptObject)
+    return Directory.from_bytes(store.integrity.read_range(parsed.sha1, 0, size)).lookup(parsed.path)
 
 
 def resolve_file_uri(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:

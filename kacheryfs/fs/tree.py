@@ -41,7 +41,7 @@ from ..errors import (
     ReadOnly,
 )
 from ..store import (
-    Directory, FileEntry, LocalStore, NameRecord, StoredObject, build_directory, format_dir_uri, format_uri,
+    MAX_MANIFEST_BYTES, Directory, FileEntry, LocalStore, NameRecord, StoredObject, build_directory, format_dir_uri, format_uri,
     is_sha1_hex, open_mmap,
 )
 from .dir_view import DirectoryViews, root_sha1
@@ -243,11 +243,15 @@ class VirtualTree:
         return no_query(self._attr_for, parent, name).then(self._remember)
 
     def _read_directory(self, sha1: str) -> Directory | None:
-        """A directory manifest held here, parsed (None if not held). Blocking: a worker thread."""
-        if self.store.use(sha1) is None:
+        """A directory manifest held here, checked against its hash and parsed (None if not held).
+        Blocking: a worker thread."""
+        record = self.store.use(sha1)
+        if record is None:
             return None
-        try:
-            data = self.store.read_bytes(sha1)
+        if record.size > MAX_MANIFEST_BYTES:
+            raise NotADirectoryManifest(f"{sha1}: {record.size} bytes is too large for a directory manifest")
+        try:  # every chunk verified: a rotten copy is quarantined (CorruptObject), never parsed
+            data = self.store.integrity.read_range(sha1, 0, record.size)
         except OSError as exc:
             raise NotFound(f"{sha1}: {exc.strerror}") from None
         return Directory.from_bytes(data)
