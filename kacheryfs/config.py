@@ -61,6 +61,20 @@ class Config:
     relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
     allow_other: bool = False  # other local users may read the mount (--allow-other)
+    http_env: str | None = None  # KACHERY_P2P_API_PORT, unparsed: the gateway's port when --http is not given
+
+    def http_for_daemon(self) -> tuple[tuple[str, int] | None, bool]:
+        """(address of the HTTP gateway or None, whether it is required). ``--http`` is required: a
+        taken port is an error. KACHERY_P2P_API_PORT is a default: a taken port is a warning."""
+        if self.http is not None:
+            return self.http, True
+        if self.http_env is None:
+            return None, False
+        text = self.http_env.strip()
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise ConfigError(f"KACHERY_P2P_API_PORT={self.http_env!r} is not a port number (1-65535); "
+                              "it sets the HTTP gateway's loopback port (unset it to serve no HTTP)")
+        return ("127.0.0.1", int(text)), False
 
     @classmethod
     def from_env(
@@ -89,8 +103,9 @@ class Config:
         env = os.environ if environ is None else environ
         storage = storage_dir or env.get("KACHERY_STORAGE_DIR") or DEFAULT_STORAGE_DIR
         config = config_dir or env.get("KACHERY_P2P_CONFIG_DIR") or DEFAULT_CONFIG_DIR
-        # KACHERY_P2P_API_PORT (kachery-p2p's local HTTP API port) is ignored: the local API is a Unix
-        # socket in the config dir, and a daemon is chosen by its config dir (docs/user-guide.md).
+        # KACHERY_P2P_API_PORT was kachery-p2p's local HTTP port, which web tools talked to: here it is
+        # the HTTP gateway's loopback port when --http is not given (checked only where a daemon starts,
+        # so a bad value never breaks commands that do not serve; see http_for_daemon).
         return cls(
             storage_dir=_expand(storage, env),
             config_dir=_expand(config, env),
@@ -119,6 +134,7 @@ class Config:
             relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
                                        relay_node_bytes),
             http=parse_http_bind(http) if http else None,
+            http_env=None if http else (env.get("KACHERY_P2P_API_PORT") or None),
             allow_other=allow_other,
         )
 

@@ -34,6 +34,7 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
     """Serve in the foreground until SIGINT/SIGTERM (or, with a mountpoint, an unmount)."""
     log.debug("starting with %s", config)
     tune_malloc()
+    config.http_for_daemon()  # a bad KACHERY_P2P_API_PORT is a clear error before anything starts
     if mountpoint is not None:
         from .fs.mount import prepare_mountpoint
 

@@ -320,3 +320,38 @@ def test_mount_serves_http_too(stack):
     r = httpx.get(f"{url}/sha1/{sha1}/w.txt", headers={"Range": "bytes=-6"}, timeout=30)
     assert r.status_code == 206 and r.content == b"mount\n"
     assert status_of(m)["daemon"]["mountpoint"] == str(m.mountpoint)
+
+
+@pytest.mark.timeout(90)
+def test_kachery_p2p_api_port_is_the_gateways_default_port(stack, cli, monkeypatch):
+    """kachery-p2p's web tools talked HTTP to localhost:$KACHERY_P2P_API_PORT: a daemon serves its
+    gateway there when --http is not given; a taken port is a warning (the daemon runs on), a bad
+    value one line at the daemon's start."""
+    import socket
+
+    from .mounting import free_port
+
+    mount, daemon = stack
+    port = free_port()
+    monkeypatch.setenv("KACHERY_P2P_API_PORT", str(port))  # the Daemon/Mount helpers copy os.environ
+    d = daemon("d", "daemon", "--channel", "x", *LOCAL)
+    assert gateway_url(d) == f"http://127.0.0.1:{port}"
+    d.root.joinpath("note.txt").write_bytes(b"served on the seed's port\n")
+    subprocess.run([KACHERYFS, "store", str(d.root / "note.txt")], env=d.env, check=True, capture_output=True,
+                   timeout=60)
+    sha1 = hashlib.sha1(b"served on the seed's port\n").hexdigest()
+    assert httpx.get(f"http://127.0.0.1:{port}/sha1/{sha1}", timeout=30).content == b"served on the seed's port\n"
+    with socket.socket() as taken:  # taken: the second daemon runs on, without a gateway, and says why
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        monkeypatch.setenv("KACHERY_P2P_API_PORT", str(taken.getsockname()[1]))
+        m = mount("m", "--channel", "x", *LOCAL)
+        deadline = time.monotonic() + 20
+        while "running without the HTTP gateway" not in m.read_log():
+            assert time.monotonic() < deadline, m.read_log()
+            time.sleep(0.1)
+        assert m.proc.poll() is None and status_of(m)["daemon"]["http"] is None
+    result = subprocess.run([KACHERYFS, "daemon", "--channel", "x", *LOCAL],
+                            env={**cli.env, "KACHERY_P2P_API_PORT": "abc"}, capture_output=True, timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err.count("\n") == 1 and "KACHERY_P2P_API_PORT" in err, err

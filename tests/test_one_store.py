@@ -126,9 +126,9 @@ def test_several_daemons_and_none_for_the_default_config_dir(tmp_path):
     assert not list(running.glob("*.json"))  # each daemon removed its entry
 
 
-def test_kachery_p2p_api_port_is_ignored(cli):
-    """kachery-p2p's KACHERY_P2P_API_PORT (its HTTP API port) has no meaning here: whatever it
-    holds, commands work (it used to break every command when not a number)."""
+def test_kachery_p2p_api_port_breaks_no_command(cli):
+    """KACHERY_P2P_API_PORT only sets the HTTP gateway's port where a daemon starts: whatever it
+    holds, other commands work (it used to break every command when not a number)."""
     for value in ("abc", "20431", ""):
         env = {**cli.env, "KACHERY_P2P_API_PORT": value}
         result = subprocess.run([KACHERYFS, "status"], env=env, capture_output=True, text=True, timeout=60)

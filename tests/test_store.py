@@ -160,8 +160,15 @@ def test_config_channels_and_secret_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         Config.from_env(channels=["a"], channel_secret_files=[str(tmp_path / "missing")], environ={}).channel_keys()
     assert Config.from_env(listen="none", environ={}).listen is None
-    # kachery-p2p's HTTP API port has no meaning here (the local API is a socket): ignored, whatever it holds
-    assert Config.from_env(environ={"KACHERY_P2P_API_PORT": "http"}) == Config.from_env(environ={})
+    # kachery-p2p's HTTP API port is the HTTP gateway's default loopback port; --http wins over it,
+    # and a bad value is an error only where a daemon starts (http_for_daemon)
+    assert Config.from_env(environ={}).http_for_daemon() == (None, False)
+    assert Config.from_env(environ={"KACHERY_P2P_API_PORT": "20431"}).http_for_daemon() == (("127.0.0.1", 20431), False)
+    assert Config.from_env(http="8080", environ={"KACHERY_P2P_API_PORT": "20431"}).http_for_daemon() == \
+        (("127.0.0.1", 8080), True)
+    for bad in ("http", "0", "70000"):
+        with pytest.raises(ConfigError, match="KACHERY_P2P_API_PORT"):
+            Config.from_env(environ={"KACHERY_P2P_API_PORT": bad}).http_for_daemon()
 
 
 def test_evict_cached_least_recently_used_first(store):
