@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .cli_cache import cli_config
+from .cli_cache import cli_config, config_option, storage_option
 from .cli_status import swarm_lines  # noqa: F401 (status lines of downloads, for tests)
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
@@ -22,12 +22,6 @@ from .store import (
     CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_uri,
 )
 
-storage_option = click.option(
-    "--storage", "storage_dir", type=click.Path(file_okay=False), default=None,
-    help="Storage directory (default: $KACHERY_STORAGE_DIR or ~/kachery-storage).")
-config_option = click.option(
-    "--config-dir", type=click.Path(file_okay=False), default=None,
-    help="Config directory (default: $KACHERY_P2P_CONFIG_DIR or ~/.kachery-p2p).")
 
 
 def _config(storage_dir=None, config_dir=None) -> Config:
