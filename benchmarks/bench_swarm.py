@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -54,7 +53,7 @@ class Daemon:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([KACHERYFS, "-v", "daemon", "--channel", CHANNEL, "--listen", "127.0.0.1:0",
+            self.proc = subprocess.Popen([KACHERYFS, "daemon", "--channel", CHANNEL, "--listen", "127.0.0.1:0",
                                           *self.args], env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, start_new_session=True)
 
@@ -64,7 +63,7 @@ class Daemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon {self.dir.name} did not start:\n{self.log.read_text()[-2000:]}")
             time.sleep(0.05)
-        from kacheryfs.api_client import NoDaemon
+        from kacheryfs.errors import NoDaemon
 
         while True:  # the socket file appears before the API server answers on it
             try:
@@ -76,7 +75,7 @@ class Daemon:
                 time.sleep(0.02)
 
     def status(self) -> dict:
-        from kacheryfs.api_client import call
+        from kacheryfs.api.client import call
 
         return call(self.config, "status")["status"]
 
@@ -94,6 +93,18 @@ class Daemon:
                 self.proc.wait()
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Share of the machine's CPU time (all cores) spent busy between two cpu_times()."""
+    return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+
+
 def wait_all(procs: list[subprocess.Popen], t0: float, timeout: float) -> list[float]:
     done: dict[int, float] = {}
     while len(done) < len(procs):
@@ -101,8 +112,8 @@ def wait_all(procs: list[subprocess.Popen], t0: float, timeout: float) -> list[f
             if i not in done and p.poll() is not None:
                 if p.returncode != 0:
                     raise RuntimeError(f"load failed: {p.stderr.read().decode()[-1000:]}")
-                done[i] = time.perf_counter() - t0
-        if time.perf_counter() - t0 > timeout:
+                done[i] = time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"only {len(done)} of {len(procs)} loads done after {timeout}s")
         time.sleep(0.01)
     return sorted(done.values())
@@ -132,46 +143,124 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
         uri = subprocess.run([KACHERYFS, "store", str(src)], env=seeder.env, check=True, capture_output=True,
                              text=True).stdout.strip().splitlines()[-1]
         leechers = [make(f"l{i}") for i in range(n - 1)]
-        t = time.perf_counter()
+        t = time.monotonic()
         for d in daemons:
             d.start()
         for d in daemons:
             d.wait_ready()
         want = min(4, n - 1)
         while any(len(d.status()["peers"]) < want for d in daemons):
-            if time.perf_counter() - t > 300:
+            if time.monotonic() - t > 300:
                 raise RuntimeError("the channel did not form")
             time.sleep(0.2)
-        out["start_and_join_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        out["start_and_join_s"] = time.monotonic() - t
+        out["load_average_before"] = os.getloadavg()[0]
+        cpu0 = cpu_times()
+        t = time.monotonic()
         times = wait_all([d.load(uri) for d in leechers], t, 900)
         one_upload = size / rate
         out["crowd_s"] = times[-1]
+        out["crowd_cpu_busy"] = busy_fraction(cpu0, cpu_times())  # 1.0: both cores busy all along
         out["crowd_over_one_upload"] = times[-1] / one_upload
         out["median_leecher_over_one_upload"] = times[len(times) // 2] / one_upload
-        out["seeder_served_over_size"] = sum(seeder.status()["served_bytes"].values()) / size
-        out["max_sessions_per_node"] = max(len(d.status()["peers"]) for d in daemons)
+        seeder_status = seeder.status()
+        out["seeder_served_over_size"] = sum(seeder_status["served_bytes"].values()) / size
+        statuses = [d.status() for d in leechers]
+        out["max_sessions_per_node"] = max(len(st["peers"]) for st in [seeder_status, *statuses])
+        out["load_average_after"] = os.getloadavg()[0]
+        out["anatomy"] = anatomy(t, t + times[-1], size, rate, seeder_status, statuses)
         late = make("late")
-        t = time.perf_counter()
+        t = time.monotonic()
         late.start()
         late.wait_ready()
         while not late.status()["peers"]:
-            if time.perf_counter() - t > 120:
+            if time.monotonic() - t > 120:
                 raise RuntimeError("the late joiner met nobody")
             time.sleep(0.01)
-        out["late_join_s"] = time.perf_counter() - t
-        t2 = time.perf_counter()
+        out["late_join_s"] = time.monotonic() - t
+        cpu0 = cpu_times()
+        t2 = time.monotonic()
         wait_all([late.load(uri)], t2, 300)
-        out["late_find_fetch_s"] = time.perf_counter() - t2
-        out["late_total_s"] = time.perf_counter() - t
-        fetched = re.findall(r"fetched [0-9a-f]+: \d+ bytes in [0-9.]+s \([^)]*\) from (\d+) peers", late.log.read_text())
-        out["late_providers"] = int(fetched[-1]) if fetched else None
+        out["late_cpu_busy"] = busy_fraction(cpu0, cpu_times())
+        out["late_find_fetch_s"] = time.monotonic() - t2
+        out["late_total_s"] = time.monotonic() - t
+        late_status = late.status()
+        summary = late_status["downloads"][-1] if late_status["downloads"] else None
+        out["late_providers"] = summary["providers"] if summary else None
+        if summary:  # the late joiner's find+fetch in parts (s): CLI start, find, manifest, chunks, install
+            tl = summary["timeline"]
+            out["late_parts"] = {"cli_start": tl["asked"] - t2, "find": tl["found"] - tl["asked"],
+                                 "manifest": tl["manifest"] - tl["found"], "first_chunk": tl["first_chunk"] - tl["manifest"],
+                                 "rest": tl["complete"] - tl["first_chunk"], "install": tl["installed"] - tl["complete"],
+                                 "cli_exit": t2 + out["late_find_fetch_s"] - tl["installed"],
+                                 "sessions_at_start": len(late_status["peers"])}
     finally:
         for d in daemons:
             d.stop()
         if not KEEP:
             shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def anatomy(t0: float, t_end: float, size: int, rate: float, seeder: dict, leechers: list[dict]) -> dict:
+    """Where the flash crowd's time and the seeder's bytes went, from the nodes' counters (monotonic
+    times, comparable across the processes): completion / one upload = seeder busy + seeder idle
+    before its last upload + tail after it (all over one upload)."""
+    one_upload = size / rate
+    capped = [u for u in seeder.get("uploads", {}).get("capped", []) if u[1] >= t0]
+    busy = sum(u[2] - u[1] for u in capped)
+    last_end = max((u[2] for u in capped), default=t0)
+    copies: dict[int, int] = {}
+    small = [u for u in capped if u[7] < u[6]]  # charged more than sent: a manifest, a refused request
+    for u in capped:
+        if u[7] >= u[6]:
+            copies[u[5]] = copies.get(u[5], 0) + 1
+    chunks = max(1, -(-size // (1 << 20)))
+    out = {
+        "seeder_busy": busy / one_upload,
+        "seeder_idle_before_last": (last_end - t0 - busy) / one_upload,
+        "tail_after_seeder": (t_end - last_end) / one_upload,
+        "seeder_requests": len(capped),
+        "seeder_small_requests": len(small),
+        "seeder_small_requests_busy": sum(u[2] - u[1] for u in small) / one_upload,
+        "seeder_chunk_copies_max": max(copies.values(), default=0),
+        "seeder_chunks_served_once_before_any_twice": _once_before_twice(capped, chunks),
+        "seeder_wait_median_s": _median([u[1] - u[0] for u in capped]),
+    }
+    parts: dict[str, list[float]] = {}
+    for st in leechers:
+        for summary in st["downloads"][-1:]:
+            tl = summary["timeline"]
+            for name, a, b in (("cli_start", None, "asked"), ("find", "asked", "found"), ("manifest", "found", "manifest"),
+                               ("first_chunk", "manifest", "first_chunk"), ("chunks", "first_chunk", "complete"),
+                               ("install", "complete", "installed")):
+                if b in tl and (a is None or a in tl):
+                    parts.setdefault(name, []).append(tl[b] - (t0 if a is None else tl[a]))
+            parts.setdefault("idle", []).append(summary["idle_s"])
+            parts.setdefault("moves", []).append(summary["moves"])
+            parts.setdefault("duplicates", []).append(summary["duplicates"])
+            parts.setdefault("failed_requests", []).append(sum(summary["failures"].values()))
+            parts.setdefault("providers", []).append(summary["providers"])
+    out["leecher_median"] = {k: _median(v) for k, v in parts.items()}
+    out["leecher_max"] = {k: max(v) for k, v in parts.items()}
+    return out
+
+
+def _once_before_twice(capped: list, chunks: int) -> bool:
+    """Did the seeder upload every chunk once before it uploaded any chunk a second time?"""
+    seen: set[int] = set()
+    for u in sorted(capped, key=lambda u: u[1]):
+        if u[7] < u[6]:
+            continue
+        if u[5] in seen and len(seen) < chunks:
+            return False
+        seen.add(u[5])
+    return True
 
 
 def dht_swarm_process(count: int) -> tuple[subprocess.Popen, list[int]]:
@@ -242,6 +331,23 @@ def main() -> None:
               f"| {r['crowd_over_one_upload']:.2f} | {r['median_leecher_over_one_upload']:.2f} "
               f"| {r['seeder_served_over_size']:.2f} | {r['late_find_fetch_s']:.2f} s | {r['late_total_s']:.2f} s "
               f"| {r['max_sessions_per_node']} |")
+    print("\nAnatomy (over one upload; medians of the leechers' download parts in s):\n")
+    print("| N | swarming | discovery | seeder busy | seeder idle before its last upload | tail after it | "
+          "seeder requests (small) | most copies of a chunk | once before twice | CLI start | find | manifest | "
+          "first chunk | chunks | install | idle |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        a, m = r["anatomy"], r["anatomy"]["leecher_median"]
+
+        def f(x):
+            return "-" if x is None else f"{x:.2f}"
+
+        print(f"| {r['nodes']} | {'on' if r['swarming'] else 'off'} | {'DHT' if r['dht'] else 'dir'} "
+              f"| {a['seeder_busy']:.2f} | {a['seeder_idle_before_last']:.2f} | {a['tail_after_seeder']:.2f} "
+              f"| {a['seeder_requests']} ({a['seeder_small_requests']}) | {a['seeder_chunk_copies_max']} "
+              f"| {'yes' if a['seeder_chunks_served_once_before_any_twice'] else 'no'} "
+              + " ".join(f"| {f(m.get(k))}" for k in ("cli_start", "find", "manifest", "first_chunk", "chunks",
+                                                      "install", "idle")) + " |")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M%S")

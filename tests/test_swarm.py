@@ -51,6 +51,11 @@ async def test_flash_crowd_seeder_serves_less_than_three_copies(cluster):
     assert served_by_leechers > 4 * len(data)  # the rest came from leechers
     # the same bytes counted from the other side: each leecher fetched about one copy
     assert sum(n.counters.fetched_bytes for n in leechers) < 8 * len(data) * 1.5
+    for node in leechers:  # each download's summary (status "downloads"): where its time and chunks went
+        summary = node.status()["downloads"][-1]
+        assert summary["sha1"] == obj.sha1 and sum(summary["chunks_from"].values()) >= 40
+        tl = summary["timeline"]
+        assert tl["asked"] <= tl["found"] <= tl["manifest"] <= tl["first_chunk"] <= tl["complete"] <= tl["installed"]
 
 
 async def test_leecher_killed_half_way_others_finish(cluster):
@@ -178,3 +183,48 @@ async def test_peer_cap_bounds_sessions_and_a_find_widens_to_reach_the_holder(cl
     await NetworkFetcher(reader).fetch(obj.sha1)
     assert reader.store.read_bytes(obj.sha1) == data
     assert holder.node_id in reader.sessions
+
+
+async def test_capped_seeder_uploads_fresh_chunks_first_and_drops_cancelled_requests(cluster):
+    """The capped uploader (net/upload_queue.py in serving): of the waiting requests, a chunk never
+    uploaded goes before a second copy of one; a cancelled request never gets a turn; what is sent
+    is charged, so a one-request object (a manifest) costs its size, not a chunk's."""
+    from kacheryfs.protocol.messages import Cancel, ChunkRequest
+
+    seeder = await cluster.node("seeder", chans("x"))
+    seeder.serve_rate_limit = 4 * MB  # 0.26 s a chunk: the requests below queue behind the first
+    data = random_bytes(4 * CHUNK_SIZE, seed=25)
+    obj = seeder.store.put_bytes(data)
+    small = seeder.store.put_bytes(b"a small object")
+    asker = await cluster.node("asker", chans("x"))
+    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
+    replies: list[tuple[str, int]] = []
+
+    async def ask(name: str, sha1: str, offset: int, req: int):
+        got = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=CHUNK_SIZE), 30)
+        assert bytes(got.payload) == (data[offset:offset + CHUNK_SIZE] if sha1 == obj.sha1 else b"a small object")
+        replies.append((name, offset))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, "first", obj.sha1, 0, session.next_req())  # takes the turn at once
+        await wait_for(lambda: seeder.server._uploading)
+        # while it is sent: chunk 0 again, then chunks 1 and 2 (sequential downloaders' order)
+        for name, offset in (("0 again", 0), ("1", CHUNK_SIZE), ("2", 2 * CHUNK_SIZE)):
+            nursery.start_soon(ask, name, obj.sha1, offset, session.next_req())
+            await wait_for(lambda: len(seeder.server.upload_queue) >= 1 + ["0 again", "1", "2"].index(name))
+        doomed = session.next_req()
+        await session.send(ChunkRequest(req=doomed, sha1=obj.sha1, offset=3 * CHUNK_SIZE, length=CHUNK_SIZE))
+        await wait_for(lambda: len(seeder.server.upload_queue) == 4)
+        await session.send(Cancel(req=doomed))
+        await wait_for(lambda: seeder.counters.cancelled[asker.node_id] == 1)
+    assert [name for name, _ in replies] == ["first", "1", "2", "0 again"]
+    assert seeder.counters.cancelled[asker.node_id] == 1
+    assert seeder.counters.served_bytes[asker.node_id] == 4 * CHUNK_SIZE
+    # a one-request object is charged what is sent (a few bytes), not the chunk's worth asked for;
+    # from now on it ranks as small (before any chunk)
+    before = len(seeder.server.capped_uploads)
+    await ask("small", small.sha1, 0, session.next_req())
+    arrived, began, ended, peer, sha1, offset, asked, sent = seeder.server.capped_uploads[before]
+    assert (sha1, asked, sent) == (small.sha1, CHUNK_SIZE, len(b"a small object"))
+    assert small.sha1 in seeder.server._one_read
+    assert not seeder.server._uploading and len(seeder.server.upload_queue) == 0

@@ -4,6 +4,7 @@ whole, or read lazily through a shared download per object."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -114,11 +115,13 @@ class NetworkFetcher:
         if running is None or running.download.settled.is_set():
             if running is not None:  # a failed one: start afresh, resuming its chunks
                 self._drop(sha1, running)
-            providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1)
+            timeline = {"asked": time.monotonic()}  # monotonic: comparable across processes (benchmarks)
+            providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1, timeline)
             if manifest is None:
                 await fetch_small_into_store(self.node, providers, sha1)
                 return None
             download = await Download.start(self.node, manifest, providers)
+            download.timeline = {**timeline, **download.timeline}
             self.node.swarm.add(download)  # its verified chunks are served while it runs
             scope = await self.node.start(self._run_download, download)
             running = self._downloads[sha1] = _RunningDownload(download, scope)

@@ -86,6 +86,9 @@ class TransferHost(Protocol):
 
     def note_fetched(self, nbytes: int) -> None: ...
 
+    def note_download(self, summary: dict) -> None:
+        """A download completed: its summary (Download.summary) is kept for status."""
+
     def session_for(self, peer_id: str) -> "PeerSession | None":
         """The peer's current session (a punched one replaces a relayed one mid-download)."""
 

@@ -289,6 +289,9 @@ class Node(HostedNode):
     def note_fetched(self, nbytes: int) -> None:
         self.counters.fetched_bytes += nbytes
 
+    def note_download(self, summary: dict) -> None:
+        self.counters.downloads.append(summary)
+
     def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
         """The bytes this node serves (blocking), each chunk checked against its hash the first time
         (store/integrity.py). Tests override it to play a lying peer."""
@@ -313,6 +316,8 @@ class Node(HostedNode):
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
+            "downloads": list(self.counters.downloads),  # the last completed ones: timeline, sources
+            **({"uploads": self.server.upload_status()} if self.server.rate_limit else {}),
             "swarm": self.swarm.status(),
             "dht": None if self.dht is None else {"port": self.dht.port, "nodes": self.dht.nodes},
             # inbound connections that never became sessions: refused by a limit, bad handshake

@@ -470,6 +470,10 @@ class ChunkScheduler:
         holding = self._holding
         return sum(1 for c in self._queue if holding is None or not holding[c])
 
+    def requests_in_flight(self) -> int:
+        """Chunks requested and not yet delivered (cheap; ``stats`` has the details)."""
+        return len(self._holders)
+
     def is_verified(self, chunk: int) -> bool:
         return chunk in self._verified
 

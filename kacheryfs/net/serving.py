@@ -15,7 +15,8 @@ touching a chunk not held yet is refused. A ``Cancel`` drops a chunk request not
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,10 +27,12 @@ from ..protocol.messages import Cancel, ChunkData, ChunkRequest, ErrorResponse, 
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
 from .session import PeerSession
+from .upload_queue import SMALL, UploadQueue
 
 log = logging.getLogger(__name__)
 
 READ_THREADS = 4  # worker threads reading chunks and the index at once
+ONE_READ_OBJECTS = 4096  # objects remembered as served whole in one request (manifests, small objects)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class NodeCounters:
     refused: Counter = field(default_factory=Counter)  # peer id -> requests refused
     cancelled: Counter = field(default_factory=Counter)  # peer id -> chunk requests it cancelled in time
     fetched_bytes: int = 0  # content bytes received from peers (verified or not)
+    downloads: deque = field(default_factory=lambda: deque(maxlen=16))  # summaries of the last completed ones
 
 
 class Server:
@@ -50,9 +54,18 @@ class Server:
         self.rate_limit = rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self.swarm = swarm  # net.swarm.Swarm: objects being downloaded here, or None
         self.read_partial = read_partial or (lambda partial, offset, length: partial.read(offset, length))
-        self._rate_turn = trio.Lock()  # FIFO: capped requests take turns; a cancelled one gives its turn up
+        # With the rate cap, one upload at a time, as through a slow uplink; the waiting requests
+        # take their turns in net/upload_queue.py's order (small ones, then the chunk uploaded the
+        # fewest times: super-seeding). A cancelled request gives its turn up.
+        self.upload_queue = UploadQueue("rarest")
+        self._uploading = False
+        self._one_read: OrderedDict[str, None] = OrderedDict()  # sha1s served whole in one request
         self._limiter = trio.CapacityLimiter(READ_THREADS)
         self._waiting: dict[tuple[int, int], trio.CancelScope] = {}  # (id(session), req) -> request not yet sent
+        # With the rate cap (a benchmark knob): each capped upload as (arrived, began, ended, peer,
+        # sha1, offset, bytes asked, bytes sent), monotonic times, so a benchmark can see where
+        # the capped node's time went (idle gaps, copies of each chunk, small requests).
+        self.capped_uploads: deque = deque(maxlen=20000)
         routes.register(FindRequest, self._find)
         routes.register(ChunkRequest, self._chunk)
         routes.register(Cancel, self._cancel, inline=True)
@@ -113,11 +126,10 @@ class Server:
         with trio.CancelScope() as scope:
             self._waiting[key] = scope
             try:
-                if self.rate_limit:  # (a refused request is charged too: the cap is a benchmark knob)
-                    async with self._rate_turn:  # FIFO; a cancelled request gives its turn up
-                        await trio.sleep(msg.length / self.rate_limit)
-                # one worker-thread hop per chunk: the index check and the read together
-                data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+                if self.rate_limit:
+                    data = (await self._capped_read(session, msg))[-1]
+                else:  # one worker-thread hop per chunk: the index check and the read together
+                    data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
             except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
                 log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
                 return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
@@ -135,6 +147,59 @@ class Server:
         self.counters.served_bytes[session.peer_id] += len(data)
         log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
         return ChunkData(req=msg.req, payload=data)
+
+    async def _capped_read(self, session: PeerSession, msg: ChunkRequest) -> list:
+        """Wait for this request's turn, read, and hold the turn for as long as sending what was read
+        takes at the capped rate (what is sent is charged, not what was asked: a manifest is asked
+        for as a whole chunk's worth; a refusal costs nothing). Returns the capped_uploads record,
+        the data (as _read_servable gives it) last."""
+        arrived = time.monotonic()
+        key = SMALL if msg.sha1 in self._one_read else (msg.sha1, msg.offset)
+        await self._take_turn(key)
+        try:
+            began = time.monotonic()
+            data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+            sent = 0 if data is None or isinstance(data, KacheryError) else len(data)
+            if sent:
+                await trio.sleep(sent / self.rate_limit)
+                if msg.offset == 0 and sent < msg.length:  # the whole object in one request
+                    self._one_read[msg.sha1] = None
+                    while len(self._one_read) > ONE_READ_OBJECTS:
+                        self._one_read.popitem(last=False)
+                if key is not SMALL:
+                    self.upload_queue.uploaded(key)
+        finally:
+            self._pass_turn()
+        upload = [arrived, began, time.monotonic(), session.peer_id, msg.sha1, msg.offset, msg.length, sent, data]
+        self.capped_uploads.append(upload[:-1])
+        return upload
+
+    async def _take_turn(self, key) -> None:
+        if not self._uploading:
+            self._uploading = True
+            return
+        turn = trio.Event()
+        handle = self.upload_queue.push(key, turn)
+        try:
+            await turn.wait()
+        except BaseException:  # cancelled: give the turn up, or pass it on if it just came
+            if turn.is_set():
+                self._pass_turn()
+            else:
+                self.upload_queue.remove(handle)
+            raise
+
+    def _pass_turn(self) -> None:
+        """The next waiting request gets the turn (set and popped together: is_set means it has it)."""
+        popped = self.upload_queue.pop()
+        if popped is None:
+            self._uploading = False
+        else:
+            popped[1].set()
+
+    def upload_status(self) -> dict:
+        """The capped uploads (benchmarks; empty without the rate cap)."""
+        return {"rate_limit": self.rate_limit, "capped": [list(u) for u in self.capped_uploads]}
 
     async def _cancel(self, session: PeerSession, msg: Cancel) -> None:
         scope = self._waiting.get((id(session), msg.req))

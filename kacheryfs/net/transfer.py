@@ -86,15 +86,21 @@ async def fetch_small(node: TransferHost, providers: list[Provider], sha1: str, 
     raise FetchFailed(sha1)
 
 
-async def locate_manifest(node: TransferHost, sha1: str, manifest_sha1: str | None = None):
-    """(providers, manifest or None for a one-chunk object); raises ObjectNotFound / FetchFailed."""
+async def locate_manifest(node: TransferHost, sha1: str, manifest_sha1: str | None = None,
+                          timeline: dict | None = None):
+    """(providers, manifest or None for a one-chunk object); raises ObjectNotFound / FetchFailed.
+    ``timeline`` gets the (monotonic) times the find and the manifest were done."""
+    timeline = {} if timeline is None else timeline
     providers = await node.find(sha1)
+    timeline["found"] = time.monotonic()
     if not providers:
         raise ObjectNotFound(f"{sha1} was not found on any peer of this node's channels")
     size = providers[0].size
     if size <= CHUNK_SIZE:
         return providers, None
-    return providers, await _get_manifest(node, providers, sha1, size, manifest_sha1)
+    manifest = await _get_manifest(node, providers, sha1, size, manifest_sha1)
+    timeline["manifest"] = time.monotonic()
+    return providers, manifest
 
 
 async def fetch_small_into_store(node: TransferHost, providers: list[Provider], sha1: str) -> StoredObject:
@@ -185,6 +191,11 @@ class Download:
         self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
         self._refreshing = False
         self.started = time.monotonic()
+        # What a benchmark needs to see where the time goes (monotonic, comparable across processes):
+        # asked / found / manifest (set by the fetcher), started, first_chunk, complete, installed.
+        self.timeline: dict[str, float] = {"started": self.started}
+        self.failures: dict[str, int] = {}  # requests that failed, by why (refused, timeout, gone, ...)
+        self.idle_seconds = 0.0  # time with chunks still needed and no request in flight
 
     @classmethod
     async def start(cls, node: TransferHost, manifest: Manifest, providers: list[Provider]) -> "Download":
@@ -281,6 +292,7 @@ class Download:
                     pass
                 return
             view = memoryview(data)
+            self.timeline.setdefault("first_chunk", time.monotonic())
             for index in run:
                 a, b = self.manifest.chunk_range(index)
                 fresh = not self.partial.has_chunk(index)
@@ -310,7 +322,9 @@ class Download:
                     self.scheduler.on_chunk_failed(peer, index, trio.current_time())
             else:
                 self.scheduler.remove_peer(peer)
-        except (KacheryError, trio.TooSlowError):
+        except (KacheryError, trio.TooSlowError) as exc:
+            why = type(exc).__name__
+            self.failures[why] = self.failures.get(why, 0) + len(pending)
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
         finally:
@@ -389,6 +403,15 @@ class Download:
         if isinstance(reply, FindResponse) and reply.found:
             self.peer_has(session, reply.chunks)
 
+    def summary(self) -> dict:
+        """Where this download's time went and where its chunks came from (status, benchmarks)."""
+        stats = self.scheduler.stats
+        return {"sha1": self.manifest.sha1, "size": self.manifest.size, "chunks": len(self.manifest.chunk_sha1s),
+                "timeline": dict(self.timeline), "chunks_from": dict(self.chunks_from),
+                "failures": dict(self.failures), "idle_s": round(self.idle_seconds, 4),
+                "requests": stats.requests, "moves": stats.moves, "duplicates": stats.duplicates,
+                "providers": len(self.by_peer)}
+
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
         Failures end up in ``self.error`` for the waiters."""
@@ -396,9 +419,13 @@ class Download:
         try:
             failure = None
             refreshed = trio.current_time()
+            idle_since = None
             async with trio.open_nursery() as nursery:
                 while not self.partial.is_complete():
                     now = trio.current_time()
+                    if idle_since is not None:
+                        self.idle_seconds += now - idle_since
+                        idle_since = None
                     if now - refreshed > PROVIDER_REFRESH_SECONDS and not self.scheduler.done():
                         refreshed = now
                         nursery.start_soon(self._refresh_providers)
@@ -425,9 +452,12 @@ class Download:
                             f"({self.partial.present_bytes()} of {self.manifest.size} bytes kept for resuming)"
                             + "".join(f"; {reason}" for reason in reasons))
                         break
+                    if not scheduler.requests_in_flight() and not scheduler.done():
+                        idle_since = trio.current_time()  # waiting for a Have, a provider, a reader
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            self.timeline["complete"] = time.monotonic()
             if isinstance(failure, StorageFull):
                 # Full even after evicting cached copies: give the space back rather than keep a
                 # partial that cannot complete (it would keep the disk full for everything else).
@@ -437,8 +467,10 @@ class Download:
             if failure is not None:
                 raise failure
             self.result = await trio.to_thread.run_sync(self._install)
+            self.timeline["installed"] = time.monotonic()
             elapsed = time.monotonic() - self.started
             stats = self.scheduler.stats
+            self.node.note_download(self.summary())
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "
                      "%d requests moved, %d endgame duplicates)", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer),

@@ -1,0 +1,84 @@
+"""Which waiting chunk request a node whose upload is the bottleneck sends next: pure, no I/O.
+
+A node serving at a capped rate (``KACHERYFS_TEST_SERVE_RATE``: one request at a time, as a slow
+uplink would) used to take turns in arrival order. In a flash crowd that made it upload the chunks
+the first leechers asked for again and again, while others no leecher had yet waited behind them.
+``rarest`` order is super-seeding on the serving side: among the waiting requests, the chunk this
+node has uploaded the fewest times goes first (ties: the oldest request), so every chunk leaves once
+before any leaves twice; small requests (a manifest, a one-chunk object) go before chunks, since they
+cost little and unblock a download. A request for a chunk uploaded before waits behind fresh ones,
+which gives its requester time to get that chunk from the peer that has it now and cancel here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from typing import Hashable
+
+SMALL = None  # the key of a request that is no chunk of a large object
+
+
+class UploadQueue:
+    def __init__(self, order: str = "rarest", remember: int = 65536):
+        if order not in ("rarest", "fifo"):
+            raise ValueError("order is 'rarest' or 'fifo'")
+        self.order = order
+        self.remember = remember  # chunks whose upload count is kept (least recently uploaded forgotten)
+        self._uploads: OrderedDict[Hashable, int] = OrderedDict()  # chunk key -> times uploaded
+        self._waiting: dict[Hashable, deque] = {}  # key -> (seq, handle), oldest first
+        self._seq = itertools.count()
+        self._removed: set[int] = set()  # seqs taken out before their turn
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, key: Hashable, item=None) -> int:
+        """A request waits for its turn; returns its handle (for ``remove``)."""
+        seq = next(self._seq)
+        self._waiting.setdefault(key, deque()).append((seq, item))
+        self._count += 1
+        return seq
+
+    def remove(self, handle: int) -> None:
+        """The request went away (cancelled) before its turn."""
+        self._removed.add(handle)
+        self._count -= 1
+
+    def pop(self):
+        """The next request's (handle, item), or None if none waits."""
+        best = None
+        for key, waiting in list(self._waiting.items()):
+            while waiting and waiting[0][0] in self._removed:
+                self._removed.discard(waiting.popleft()[0])
+            if not waiting:
+                del self._waiting[key]
+                continue
+            rank = (0 if self.order == "fifo" else self.uploads(key), waiting[0][0])
+            if best is None or rank < best[0]:
+                best = (rank, key)
+        if best is None:
+            return None
+        key = best[1]
+        seq, item = self._waiting[key].popleft()
+        if not self._waiting[key]:
+            del self._waiting[key]
+        self._count -= 1
+        return seq, item
+
+    def uploads(self, key: Hashable) -> int:
+        """Times ``key`` was uploaded; small requests rank before any chunk."""
+        return -1 if key is SMALL else self._uploads.get(key, 0)
+
+    def uploaded(self, key: Hashable) -> None:
+        """A request for ``key`` was served (its bytes went out)."""
+        if key is SMALL:
+            return
+        self._uploads[key] = self._uploads.get(key, 0) + 1
+        self._uploads.move_to_end(key)
+        while len(self._uploads) > self.remember:
+            self._uploads.popitem(last=False)
+
+
+__all__ = ["UploadQueue", "SMALL"]

@@ -1,0 +1,116 @@
+"""The capped uploader's order (net/upload_queue.py): pure, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kacheryfs.net.upload_queue import SMALL, UploadQueue
+
+
+def drain(q: UploadQueue) -> list:
+    out = []
+    while (popped := q.pop()) is not None:
+        out.append(popped[1])
+    return out
+
+
+def test_fifo_is_arrival_order():
+    q = UploadQueue("fifo")
+    for item, key in enumerate(["a", "a", "b", SMALL, "a"]):
+        q.push(key, item)
+    q.uploaded("a")
+    assert drain(q) == [0, 1, 2, 3, 4]
+    assert len(q) == 0
+
+
+def test_rarest_serves_every_chunk_once_before_any_twice():
+    q = UploadQueue("rarest")
+    # three leechers ask for chunk 0 first (as sequential downloaders would), then 1, then 2
+    for leecher in range(3):
+        for chunk in range(3):
+            q.push(chunk, (leecher, chunk))
+    order = []
+    while (popped := q.pop()) is not None:
+        leecher, chunk = popped[1]
+        order.append(chunk)
+        q.uploaded(chunk)
+    assert order[:3] == [0, 1, 2]  # once each ...
+    assert sorted(order[3:6]) == [0, 1, 2]  # ... before a second copy of any
+    assert len(order) == 9
+
+
+def test_small_requests_go_first_and_ties_go_to_the_oldest():
+    q = UploadQueue()
+    q.push(5, "chunk 5")
+    q.push(7, "chunk 7")
+    q.push(SMALL, "manifest")
+    assert q.pop()[1] == "manifest"
+    assert q.pop()[1] == "chunk 5"  # both never uploaded: the older request first
+    q.uploaded(5)
+    q.push(5, "chunk 5 again")
+    q.push(9, "chunk 9")
+    assert drain(q) == ["chunk 7", "chunk 9", "chunk 5 again"]
+
+
+def test_a_removed_request_never_gets_a_turn():
+    q = UploadQueue()
+    a = q.push(1, "a")
+    q.push(1, "b")
+    c = q.push(2, "c")
+    q.remove(a)
+    q.remove(c)
+    assert len(q) == 1
+    assert drain(q) == ["b"]
+    assert q.pop() is None and len(q) == 0
+
+
+def test_upload_counts_are_bounded():
+    q = UploadQueue(remember=4)
+    for chunk in range(10):
+        q.uploaded(chunk)
+    assert [q.uploads(c) for c in range(10)] == [0] * 6 + [1] * 4  # the least recently uploaded forgotten
+    assert q.uploads(SMALL) == -1
+
+
+def test_unknown_order_is_refused():
+    with pytest.raises(ValueError):
+        UploadQueue("random")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "remove", "pop"]), st.integers(0, 5)), max_size=60),
+       st.sampled_from(["rarest", "fifo"]))
+def test_every_pushed_request_is_popped_once_or_removed(ops, order):
+    """Whatever the interleaving: nothing lost, nothing twice, len() right, removed ones never popped."""
+    q = UploadQueue(order)
+    waiting: dict[int, int] = {}  # handle -> key
+    popped, removed = [], set()
+    for op, n in ops:
+        if op == "push":
+            key = SMALL if n == 5 else n
+            handle = q.push(key, None)
+            waiting[handle] = key
+        elif op == "remove" and waiting:
+            handle = sorted(waiting)[n % len(waiting)]
+            del waiting[handle]
+            q.remove(handle)
+            removed.add(handle)
+        elif op == "pop":
+            got = q.pop()
+            if got is None:
+                assert not waiting
+                continue
+            handle = got[0]
+            assert handle in waiting
+            key = waiting.pop(handle)
+            if order == "rarest":  # no waiting request had a strictly better rank
+                assert all(q.uploads(k) >= q.uploads(key) for k in waiting.values())
+            if key is not SMALL:
+                q.uploaded(key)
+            popped.append(handle)
+        assert len(q) == len(waiting)
+    rest = [h for h, _ in iter(q.pop, None)]
+    assert sorted(rest) == sorted(waiting)
+    assert not set(popped) & removed and len(set(popped)) == len(popped)
