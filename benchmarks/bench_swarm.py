@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,11 @@ class Daemon:
         return subprocess.Popen([KACHERYFS, "load", uri], env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time this daemon has used so far (/proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -98,6 +104,12 @@ def cpu_times() -> tuple[float, float]:
     fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the `kacheryfs load` commands)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def busy_fraction(before: tuple[float, float], after: tuple[float, float]) -> float:
@@ -154,13 +166,28 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
                 raise RuntimeError("the channel did not form")
             time.sleep(0.2)
         out["start_and_join_s"] = time.monotonic() - t
+        # the channel was up before the crowd: let start-up work (dialing, handshakes) settle,
+        # then record what the idle nodes cost the machine
+        for _ in range(30):
+            before = cpu_times()
+            time.sleep(1.0)
+            out["idle_cpu_busy"] = busy_fraction(before, cpu_times())
+            if out["idle_cpu_busy"] < 0.25:
+                break
         out["load_average_before"] = os.getloadavg()[0]
-        cpu0 = cpu_times()
+        cpu0, clis0, daemons0 = cpu_times(), children_cpu(), [d.cpu_seconds() for d in daemons]
         t = time.monotonic()
         times = wait_all([d.load(uri) for d in leechers], t, 900)
         one_upload = size / rate
         out["crowd_s"] = times[-1]
-        out["crowd_cpu_busy"] = busy_fraction(cpu0, cpu_times())  # 1.0: both cores busy all along
+        cpu1 = cpu_times()
+        out["crowd_cpu_busy"] = busy_fraction(cpu0, cpu1)  # 1.0: both cores busy all along
+        # where the machine's CPU went during the crowd (s): the load commands, the daemons (the
+        # seeder apart), the rest of the machine (the benchmark itself, other users)
+        daemon_cpu = [d.cpu_seconds() - c for d, c in zip(daemons, daemons0)]
+        out["crowd_cpu_s"] = {"machine": (cpu1[0] - cpu0[0]) / os.sysconf("SC_CLK_TCK"),
+                              "load_commands": children_cpu() - clis0, "seeder": daemon_cpu[0],
+                              "leecher_daemons": sum(daemon_cpu[1:])}
         out["crowd_over_one_upload"] = times[-1] / one_upload
         out["median_leecher_over_one_upload"] = times[len(times) // 2] / one_upload
         seeder_status = seeder.status()

@@ -6,11 +6,6 @@ and both ends of the local API through which they, and the CLI, reach a running 
 """
 
 from ..errors import InvalidURI
-from .feeds import Feed, Subfeed, create_feed, load_feed
-from .objects import (
-    load_bytes, load_dir, load_file, load_npy, load_object, load_text, read_dir, resolve_file_uri,
-    store_dir, store_file, store_npy, store_object, store_text,
-)
 
 __all__ = [
     "store_file", "store_text", "store_object", "store_npy", "store_dir",
@@ -18,3 +13,14 @@ __all__ = [
     "resolve_file_uri", "InvalidURI",
     "create_feed", "load_feed", "Feed", "Subfeed",
 ]
+_FEEDS = ("Feed", "Subfeed", "create_feed", "load_feed")
+
+
+def __getattr__(name: str):
+    """``objects`` and ``feeds`` on first use: the CLI reaches the daemon through ``client`` alone
+    (50 `kacheryfs load` commands starting at once on one machine pay for every import 50 times)."""
+    if name in __all__:
+        from . import feeds, objects
+
+        return getattr(feeds if name in _FEEDS else objects, name)
+    raise AttributeError(f"module 'kacheryfs.api' has no attribute {name!r}")
