@@ -80,11 +80,15 @@ class Discovery:
         ld.ensure_dir(path)
         addrs = ld.loopback_addrs(node.listen_addrs)
         channel_ids = list(node.channel_keys)
+        seen: dict = {}  # ld.scan's cache: entries parsed, by file version
+        published = -ld.REFRESH_SECONDS
         try:
             while True:
-                if addrs:  # a node that accepts no connections can only dial
+                # a node that accepts no connections can only dial
+                if addrs and trio.current_time() - published >= ld.REFRESH_SECONDS:
+                    published = trio.current_time()
                     await trio.to_thread.run_sync(ld.publish, path, channel_ids, node.node_id, addrs)
-                peers = await trio.to_thread.run_sync(ld.scan, path, channel_ids, node.node_id)
+                peers = await trio.to_thread.run_sync(ld.scan, path, channel_ids, node.node_id, seen)
                 for peer in peers:
                     node.maybe_dial(peer)
                 await trio.sleep(PEER_POLL_SECONDS)

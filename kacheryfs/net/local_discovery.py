@@ -18,6 +18,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENTRY_TTL = 30.0  # seconds without refresh before an entry is ignored and removed
+REFRESH_SECONDS = 10.0  # how often a node rewrites its entries (well within ENTRY_TTL)
 
 
 def ensure_dir(path: Path) -> None:
@@ -60,23 +61,35 @@ def withdraw(path: Path, channel_ids, node_id: str) -> None:
             pass
 
 
-def scan(path: Path, channel_ids, own_node_id: str) -> list[dict]:
-    """Live entries of other nodes in our channels: [{"node", "addrs"}]."""
+def scan(path: Path, channel_ids, own_node_id: str, cache: dict | None = None) -> list[dict]:
+    """Live entries of other nodes in our channels: [{"node", "addrs"}]. With ``cache`` (a dict kept
+    between scans), an entry is read and parsed again only when its file changed: 50 nodes on one
+    machine scanning every second each read 50 entries, a quarter of 2 cores for nothing."""
     wanted = set(channel_ids)
     found: dict[str, dict] = {}
     now = time.time()
+    cache = {} if cache is None else cache
     try:
         entries = list(os.scandir(path))
     except OSError:
         return []
+    present = set()
     for entry in entries:
         parts = entry.name.split(".")
         if len(parts) != 3 or parts[2] != "json" or parts[0] not in wanted or parts[1] == own_node_id:
             continue
         try:
-            info = json.loads(Path(entry.path).read_text())
+            st = entry.stat()
+            version = (st.st_mtime_ns, st.st_size, st.st_ino)
+            present.add(entry.name)
+            cached = cache.get(entry.name)
+            if cached is not None and cached[0] == version:
+                info = cached[1]
+            else:
+                info = json.loads(Path(entry.path).read_text())
+                cache[entry.name] = (version, info)
             fresh = now - float(info.get("time", 0)) < ENTRY_TTL
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             continue
         if not fresh:
             try:
@@ -86,4 +99,6 @@ def scan(path: Path, channel_ids, own_node_id: str) -> list[dict]:
             continue
         if info.get("node") == parts[1] and isinstance(info.get("addrs"), list):
             found[parts[1]] = {"node": parts[1], "addrs": [a for a in info["addrs"] if isinstance(a, str)]}
+    for name in [name for name in cache if name not in present]:  # gone: forget
+        del cache[name]
     return list(found.values())
