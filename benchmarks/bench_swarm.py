@@ -131,8 +131,25 @@ def wait_all(procs: list[subprocess.Popen], t0: float, timeout: float) -> list[f
     return sorted(done.values())
 
 
+def api_loads(daemons: list[Daemon], uri: str, t0: float, timeout: float) -> list[float]:
+    """Each daemon asked to load ``uri`` through its local API at once, from threads of this process
+    (no `kacheryfs load` process per node): what the crowd costs when each node's command runs on its
+    own machine, as in a real cluster. Returns the sorted completion times after t0."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kacheryfs.api.client import daemon_load
+
+    def one(d: Daemon) -> float:
+        daemon_load(d.config, uri)
+        return time.monotonic() - t0
+
+    with ThreadPoolExecutor(len(daemons)) as pool:
+        futures = [pool.submit(one, d) for d in daemons]
+        return sorted(f.result(timeout=timeout) for f in futures)
+
+
 def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming: bool,
-             dht_ports: list[int] | None) -> dict:
+             dht_ports: list[int] | None, start: str = "cli") -> dict:
     work = Path(tempfile.mkdtemp(dir=root))
     shared = work / "discovery"
     daemons: list[Daemon] = []
@@ -149,7 +166,7 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
         daemons.append(d)
         return d
 
-    out: dict = {"nodes": n, "swarming": swarming, "dht": dht_ports is not None}
+    out: dict = {"nodes": n, "swarming": swarming, "dht": dht_ports is not None, "start": start}
     try:
         seeder = make("seeder", {"KACHERYFS_TEST_SERVE_RATE": str(int(rate))})
         uri = subprocess.run([KACHERYFS, "store", str(src)], env=seeder.env, check=True, capture_output=True,
@@ -177,7 +194,10 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
         out["load_average_before"] = os.getloadavg()[0]
         cpu0, clis0, daemons0 = cpu_times(), children_cpu(), [d.cpu_seconds() for d in daemons]
         t = time.monotonic()
-        times = wait_all([d.load(uri) for d in leechers], t, 900)
+        if start == "cli":
+            times = wait_all([d.load(uri) for d in leechers], t, 900)
+        else:
+            times = api_loads(leechers, uri, t, 900)
         one_upload = size / rate
         out["crowd_s"] = times[-1]
         cpu1 = cpu_times()
@@ -195,6 +215,11 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
         statuses = [d.status() for d in leechers]
         out["max_sessions_per_node"] = max(len(st["peers"]) for st in [seeder_status, *statuses])
         out["load_average_after"] = os.getloadavg()[0]
+        # every byte any node sent, over what the leechers needed: above 1 is waste (endgame
+        # duplicates, moved requests whose reply was already under way)
+        served_all = sum(sum(st["served_bytes"].values()) for st in [seeder_status, *statuses])
+        out["all_served_over_needed"] = served_all / ((n - 1) * size)
+        out["all_fetched_over_needed"] = sum(st["fetched_bytes"] for st in statuses) / ((n - 1) * size)
         out["anatomy"] = anatomy(t, t + times[-1], size, rate, seeder_status, statuses)
         late = make("late")
         t = time.monotonic()
@@ -316,6 +341,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
     parser.add_argument("--variants", default="swarm,baseline,dht", help="which of swarm,baseline,dht to run")
+    parser.add_argument("--start", choices=["cli", "api"], default="cli",
+                        help="the crowd starts as `kacheryfs load` processes (cli) or as local API calls "
+                             "from this process (api: no process start-up per node)")
     args = parser.parse_args()
     global KEEP
     KEEP = args.keep
@@ -337,7 +365,7 @@ def main() -> None:
             for swarming, ports in variants:
                 print(f"N={n} swarming={'on' if swarming else 'off'} discovery={'dht' if ports else 'dir'} ...",
                       flush=True)
-                r = scenario(root, n, src, size, rate, swarming=swarming, dht_ports=ports)
+                r = scenario(root, n, src, size, rate, swarming=swarming, dht_ports=ports, start=args.start)
                 print("   ", {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
                 results["runs"].append(r)
     finally:
@@ -350,14 +378,18 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\nobject {args.size_mb:g} MB, seeder capped at {args.rate_mb:g} MB/s: one upload = "
           f"{results['one_upload_s']:.2f} s\n")
-    print("| N | swarming | discovery | last leecher done / one upload | median | seeder served / S | "
-          "late joiner find+fetch | late joiner from start | max sessions per node |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| N | start | swarming | discovery | last leecher done / one upload | median | seeder served / S | "
+          "late joiner find+fetch | late joiner from start | max sessions per node | CPU busy during the crowd "
+          "(load avg after) | CPU s: load commands / leecher daemons / seeder |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
-        print(f"| {r['nodes']} | {'on' if r['swarming'] else 'off (baseline)'} | {'DHT' if r['dht'] else 'shared dir'} "
+        cpu = r["crowd_cpu_s"]
+        print(f"| {r['nodes']} | {r['start']} | {'on' if r['swarming'] else 'off (baseline)'} "
+              f"| {'DHT' if r['dht'] else 'shared dir'} "
               f"| {r['crowd_over_one_upload']:.2f} | {r['median_leecher_over_one_upload']:.2f} "
               f"| {r['seeder_served_over_size']:.2f} | {r['late_find_fetch_s']:.2f} s | {r['late_total_s']:.2f} s "
-              f"| {r['max_sessions_per_node']} |")
+              f"| {r['max_sessions_per_node']} | {r['crowd_cpu_busy']:.2f} ({r['load_average_after']:.1f}) "
+              f"| {cpu['load_commands']:.1f} / {cpu['leecher_daemons']:.1f} / {cpu['seeder']:.1f} |")
     print("\nAnatomy (over one upload; medians of the leechers' download parts in s):\n")
     print("| N | swarming | discovery | seeder busy | seeder idle before its last upload | tail after it | "
           "seeder requests (small) | most copies of a chunk | once before twice | CLI start | find | manifest | "

@@ -228,3 +228,32 @@ async def test_capped_seeder_uploads_fresh_chunks_first_and_drops_cancelled_requ
     assert (sha1, asked, sent) == (small.sha1, CHUNK_SIZE, len(b"a small object"))
     assert small.sha1 in seeder.server._one_read
     assert not seeder.server._uploading and len(seeder.server.upload_queue) == 0
+
+
+async def test_reply_waiting_to_be_sent_is_dropped_by_a_cancel(cluster):
+    """A chunk already read but queued behind other replies on the session is not sent once the
+    requester cancels it (it moved the request to a faster peer)."""
+    from kacheryfs.protocol.messages import Cancel, ChunkRequest
+
+    seeder = await cluster.node("seeder", chans("x"))
+    data = random_bytes(2 * CHUNK_SIZE, seed=26)
+    obj = seeder.store.put_bytes(data)
+    asker = await cluster.node("asker", chans("x"))
+    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
+    await wait_for(lambda: asker.node_id in seeder.sessions)
+    toward_asker = seeder.sessions[asker.node_id]
+    async with toward_asker._send_lock:  # the seeder is busy sending something else to the asker
+        req = session.next_req()
+        await session.send(ChunkRequest(req=req, sha1=obj.sha1, offset=0, length=CHUNK_SIZE))
+        # read, and waiting for the session's send lock
+        await wait_for(lambda: (id(toward_asker), req) in seeder.server._waiting)
+        await trio.sleep(0.2)
+        assert (id(toward_asker), req) in seeder.server._waiting
+        await session.send(Cancel(req=req))
+        await wait_for(lambda: seeder.counters.cancelled[asker.node_id] == 1)
+    assert seeder.counters.served_bytes[asker.node_id] == 0
+    # the session still works, and serves what is not cancelled
+    got = await session.request(ChunkRequest(req=session.next_req(), sha1=obj.sha1, offset=CHUNK_SIZE,
+                                             length=CHUNK_SIZE), 10)
+    assert bytes(got.payload) == data[CHUNK_SIZE:]
+    assert seeder.counters.served_bytes[asker.node_id] == CHUNK_SIZE
