@@ -107,6 +107,35 @@ def test_requests_move_from_a_slow_seeder_and_are_cancelled_there():
     assert s.stats.verified == 1 + len(moved)
 
 
+def test_a_fruitless_search_for_work_is_not_repeated_at_once():
+    """A peer with room that found nothing to move looks again IDLE_SEARCH_SECONDS later, or
+    after its own next delivery: not at every event of the download."""
+    from kacheryfs.net.scheduler import IDLE_SEARCH_SECONDS
+
+    s = ChunkScheduler(10, range(10), initial_window=4, seed=0)
+    s.add_peer("seeder")
+    s.add_peer("leecher", [])
+    first = s.next_requests("seeder", 0.0)
+    s.on_chunk_ok("seeder", first[0], MiB, 1.0)  # 1 MiB/s: the rest waits up to seconds
+    assert s.next_requests("leecher", 1.1) == []  # it holds nothing yet: a fruitless search
+    waiting = s.in_flight["seeder"]
+    s.peer_has("leecher", waiting)
+    assert s.next_requests("leecher", 1.1 + IDLE_SEARCH_SECONDS / 2) == []  # too soon to look again
+    assert sorted(s.next_requests("leecher", 1.1 + IDLE_SEARCH_SECONDS)) == sorted(waiting)
+    # after its own delivery a peer looks again at once
+    t = ChunkScheduler(10, range(10), initial_window=4, seed=0)
+    t.add_peer("seeder")
+    t.add_peer("leecher", [0])
+    assert t.next_requests("leecher", 0.0) == [0]
+    slow = t.next_requests("seeder", 0.0)
+    t.on_chunk_ok("seeder", slow[0], MiB, 1.0)
+    assert t.next_requests("leecher", 1.1) == []  # nothing it holds to take
+    t.peer_has("leecher", t.in_flight["seeder"])
+    t.on_chunk_ok("leecher", 0, MiB, 1.101)
+    moved = t.next_requests("leecher", 1.101)  # within IDLE_SEARCH_SECONDS of its last search
+    assert moved and set(moved) <= set(slow[1:])
+
+
 def test_no_move_to_a_peer_that_is_not_faster():
     s = ChunkScheduler(10, range(10), initial_window=2, seed=0)
     s.add_peer("a")
