@@ -1,6 +1,6 @@
 """Swarm benchmark: a flash crowd on one capped seeder, and a late joiner in a big channel.
 
-    .venv/bin/python benchmarks/bench_swarm.py [--nodes 12 50] [--size-mb 16] [--rate-mb 4]
+    .venv/bin/python benchmarks/bench_swarm.py [--nodes 12 50] [--size-mb 16] [--rate-mb 4] [--start cli|api]
 
 Every node is a `kacheryfs daemon` subprocess on 127.0.0.1 with its own storage and config, in
 one channel. For each N: one seeder capped at R (KACHERYFS_TEST_SERVE_RATE) holds an object of
@@ -14,8 +14,16 @@ shared discovery directory, no bootstrap). Nodes meet through a shared discovery
 otherwise.
 
 The whole machine (2 cores) runs every node: at N = 50 the crowd is CPU-bound, so read the rows
-of one run against each other. Prints a table; saves benchmarks/results/swarm-<date>.json and
-swarm-latest.json.
+of one run against each other. To tell CPU saturation from protocol waste each run records: the
+machine's CPU busy share during the crowd and the CPU seconds of the load commands, the leecher
+daemons and the seeder; every byte served over the bytes needed; and an anatomy (over one upload)
+of the seeder's time (busy, idle before its last upload, tail after it; copies of each chunk) and
+of the leechers' downloads (command start-up, find, manifest, first chunk, chunks, install, idle;
+from each daemon's `status` download summaries). `--start api` starts the crowd as local API calls
+from this process instead of N-1 `kacheryfs load` processes: what the crowd costs when each
+node's command runs on its own machine.
+
+Prints a table; saves benchmarks/results/swarm-<date>.json and swarm-latest.json.
 """
 
 from __future__ import annotations
