@@ -55,6 +55,26 @@ def test_a_rotten_manifest_is_rebuilt_from_a_good_object(store):
     assert store.info(obj.sha1).manifest_sha1 == obj.manifest_sha1
 
 
+def test_without_checksums_or_manifest_a_range_read_hashes_the_whole_file(store):
+    """With no recorded checksums and no manifest the whole object is hashed: from its file, not
+    from the range just read (hashing past that range condemned good copies, seen in a swarm)."""
+    data = random_bytes(3 * CHUNK_SIZE + 5, seed=3)
+    obj = store.put_bytes(data)
+    store.index.remove_chunk_sums(obj.sha1)
+    os.unlink(store.object_path(obj.manifest_sha1))
+    assert store.integrity.read_range(obj.sha1, CHUNK_SIZE, CHUNK_SIZE) == data[CHUNK_SIZE:2 * CHUNK_SIZE]
+    assert store.info(obj.sha1) is not None and store.integrity.quarantined() == []
+    assert hashlib.sha1(store.read_bytes(obj.manifest_sha1)).hexdigest() == obj.manifest_sha1  # rebuilt
+    # and a rotten one, in the same state, is still caught
+    other = store.put_bytes(random_bytes(3 * CHUNK_SIZE, seed=4))
+    store.index.remove_chunk_sums(other.sha1)
+    os.unlink(store.object_path(other.manifest_sha1))
+    rot(store, other.sha1, [2 * CHUNK_SIZE + 7])
+    with pytest.raises(RottenObject, match="hashes to"):
+        store.integrity.read_range(other.sha1, 0, 10)
+    assert store.info(other.sha1) is None
+
+
 def test_checksums_recorded_at_write_are_the_fast_check_sha1_decides(store):
     data = random_bytes(4 * CHUNK_SIZE + 5, seed=7)
     obj = store.put_bytes(data)

@@ -159,7 +159,10 @@ class Integrity:
                     if hashes is None:
                         hashes = self._chunk_hashes(record)
                         if hashes is None:
-                            self._verify_whole(record, read)
+                            # the whole object, from its file: ``source`` may hold only the range
+                            # asked for (a chunk just read), and hashing past it condemned good copies
+                            with _Reader(self.store.object_path(sha1)) as whole:
+                                self._verify_whole(record, whole)
                             return
                     if hashlib.sha1(data).hexdigest() != hashes[c]:
                         raise RottenObject(record, f"chunk {c} does not match its hash")
