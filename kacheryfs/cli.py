@@ -214,11 +214,12 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool, str
     from .api.client import daemon_load
 
     config = _config(storage_dir, config_dir)
-    file_uri = str(parse_uri(uri))  # (as api.objects.resolve_file_uri gives it)
     if is_dir_uri(uri):  # (api.objects only then: a plain load stays a cheap command)
         from .api.objects import resolve_file_uri
 
         file_uri = resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir)
+    else:
+        file_uri = str(parse_uri(uri))  # (as api.objects.resolve_file_uri gives it)
     parsed = parse_uri(file_uri)
     local = LocalStore(config.storage_dir)
     try:  # closing writes the use of a cached copy (its place in the eviction order)

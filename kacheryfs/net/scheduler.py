@@ -57,9 +57,9 @@ STEAL_SILENT_AGE = 1.0  # (s) for a peer that has delivered nothing yet: its spe
 STEAL_FACTOR = 2.0  # ...and only if that peer should deliver it in less than half the time
 STEAL_MARGIN = 0.1  # and at least this much (s) sooner
 ENDGAME_CHUNKS = 8  # duplicates only once this few chunks remain
-# A peer with room and nothing to take from the queue looks for requests to move or duplicate
-# (steps 3 and 4 of next_requests, a pass over every peer's requests); when that finds nothing it
-# looks again only this much (s) later, or after its own next delivery. A download calls
+# A peer with room and nothing to take from the queue looks for requests to move to it (step 3 of
+# next_requests, a pass over every peer's requests); when that finds nothing it looks again only
+# this much (s) later, or after its own next delivery. A download calls
 # next_requests for each of its peers at every event (a chunk, a Have from any of 40 peers): in a
 # 50-node crowd these fruitless passes were most of the scheduler's CPU (simulated: 90%).
 IDLE_SEARCH_SECONDS = 0.05
@@ -82,7 +82,7 @@ class _Peer:
     bytes_ok: int = 0
     failures: int = 0
     have: bytearray | None = None  # chunks it holds, bit i of byte i // 8; None: the whole object
-    search_after: float = float("-inf")  # no moving/duplicating to this peer before then (IDLE_SEARCH_SECONDS)
+    search_after: float = float("-inf")  # no moving of requests to this peer before then (IDLE_SEARCH_SECONDS)
 
     def holds(self, chunk: int) -> bool:
         have = self.have
@@ -305,15 +305,15 @@ class ChunkScheduler:
                 picked += heapq.nsmallest(free - len(picked), candidates, key=lambda c: (holding[c], rank[c]))
         for chunk in picked:
             self._queue.pop(bisect.bisect_left(self._queue, chunk))
-        searching = len(picked) < free and now >= state.search_after
-        from_queue = len(picked)
         # 3. chunks waiting at a slower peer move here (their request there is cancelled)
-        if searching and len(self._peers) > 1:
-            picked += self._steal(peer, state, free - len(picked), len(picked), now)
+        if len(picked) < free and len(self._peers) > 1 and now >= state.search_after:
+            moved = self._steal(peer, state, free - len(picked), len(picked), now)
+            if not moved:  # found nothing to move: not again at once
+                state.search_after = now + IDLE_SEARCH_SECONDS
+            picked += moved
         # 4. endgame: nothing left to queue and only a few chunks to go, so race the chunks other
         # peers will deliver last (a duplicate costs the other peer's upload: kept for the very end)
-        if (searching and not self._queue and len(picked) < free
-                and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS):
+        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS:
             candidates = sorted(
                 ((-self._eta(other_state, rank), chunk)
                  for other, other_state in self._peers.items() if other != peer
@@ -327,8 +327,6 @@ class ChunkScheduler:
                     break  # the holder should deliver it before, or hardly later than, we could
                 picked.append(chunk)
                 self._duplicates += 1
-        if searching and len(picked) == from_queue:  # found nothing elsewhere: not again at once
-            state.search_after = now + IDLE_SEARCH_SECONDS
         for chunk in picked:
             state.in_flight[chunk] = now
             self._holders.setdefault(chunk, []).append(peer)
