@@ -6,8 +6,9 @@ B's router (the same path, no kacheryfs), and the time the punch takes to upgrad
 
 Each transfer lands on disk (kacheryfs load --dest / the plain receiver writes and fsyncs). "MB/s"
 is the whole `kacheryfs load` (find, download, copy to --dest); "download" is the node's own
-figure for the download alone (its log line). A direct kacheryfs session over LAN 1 (C -> A) is the
-control for what our session costs on these machines, apart from the path. Prints a table, saves benchmarks/results/nat-<time>.json.
+figure for the download alone (its log line). Two controls for what our session costs apart from the
+punch: a direct kacheryfs session B -> A over the same links with the routers only routing (no NAT,
+A dials B's own address), and one over LAN 1 (C -> A, no router). Prints a table, saves benchmarks/results/nat-<time>.json.
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def wait(what: str, check, timeout: float = 60.0):
 
 
 def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | None, src: Path, size: int,
-                       server: str = "b") -> dict:
-    """One B -> A `kacheryfs load` through the topology (``server="c"``: C -> A over LAN 1, the
-    direct-session control); returns MB/s, path, upgrade times."""
+                       server: str = "b", nat: bool = True) -> dict:
+    """One B -> A `kacheryfs load` through the topology (``server="c"``: C -> A over LAN 1;
+    ``nat=False``: the routers only route, so A dials B plainly over the same links: the two
+    direct-session controls); returns MB/s, path, upgrade times."""
     env_b = cli_env(work / "b" / "storage", work / "b" / "config")
     uri = subprocess.run([KACHERYFS, "store", str(src)], env=env_b, check=True, capture_output=True,
                          text=True).stdout.strip()
-    with nat_topology(symmetric=symmetric, rate_mbit=rate) as topo, contextlib.ExitStack() as stack:
+    with nat_topology(symmetric=symmetric, rate_mbit=rate, nat=nat) as topo, contextlib.ExitStack() as stack:
         boot = Daemon(work / "boot", "bootstrap", "--listen", "0.0.0.0:7000", prefix=topo.prefix("pub"))
         stack.callback(boot.stop)
         boot.start().wait_log("listening on")
@@ -97,8 +99,8 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         started = time.monotonic()
         a.start()
         first_session = wait("a session to b", lambda: path_to(a.env, id_b)) and time.monotonic()
-        want = "relayed" if symmetric else "hole-punched" if server == "b" else "direct"
-        if server != "b":
+        want = "relayed" if symmetric else "hole-punched" if server == "b" and nat else "direct"
+        if want == "direct":
             wait("direct", lambda: path_to(a.env, id_b) == "direct", timeout=60)
         elif symmetric:
             wait("the punch to fail", lambda: status(a.env).get("punch", {}).get("failed")
@@ -163,23 +165,27 @@ def main() -> int:
             left -= n
     res = {"size": size, "rate_mbit": a.rate_mbit, "loadavg_before": os.getloadavg()}
     res["plain"] = plain_transfer(work, a.rate_mbit, src, size)
-    for label, symmetric, server in (("direct (LAN, C -> A)", (), "c"), ("punched", (), "b"),
-                                     ("relayed", ("r2",), "b")):
-        sub = work / label.split()[0]
+    rows = {"direct (same path)": ((), "b", False), "direct (LAN, C -> A)": ((), "c", True),
+            "punched": ((), "b", True), "relayed": (("r2",), "b", True)}
+    for n, (label, (symmetric, server, nat)) in enumerate(rows.items()):
+        sub = work / f"row{n}"
         sub.mkdir()
-        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size, server)
+        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size, server, nat)
     res["loadavg_after"] = os.getloadavg()
     plain = res["plain"]["MBps"]
     print(f"{'B -> A, ' + str(a.size_mb) + ' MB':24} {'MB/s':>7} {'vs plain':>9} {'download':>9} {'relay MB':>9}  path")
-    for label in ("plain", "direct (LAN, C -> A)", "punched", "relayed"):
+    for label in ("plain", *rows):
         r = res[label]
         relay = f"{r['relay_bytes'] / 1e6:9.1f}" if "relay_bytes" in r else f"{'':9}"
         download = f"{r['download_MBps']:9.1f}" if r.get("download_MBps") else f"{'':9}"
         print(f"{label:24} {r['MBps']:7.1f} {r['MBps'] / plain:9.2f} {download} {relay}  {r['path']}")
     res["ratios"] = {"punched_vs_plain": res["punched"]["MBps"] / plain,
-                     "punched_vs_direct": res["punched"]["MBps"] / res["direct (LAN, C -> A)"]["MBps"],
+                     "punched_vs_direct": res["punched"]["MBps"] / res["direct (same path)"]["MBps"],
+                     "direct_vs_plain": res["direct (same path)"]["MBps"] / plain,
                      "relayed_vs_punched": res["relayed"]["MBps"] / res["punched"]["MBps"]}
-    print(f"punched / direct session over the LAN: {res['ratios']['punched_vs_direct']:.2f}")
+    print(f"punched / direct session over the same path: {res['ratios']['punched_vs_direct']:.2f}; "
+          f"direct / plain: {res['ratios']['direct_vs_plain']:.2f}")
+    print(f"load average before {res['loadavg_before'][0]:.2f}, after {res['loadavg_after'][0]:.2f}")
     print(f"relayed / punched: {res['ratios']['relayed_vs_punched']:.2f}")
     print(f"upgrade: punch {res['punched']['punch_seconds']} s (request -> direct session); "
           f"daemon start -> first session {res['punched']['seconds_to_first_session']} s, "
