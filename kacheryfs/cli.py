@@ -149,17 +149,18 @@ def daemon(storage_dir, config_dir, verbose, **net):
               help="Relay circuits one node may have open at once.")
 @click.option("--relay-node-bytes", metavar="SIZE", default="256G", show_default=True,
               help="Bytes relayed for one node per hour.")
-@storage_option
 @config_option
 @verbose_option
-def bootstrap(listen, storage_dir, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
+def bootstrap(listen, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
               relay_node_bytes, verbose):
     """Run a rendezvous node: keeps a registry of channel hashes -> nodes (knows no channel names),
-    coordinates hole punches and relays, within its limits, between nodes that cannot punch."""
+    pushes new members to the nodes of their channels, coordinates hole punches and relays, within
+    its limits, between nodes that cannot punch. It stores no files, so it takes no --storage: its
+    node key and local API (kacheryfs status --config-dir DIR) live in the config directory."""
     from .daemon import run_bootstrap
 
     _serving_logs(verbose)
-    run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen,
+    run_bootstrap(Config.from_env(config_dir=config_dir, listen=listen,
                                   relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
                                   relay_node_circuits=relay_node_circuits, relay_node_bytes=relay_node_bytes))
 

@@ -94,6 +94,20 @@ class Topology:
                 }}
             }}""")
 
+    def block(self, router: str, addr: str) -> None:
+        """Drop everything ``router`` receives to or from ``addr`` before conntrack sees it (a punch
+        through it fails; the relay's path through pub is untouched). ``unblock`` lifts it."""
+        self.nft(router, f"""
+            table ip kfsblk_{self.tag} {{
+                chain pre {{ type filter hook prerouting priority raw; policy accept;
+                    ip daddr {addr} drop
+                    ip saddr {addr} drop
+                }}
+            }}""")
+
+    def unblock(self, router: str) -> None:
+        self.run(router, "nft", "delete", "table", "ip", f"kfsblk_{self.tag}", check=False)
+
     def conntrack(self, router: str) -> str:
         return self.run(router, "cat", "/proc/net/nf_conntrack", check=False).stdout
 

@@ -37,6 +37,7 @@ from .interfaces import PeerHint
 from ..protocol.messages import Observed, PunchIncoming, PunchSync
 from .dialing import DIAL_ERRORS, DialTarget
 from .punch import PunchClient, PunchError
+from ..protocol.punch import RETRY_DELAYS
 from .relay_client import RelayClient
 from .serving import NodeCounters, Server
 from .session import PeerSession
@@ -253,14 +254,36 @@ class Node(HostedNode):
 
     async def _relay_then_punch(self, target: DialTarget) -> bool:
         """A way of dialing: a relayed session at once (bytes can flow), then a hole punch in the
-        background; a punched session replaces the relayed one (host.py)."""
+        background, retried while the session stays relayed; a punched session replaces the relayed
+        one (host.py)."""
         relayed = await self.relay_client.dial(target)
         if target.via is not None and target.addrs and target.observed and self.punch.can_punch(target.via):
             if relayed:
-                self.host.start_soon(self._try_punch, target)
+                self.host.start_soon(self._punch_until_direct, target)
             else:
                 return await self._try_punch(target)
         return relayed
+
+    async def _punch_until_direct(self, target: DialTarget) -> None:
+        """Punch; after a failure ask again after each of RETRY_DELAYS, as long as the peer's
+        session is still the relayed one and the bootstrap is there (then the relay stays)."""
+        relayed = self.host.sessions.get(target.node)
+        for delay in (0.0, *RETRY_DELAYS):
+            if delay:
+                self.punch.stats["retries"] += 1
+                log.info("hole punch to %s: trying again in %.0f s (the relay carries the session meanwhile)",
+                         target.node[:12], delay)
+                with trio.move_on_after(delay):
+                    await relayed.closed.wait()
+            current = self.host.sessions.get(target.node)
+            if (relayed is None or relayed.direction != "relayed" or relayed.closed.is_set() or current is not relayed
+                    or target.via.closed.is_set()
+                    or not self.punch.can_punch(target.via)):
+                return  # upgraded (perhaps by the peer's punch), gone, or no bootstrap to coordinate
+            if await self._try_punch(target):
+                return
+        log.info("no hole punch to %s after %d tries: the session stays relayed", target.node[:12],
+                 1 + len(RETRY_DELAYS))
 
     async def _try_punch(self, target: DialTarget) -> bool:
         try:

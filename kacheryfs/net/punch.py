@@ -41,7 +41,7 @@ class PunchClient:
         self.local = local  # the listening address to dial from (None: not listening, cannot punch)
         self.on_stream = on_stream
         self.observed: dict[int, str] = {}  # id(bootstrap session) -> the address it sees us at
-        self.stats = {"attempted": 0, "punched": 0, "failed": 0, "answered": 0, "last_seconds": None}
+        self.stats = {"attempted": 0, "punched": 0, "failed": 0, "answered": 0, "retries": 0, "last_seconds": None}
         self._responders: dict[tuple[int, int], trio.MemorySendChannel] = {}
 
     # ---- what the bootstrap tells us ---------------------------------------------------------

@@ -466,6 +466,17 @@ class PunchSync(_Validating):
             raise ValueError("bad punch id or attempt")
 
 
+@message(46)
+class PeersJoined(_Validating):
+    """From a bootstrap, pushed at once: nodes that registered (or changed their addresses) in a
+    channel id the receiver registered in; entries as in PeersResponse (protocol.md §5c)."""
+    peers: list
+
+    def validate(self) -> None:
+        if len(self.peers) > 512:
+            raise ValueError("too many peers")
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
@@ -475,4 +486,5 @@ __all__ = [
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
     "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "Cancel", "ChunkSet",
     "Observed", "PunchRequest", "PunchIncoming", "PunchReply", "PunchReady", "PunchSync",
+    "PeersJoined",
 ]
