@@ -77,7 +77,8 @@ class Node(HostedNode):
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
                              more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
-        self.punch = PunchClient(lambda: self.host.listen_local, self._punched)
+        self.punch = PunchClient(lambda: self.host.listen_local, self._punched, self.host.start_soon)
+        self.host.claim_inbound = self.punch.claim_inbound
         self.dialer = Dialer(self.host, self.observed_addrs, self.behind_nat, max_peers)
         self.dht = dht  # net.dht.DhtNode (not started) or None
         self.dht_discovery = None
