@@ -117,7 +117,7 @@ class BootstrapNode(HostedNode):
         self.relay_table = RelayTable(relay_limits or RelayLimits())  # circuits between two registered nodes
         self.punches = PunchService(self.host.sessions, self.registry.is_registered, self.registry.share_channel)
         host = self.host
-        host.register(Register, self._register)
+        host.register(Register, self._register, inline=True)  # Observed goes out before any later reply
         host.register(PeersRequest, self._peers)
         host.register(RelayOpen, self._open_circuit)
         host.register(RelayData, self._forward, inline=True)

@@ -84,7 +84,7 @@ class Node(HostedNode):
         self.dht_discovery = None
         self._dht_lookups: set[str] = set()  # objects being looked up in the DHT now
         self.dialer.ways.append(self._relay_then_punch)
-        self.host.register(Observed, self._observed)
+        self.host.register(Observed, self._observed, inline=True)  # known before the PeersResponse after it (dial tie-break)
         self.host.register(PunchIncoming, self._punch_incoming)
         self.host.register(PunchSync, self._punch_sync, inline=True)
         self.host.watch_sessions(closed=self._session_closed)
