@@ -26,6 +26,7 @@ from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
+from .pipeline import ChunkPipeline
 from .scheduler import ChunkScheduler
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,8 @@ class Download:
         self._local_failure: KacheryError | None = None  # our disk failed, not a peer: give up
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
-        self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
+        self.pipeline = ChunkPipeline(partial)  # verifies and writes chunks, off the trio thread
+        self._limiter = trio.CapacityLimiter(2)  # threads reading for lazy readers
         self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
         self._refreshing = False
         self.started = time.monotonic()
@@ -328,7 +330,7 @@ class Download:
         """Verify and store a chunk; on a full disk, evict least recently used cached copies (never
         files stored here) to fit what is still wanted of this download, and retry."""
         try:
-            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+            await self.pipeline.store(index, data)
         except StorageFull:
             chunk = self.manifest.chunk_size
             still = sum(1 for c in self.scheduler.needed if not self.partial.has_chunk(c)) * chunk
@@ -338,7 +340,7 @@ class Download:
                 raise
             log.info("disk full while fetching %s: evicted %d cached copies to make room",
                      self.manifest.sha1[:12], evicted)
-            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+            await self.pipeline.store(index, data)
 
     def _follow_upgrade(self, peer: str) -> None:
         """The peer's session was replaced (a hole punch upgraded a relayed one): new requests go
@@ -397,6 +399,7 @@ class Download:
             failure = None
             refreshed = trio.current_time()
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.pipeline.run)
                 while not self.partial.is_complete():
                     now = trio.current_time()
                     if now - refreshed > PROVIDER_REFRESH_SECONDS and not self.scheduler.done():
@@ -427,6 +430,9 @@ class Download:
                         break
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
+                if failure is None:  # the hash stage holds the last chunks' bytes: let it finish
+                    with trio.move_on_after(REQUEST_TIMEOUT):
+                        await self.pipeline.hashed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
             if isinstance(failure, StorageFull):
                 # Full even after evicting cached copies: give the space back rather than keep a

@@ -1,0 +1,191 @@
+"""The receiving end of a download: chunks from arrival to disk, off the trio thread, on both cores.
+
+A chunk that arrives is queued here; ``LANES`` tasks each take up to ``BATCH`` queued chunks per
+worker-thread hop and, in that thread, verify each against the manifest (SHA-1), compute its xxh3
+for the store's rot checks, ``pwrite`` it (and into any ``sinks``, the files of ``load --dest``),
+mark it in the bitmap and start its writeback (store/partial.py ``store_chunks``). One more task
+feeds the whole-file SHA-1 in order: every run of written chunks that extends the hashed prefix goes
+to a thread in one hop, from the buffers the chunks arrived in (chunks far ahead of the prefix are
+not kept: they are read back from the page cache when the prefix reaches them).
+
+Why this shape (measured, docs/benchmarks.md "Bulk throughput"): hashlib, libsodium and pwrite
+release the GIL, so two lanes use both cores; batching makes the ~0.1 ms cost of a hop per several
+MiB instead of per chunk; and the whole-file hash as its own in-order stage no longer makes chunk
+writers queue behind a lock while one of them hashes. The per-chunk thread hop with the in-order
+hash under a lock cost ~1.5 CPU-s more per GiB received than this.
+
+Bytes reach a reader (or a peer, or a sink) only after they have passed the SHA-1 of their chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import trio
+
+from ..errors import KacheryError, StoreFailed, from_os_error
+from ..store.local import start_writeback
+from ..store.partial import PartialObject
+
+LANES = 2  # verify + write hops at once (two cores)
+BATCH = 4  # chunks per hop: ~4 MiB of hashing and writing per ~0.1 ms of hop overhead
+HASH_AHEAD = 32  # written chunks kept in memory for the whole-file hash, beyond its position
+
+
+class _Slot:
+    __slots__ = ("index", "data", "done", "fresh", "error")
+
+    def __init__(self, index: int, data):
+        self.index = index
+        self.data = data
+        self.done = trio.Event()
+        self.fresh = False
+        self.error: KacheryError | None = None
+
+
+class Sink:
+    """A file that receives every verified chunk of the object at its offset (``load --dest``):
+    the bytes are written from the buffer they arrived in, while the store's copy is written."""
+
+    def __init__(self, fd: int, on_error: Callable[[KacheryError], None] | None = None):
+        self.fd = fd
+        self.error: KacheryError | None = None
+        self.on_error = on_error
+
+    def write(self, offset: int, data) -> None:
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(data).cast("B")
+            while len(view):
+                written = os.pwrite(self.fd, view, offset)
+                view, offset = view[written:], offset + written
+            start_writeback(self.fd, offset - len(data), len(data))
+        except OSError as exc:
+            self.error = from_os_error(exc, "writing the destination file")
+            if self.on_error is not None:
+                self.on_error(self.error)
+
+
+class ChunkPipeline:
+    def __init__(self, partial: PartialObject, lanes: int = LANES, batch: int = BATCH):
+        self.partial = partial
+        self.lanes = lanes
+        self.batch = batch
+        self.sinks: list[Sink] = []
+        self._send, self._receive = trio.open_memory_channel(math.inf)
+        self._limiter = trio.CapacityLimiter(lanes + 1)
+        self._for_hash: dict[int, object] = {}  # written chunk -> its bytes, until hashed
+        self._hash_wake = trio.Event()
+        self.hashed = trio.Event()  # the whole file is hashed
+        self._batches: set[trio.Event] = set()  # set when a batch being written is done
+
+    async def run(self) -> None:
+        """The lanes and the hash stage, until cancelled (or the whole file is hashed and the
+        download's nursery cancels it)."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.lanes):
+                nursery.start_soon(self._lane)
+            nursery.start_soon(self._hash_stage)
+
+    async def store(self, index: int, data) -> bool:
+        """Verify and write one chunk (queued for the lanes); True if it was written now, False if
+        it was here already. Raises what writing it raised (CorruptChunk, StorageFull, ...)."""
+        slot = _Slot(index, data)
+        self._send.send_nowait(slot)
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.fresh
+
+    async def add_sink(self, sink: Sink) -> None:
+        """From now on every chunk written goes to ``sink`` too; the chunks already here are copied
+        into it from the partial file (in the kernel, ``copy_file_range``)."""
+        self.sinks.append(sink)
+        for done in list(self._batches):  # batches that started without this sink: let them end,
+            await done.wait()  # then every chunk here either was copied below or goes to the sink
+        await trio.to_thread.run_sync(self._copy_present, sink, limiter=self._limiter)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def _copy_present(self, sink: Sink) -> None:
+        partial = self.partial
+        for index in range(partial.num_chunks):
+            if partial.has_chunk(index):
+                start, end = partial.manifest.chunk_range(index)
+                try:
+                    partial.copy_range_to(sink.fd, start, end - start)
+                except OSError as exc:
+                    sink.error = from_os_error(exc, "writing the destination file")
+                    return
+                except StoreFailed:
+                    return
+
+    # ---- the stages -------------------------------------------------------------------------------
+    async def _lane(self) -> None:
+        async for first in self._receive:
+            batch = [first]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            done = trio.Event()
+            self._batches.add(done)
+            try:
+                results = await trio.to_thread.run_sync(self._write_batch, batch, list(self.sinks),
+                                                        limiter=self._limiter)
+            finally:
+                self._batches.discard(done)
+                done.set()
+            hashed = self.partial.hashed_chunks()
+            for slot, (fresh, error) in zip(batch, results):
+                slot.fresh, slot.error = fresh, error
+                if fresh and slot.index < hashed + HASH_AHEAD:
+                    self._for_hash[slot.index] = slot.data
+                slot.data = None
+                slot.done.set()
+            self._hash_wake.set()
+
+    def _write_batch(self, batch: list[_Slot], sinks: list[Sink]) -> list[tuple[bool, KacheryError | None]]:
+        out = []
+        partial = self.partial
+        for slot in batch:
+            try:
+                fresh = partial.store_chunk(slot.index, slot.data)
+            except KacheryError as exc:
+                out.append((False, exc))
+                continue
+            if fresh:
+                start = partial.manifest.chunk_range(slot.index)[0]
+                for sink in sinks:
+                    sink.write(start, slot.data)
+            out.append((fresh, None))
+        return out
+
+    async def _hash_stage(self) -> None:
+        partial = self.partial
+        while True:
+            position = partial.hashed_chunks()
+            if position >= partial.num_chunks:
+                self._for_hash.clear()
+                self.hashed.set()
+                return
+            if not partial.has_chunk(position):
+                self._hash_wake = trio.Event()
+                await self._hash_wake.wait()
+                continue
+            blocks = {}
+            k = position
+            while k in self._for_hash:
+                blocks[k] = self._for_hash.pop(k)
+                k += 1
+            reached = await trio.to_thread.run_sync(partial.advance_hash, blocks, limiter=self._limiter)
+            for stale in [i for i in self._for_hash if i < reached]:
+                del self._for_hash[stale]
+            if reached == position:  # closed under us
+                return
