@@ -93,8 +93,17 @@ class ChunkPipeline:
     async def store(self, index: int, data) -> bool:
         """Verify and write one chunk (queued for the lanes); True if it was written now, False if
         it was here already. Raises what writing it raised (CorruptChunk, StorageFull, ...)."""
+        return await self.result(self.submit(index, data))
+
+    def submit(self, index: int, data) -> _Slot:
+        """Queue a chunk for the lanes (several chunks of one reply go in at once); ``result``
+        waits for it."""
         slot = _Slot(index, data)
         self._send.send_nowait(slot)
+        return slot
+
+    @staticmethod
+    async def result(slot: _Slot) -> bool:
         await slot.done.wait()
         if slot.error is not None:
             raise slot.error
