@@ -47,12 +47,37 @@ class _Slot:
 
 class Sink:
     """A file that receives every verified chunk of the object at its offset (``load --dest``):
-    the bytes are written from the buffer they arrived in, while the store's copy is written."""
+    the bytes are written from the buffer they arrived in, while the store's copy is written.
+
+    It writes through its own duplicate of the descriptor, closed only once no worker thread still
+    holds it (``hold``/``release``): a thread writing after the caller closed its descriptor could
+    otherwise write into whatever file reused that number."""
 
     def __init__(self, fd: int, on_error: Callable[[KacheryError], None] | None = None):
-        self.fd = fd
+        self.fd = os.dup(fd)
         self.error: KacheryError | None = None
         self.on_error = on_error
+        self._holders = 0
+        self._closing = False
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._closing and self._holders == 0:
+            self._close_now()
+
+    def close(self) -> None:
+        """No more writes: the descriptor closes once the last thread using it is done."""
+        self._closing = True
+        if self._holders == 0:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def write(self, offset: int, data) -> None:
         if self.error is not None:
@@ -78,6 +103,7 @@ class ChunkPipeline:
         self._send, self._receive = trio.open_memory_channel(math.inf)
         self._limiter = trio.CapacityLimiter(lanes + 1)
         self._for_hash: dict[int, object] = {}  # written chunk -> its bytes, until hashed
+        self._writing: set[int] = set()  # chunks in a lane's hop now
         self._hash_wake = trio.Event()
         self.hashed = trio.Event()  # the whole file is hashed
         self._batches: set[trio.Event] = set()  # set when a batch being written is done
@@ -115,11 +141,17 @@ class ChunkPipeline:
         self.sinks.append(sink)
         for done in list(self._batches):  # batches that started without this sink: let them end,
             await done.wait()  # then every chunk here either was copied below or goes to the sink
-        await trio.to_thread.run_sync(self._copy_present, sink, limiter=self._limiter)
+        sink.hold()
+        try:
+            await trio.to_thread.run_sync(self._copy_present, sink, limiter=self._limiter)
+        finally:
+            sink.release()
 
     def remove_sink(self, sink: Sink) -> None:
+        """Stop writing to ``sink`` and close it (once batches in flight are done with it)."""
         if sink in self.sinks:
             self.sinks.remove(sink)
+        sink.close()
 
     def _copy_present(self, sink: Sink) -> None:
         partial = self.partial
@@ -145,12 +177,20 @@ class ChunkPipeline:
                     break
             done = trio.Event()
             self._batches.add(done)
+            self._writing.update(slot.index for slot in batch)
+            sinks = list(self.sinks)
+            for sink in sinks:
+                sink.hold()
             try:
-                results = await trio.to_thread.run_sync(self._write_batch, batch, list(self.sinks),
+                results = await trio.to_thread.run_sync(self._write_batch, batch, sinks,
                                                         limiter=self._limiter)
             finally:
+                for sink in sinks:
+                    sink.release()
                 self._batches.discard(done)
                 done.set()
+                self._writing.difference_update(slot.index for slot in batch)
+                self._hash_wake.set()
             hashed = self.partial.hashed_chunks()
             for slot, (fresh, error) in zip(batch, results):
                 slot.fresh, slot.error = fresh, error
@@ -158,7 +198,6 @@ class ChunkPipeline:
                     self._for_hash[slot.index] = slot.data
                 slot.data = None
                 slot.done.set()
-            self._hash_wake.set()
 
     def _write_batch(self, batch: list[_Slot], sinks: list[Sink]) -> list[tuple[bool, KacheryError | None]]:
         out = []
@@ -184,16 +223,21 @@ class ChunkPipeline:
                 self._for_hash.clear()
                 self.hashed.set()
                 return
-            if not partial.has_chunk(position):
+            blocks = {}
+            k = position
+            if position in self._for_hash:  # a run of chunks still in memory
+                while k in self._for_hash:
+                    blocks[k] = self._for_hash.pop(k)
+                    k += 1
+            else:  # chunks not kept (written far ahead, or before a restart): read them back
+                while k < partial.num_chunks and k - position < HASH_AHEAD and k not in self._writing \
+                        and k not in self._for_hash and partial.has_chunk(k):
+                    k += 1
+            if k == position:  # the next chunk is missing, or a lane is writing it: wait
                 self._hash_wake = trio.Event()
                 await self._hash_wake.wait()
                 continue
-            blocks = {}
-            k = position
-            while k in self._for_hash:
-                blocks[k] = self._for_hash.pop(k)
-                k += 1
-            reached = await trio.to_thread.run_sync(partial.advance_hash, blocks, limiter=self._limiter)
+            reached = await trio.to_thread.run_sync(partial.advance_hash, blocks, k, limiter=self._limiter)
             for stale in [i for i in self._for_hash if i < reached]:
                 del self._for_hash[stale]
             if reached == position:  # closed under us

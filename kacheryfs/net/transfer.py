@@ -260,7 +260,11 @@ class Download:
         """Note where it came from, check the whole file, move it into the store (blocking). Channels
         first: an installed cached copy is servable at once, never briefly refused."""
         self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
-        return self.partial.finish()
+        obj = self.partial.finish()
+        # Every chunk passed its SHA-1 and the whole file its own, from the bytes written: reads of
+        # it in this run need not check them again (store/integrity.py).
+        self.node.store.integrity.mark_verified(obj.sha1, obj.size)
+        return obj
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the

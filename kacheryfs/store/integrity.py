@@ -94,6 +94,12 @@ class Integrity:
             for c in chunks:
                 bits[c >> 3] |= 1 << (c & 7)
 
+    def mark_verified(self, sha1: str, size: int) -> None:
+        """Every chunk of this object was just hashed by this process from the bytes it wrote (a
+        download it verified on arrival, a write it hashed as it streamed): no need to check them
+        again on their first read in this run."""
+        self._mark(sha1, size, range(_num_chunks(size)))
+
     def forget(self, sha1: str) -> None:
         with self._lock:
             self._verified.pop(sha1, None)

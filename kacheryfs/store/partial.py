@@ -279,16 +279,18 @@ class PartialObject:
         """Chunks at the start of the object fed to the whole-file hash so far."""
         return self._hashed_chunks
 
-    def advance_hash(self, blocks=None) -> int:
-        """Feed the running whole-file hash every present chunk that extends its prefix, taking a
-        chunk's bytes from ``blocks`` (index -> bytes just written) when there, else reading it
-        back. Returns the number of chunks hashed so far. Blocking; one thread at a time hashes."""
+    def advance_hash(self, blocks=None, limit: int | None = None) -> int:
+        """Feed the running whole-file hash every present chunk that extends its prefix (up to chunk
+        ``limit``, exclusive), taking a chunk's bytes from ``blocks`` (index -> bytes just written)
+        when there, else reading it back. Returns the number of chunks hashed so far. Blocking; one
+        thread at a time hashes."""
         blocks = blocks or {}
+        stop = self.num_chunks if limit is None else min(limit, self.num_chunks)
         with self._hash_lock:
             while True:
                 with self._lock:
                     k = self._hashed_chunks
-                    if self._closed or k >= self.num_chunks or not self._has(k):
+                    if self._closed or k >= stop or not self._has(k):
                         return k
                 block = blocks.get(k)
                 if block is None:
