@@ -63,7 +63,7 @@ def end_to_end(base: Path, n: int) -> dict:
     try:
         for name in ("a", "b"):
             log = open(base / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([KACHERYFS, "-v", "daemon", "--channel", "bench", "--listen", "127.0.0.1:0"],
+            procs.append(subprocess.Popen([KACHERYFS, "daemon", "--channel", "bench", "--listen", "127.0.0.1:0"],
                                           env=envs[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 30
         while "connected <peer" not in (base / "b.log").read_text():

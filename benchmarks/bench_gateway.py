@@ -93,7 +93,7 @@ def main() -> None:
         sha1s = [u[7:47] for u in uris]
         for name, env, extra in (("a", a_env, []), ("b", b_env, ["--http", "127.0.0.1:0"])):
             log = open(tmp / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([KACHERYFS, "-v", "daemon", "--channel", "bench", "--listen", "127.0.0.1:0",
+            procs.append(subprocess.Popen([KACHERYFS, "daemon", "--channel", "bench", "--listen", "127.0.0.1:0",
                                            *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))
         url = wait_for(lambda: (status(b_env).get("daemon") or {}).get("http"), "B's gateway")

@@ -21,6 +21,10 @@ KACHERYFS_DISCOVERY_DIR. Each downloader starts with an empty store (a second fe
    A reference row gives this disk's own write rate (dd 1 GiB, conv=fsync).
 2. Three seeders, each capped to R = --rate-mb MB/s (KACHERYFS_TEST_SERVE_RATE in its environment),
    and a fourth node running ``kacheryfs load URI`` of a --swarm-mib object; 1 seeder as a sanity row.
+4. Duplicate fetching: a fresh node runs ``kacheryfs load`` of a --dup-mib object held by two
+   providers, --dup-runs times: with two equal providers, and with one of them capped at R; the
+   node's ``fetched_bytes`` (chunk payloads received, duplicates included, from ``status --json``)
+   over the object's size is the figure: 1.00 means no chunk came twice. Part 2 reports it too.
 3. Time to first byte through B's mount: ``stat`` + ``open`` + ``pread(4096)`` at a random offset of
    a remote --size-mib object (the stat is the lookup an open does first, timed apart to show the
    parts), on --ttfb-nodes freshly started mounts. On each: a first read of a second object (a
@@ -319,7 +323,7 @@ class KNode:
         return self.kfs("store", str(path)).strip().splitlines()[-1]
 
     def start(self, timeout: float = 30.0) -> None:
-        args = self.cli + ["-v", self.kind]
+        args = self.cli + [self.kind]
         if self.kind == "mount":
             self.mnt.mkdir(exist_ok=True)
             args.append(str(self.mnt))
@@ -768,6 +772,7 @@ def bench_swarm(work: Path, cli: list[str], size: int, rate: float, prof: Profil
                     m = re.findall(r"fetched [0-9a-f]+: \d+ bytes in ([0-9.]+)s", d.log_text())
                     if m:
                         r["node_log_fetch_s"] = float(m[-1])
+                    r["fetched_ratio"] = round(fetched_bytes(d) / size, 3)  # 1.0: no chunk came twice
                     return r
                 finally:
                     prof.stop()
@@ -778,6 +783,51 @@ def bench_swarm(work: Path, cli: list[str], size: int, rate: float, prof: Profil
     finally:
         for s in seeders:
             s.remove()
+    return results
+
+
+def fetched_bytes(node: KNode) -> int:
+    """Chunk payload bytes the node has received from peers (duplicates included)."""
+    return json.loads(node.kfs("status", "--json"))["daemon"]["fetched_bytes"]
+
+
+def bench_duplicates(work: Path, cli: list[str], size: int, rate: float, runs: int, seed: int) -> dict:
+    """fetched / size for a fresh node loading an object from two providers (equal, and one capped)."""
+    discovery = work / "disc-dup"
+    discovery.mkdir()
+    src = work / "dup.bin"
+    write_random_file(src, size, seed)
+    cases = {"equal": [{}, {}], "one_capped": [{"KACHERYFS_TEST_SERVE_RATE": str(int(rate))}, {}]}
+    results: dict = {"size": size, "runs": runs, "rate_mb": rate / MB}
+    for case, envs in cases.items():
+        providers = [KNode(f"P{case}{i}", work, cli, discovery, extra_env=env) for i, env in enumerate(envs)]
+        try:
+            uri = ""
+            for p in providers:
+                uri = p.store(src)
+                recache(object_path(p.storage, sha1_of_uri(uri)))
+                p.start()
+            rows = []
+            for i in range(runs):
+                d = KNode(f"D{case}{i}", work, cli, discovery)
+                try:
+                    d.start()
+                    d.wait_connected(providers)
+                    t0 = time.monotonic()
+                    d.kfs("load", uri)
+                    seconds = time.monotonic() - t0
+                    fetched = fetched_bytes(d)
+                    rows.append({"fetched": fetched, "ratio": round(fetched / size, 3), "seconds": round(seconds, 2)})
+                    log(f"4. {case}: run {i + 1}: fetched {fetched / MiB:.1f} MiB of {size / MiB:.1f} MiB "
+                        f"({fetched / size:.3f}) in {seconds:.1f} s")
+                finally:
+                    d.remove()
+            ratios = [r["ratio"] for r in rows]
+            results[case] = {"rows": rows, "median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
+        finally:
+            for p in providers:
+                p.remove()
+    src.unlink()
     return results
 
 
@@ -894,14 +944,16 @@ def format_tables(res: dict, args) -> str:
                  f"{fmt(res['disk_ref']['durable_mb_s'])} | – |")
     rate = args.rate_mb
     lines += ["", f"**2. {args.swarm_mib} MiB by `kacheryfs load` from seeders capped at R = {rate:g} MB/s each**", "",
-              "| seeders | MB/s (end to end) | × R | transfer MB/s (last chunk verified) | × R |", "|---|---:|---:|---:|---:|"]
+              "| seeders | MB/s (end to end) | × R | transfer MB/s (last chunk verified) | × R | fetched / size |",
+              "|---|---:|---:|---:|---:|---:|"]
     for version in labels:
         sw = _versioned(res, "swarm", version if multi else None)
         for n in (1, 3):
             r = sw[f"seeders_{n}"]
             lines.append(f"| {n}{f' [{version}]' if multi else ''}{' (disturbed)' if r.get('disturbed') else ''} | "
                          f"{fmt(r['durable_mb_s'])} | {fmt(r['x_rate'], 2)} | {fmt(r.get('transfer_mb_s'))} | "
-                         f"{fmt(r.get('transfer_x_rate'), 2)} |")
+                         f"{fmt(r.get('transfer_x_rate'), 2)} | {fmt(r.get('fetched_ratio'), 3)} |")
+    lines += format_duplicates(res.get("duplicates"))
     lines += ["", (f"**3. Time to first byte, 4 KiB `pread` at a random offset of the remote {size_mib} MiB "
                    "object through B's mount** (ms)"), "",
               "| what | n | median | p90 | max |", "|---|---:|---:|---:|---:|"]
@@ -920,6 +972,19 @@ def format_tables(res: dict, args) -> str:
     for g in res["goals"]:
         lines.append(f"| {g['what']} | {g['measured']} | {g['target']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines)
+
+
+def format_duplicates(dup: dict | None) -> list[str]:
+    if not dup:
+        return []
+    lines = ["", (f"**4. Duplicate fetching: a fresh node loads {dup['size'] / MiB:.0f} MiB from two providers** "
+                  f"(bytes received / size, {dup['runs']} runs; 1.000: no chunk fetched twice)"), "",
+             "| providers | median | max | seconds (median) |", "|---|---:|---:|---:|"]
+    for case, label in (("equal", "two equal"), ("one_capped", f"one capped at {dup['rate_mb']:g} MB/s")):
+        r = dup[case]
+        secs = statistics.median(x["seconds"] for x in r["rows"])
+        lines.append(f"| {label} | {r['median_ratio']:.3f} | {r['max_ratio']:.3f} | {secs:.1f} |")
+    return lines
 
 
 def evaluate_goals(res: dict, args) -> list[dict]:
@@ -996,7 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--git-ref", action="append", default=[],
                    help="run kacheryfs as of this commit (git archive), e.g. HEAD; give it twice (--git-ref main "
                         "--git-ref HEAD) to measure both versions' rows interleaved in the same rounds")
-    p.add_argument("--only", default="1,2,3", help="which parts to run, e.g. 1,3 (default all)")
+    p.add_argument("--dup-mib", type=int, default=191, help="part 4's object size (default 191)")
+    p.add_argument("--dup-runs", type=int, default=3, help="part 4's loads per case (default 3)")
+    p.add_argument("--only", default="1,2,3,4", help="which parts to run, e.g. 1,3 (default all)")
     p.add_argument("--profile", default=None, metavar="DIR", help="py-spy record the nodes into DIR (perturbs timings)")
     p.add_argument("--no-wait", action="store_true", help="do not wait while pytest or bench_foundation runs")
     p.add_argument("--no-save", action="store_true", help="do not write JSON results")
@@ -1115,9 +1182,12 @@ def main(argv: list[str] | None = None) -> int:
                     res["swarm"][v.label] = r
                 else:
                     res["swarm"] = r
+        if 4 in parts:  # the newest version only
+            res["duplicates"] = bench_duplicates(work, versions[-1].cli, args.dup_mib * MiB, args.rate_mb * MB,
+                                                 args.dup_runs, seed + 2)
         res["elapsed_s"] = round(time.monotonic() - t_start, 1)
         res["machine"]["load_average_end"] = os.getloadavg()
-        if parts == {1, 2, 3}:
+        if {1, 2, 3} <= parts:
             res["goals"] = evaluate_goals(res, args)
             table = format_tables(res, args)
             res["table_markdown"] = table
@@ -1126,6 +1196,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table)
         else:
             print(json.dumps({k: v for k, v in res.items() if k not in ("machine", "args")}, indent=2))
+            if "duplicates" in res:
+                print("\n".join(format_duplicates(res["duplicates"])))
         if not args.no_save and "goals" in res and not args.profile:
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             text = json.dumps(res, indent=2) + "\n"

@@ -20,9 +20,9 @@ from typing import Any, Iterable
 
 from kacheryfs.api import feeds as _feeds
 from kacheryfs.api import objects as _api
-from kacheryfs.config import Config
-from kacheryfs.errors import KacheryError, ObjectNotFound, UnknownFeed
-from kacheryfs.store import format_uri, parse_uri
+from kacheryfs.running import located_config
+from kacheryfs.errors import KacheryError, NotFound, ObjectNotFound, UnknownFeed
+from kacheryfs.store import format_uri, is_dir_uri, parse_uri
 
 __version__ = "0.1.0"
 
@@ -70,11 +70,11 @@ def load_file(uri: str, dest: str | None = None, p2p: bool = True, from_node: st
               from_channel: str | None = None, *, progress: bool | None = None) -> str | None:
     """The local path of the file (or ``dest``, a copy); None if neither this node nor a channel
     peer has it. A path that is not a URI is taken as a local file, as in kachery-p2p."""
-    if not str(uri).startswith("sha1://") and os.path.isfile(uri):
+    if not str(uri).startswith(("sha1://", "sha1dir://")) and os.path.isfile(uri):
         path = str(uri)
     else:
-        parsed = parse_uri(uri)
         try:
+            parsed = parse_uri(_api.resolve_file_uri(uri) if is_dir_uri(uri) else uri)
             if p2p:
                 path = _api.load_file(str(parsed), progress=progress)
             else:
@@ -83,7 +83,7 @@ def load_file(uri: str, dest: str | None = None, p2p: bool = True, from_node: st
                     return None
                 store.flush_touches()  # a script may exit without closing the store
                 path = str(store.object_path(parsed.sha1))
-        except ObjectNotFound:
+        except NotFound:  # no such object, or no such path in a directory: None, as kachery-p2p
             return None
     if dest is None:
         return path
@@ -98,7 +98,10 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
     from kacheryfs.api.client import request
     from kacheryfs.errors import NoDaemon
 
-    parsed = parse_uri(uri)
+    try:
+        parsed = parse_uri(_api.resolve_file_uri(uri) if is_dir_uri(uri) else uri)
+    except NotFound:
+        return None
     start = int(start or 0)
     end = None if end is None else int(end)
     if start < 0 or (end is not None and end < start):
@@ -116,7 +119,7 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, write
 
         parts = []
         try:
-            for reply in request(Config.from_env().config_dir, "read", uri=str(parsed), start=start, end=end):
+            for reply in request(located_config().config_dir, "read", uri=str(parsed), start=start, end=end):
                 if "data" in reply:
                     parts.append(base64.b64decode(reply["data"]))
         except (NoDaemon, ObjectNotFound):
@@ -193,12 +196,26 @@ def load_pkl(uri: str, p2p: bool = True, from_node: str | None = None, from_chan
             raise KacheryError(f"{uri} is not a pickle: {exc}") from None
 
 
+def read_dir(uri: str, recursive: bool = True) -> dict | None:
+    """A stored directory's listing (``sha1dir://<hash>[/path]``): ``{"files": {name: {"sha1",
+    "size"}}, "dirs": {name: {...}}}``; None if neither this node nor a channel peer has it."""
+    try:
+        return _api.read_dir(uri, recursive=recursive)
+    except NotFound:
+        return None
+
+
+def store_dir(path: str, label: str | None = None) -> str:
+    """Store a local directory tree; returns ``sha1dir://<hash>.<label>``."""
+    return _api.store_dir(path, label=label)
+
+
 # ---- the network ------------------------------------------------------------------------------------
 
 def _daemon_call(op: str, **fields) -> dict:
     from kacheryfs.api.client import call
 
-    return call(Config.from_env().config_dir, op, **fields)
+    return call(located_config().config_dir, op, **fields)
 
 
 def find_file(uri: str, timeout_sec: float = 5) -> list[dict]:
@@ -333,6 +350,7 @@ def load_subfeed(subfeed_uri: str) -> Subfeed:
 __all__ = [
     "store_file", "store_text", "store_json", "store_object", "store_npy", "store_pkl",
     "load_file", "load_bytes", "load_text", "load_json", "load_object", "load_npy", "load_pkl",
+    "read_dir", "store_dir",
     "find_file", "get_node_id", "create_feed", "load_feed", "load_subfeed", "get_feed_id",
     "Feed", "Subfeed", "LoadFileError", "KacheryError",
 ]

@@ -12,31 +12,49 @@ from pathlib import Path
 
 import click
 
+from .cli_cache import cli_config, config_option, storage_option
+from .cli_status import swarm_lines  # noqa: F401 (status lines of downloads, for tests)
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
-from .errors import BadDestination, CorruptObject, KacheryError, MountError, NoDaemon, ObjectNotFound
+from .errors import BadDestination, CorruptObject, IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
 from .progress import ByteProgress
-from .store import CHUNK_SIZE, ContentHasher, LocalStore, Manifest, clone, format_uri, parse_uri
-
-storage_option = click.option(
-    "--storage", "storage_dir", type=click.Path(file_okay=False), default=None,
-    help="Storage directory (default: $KACHERY_STORAGE_DIR or ~/kachery-storage).")
-config_option = click.option(
-    "--config-dir", type=click.Path(file_okay=False), default=None,
-    help="Config directory (default: $KACHERY_P2P_CONFIG_DIR or ~/.kachery-p2p).")
+from .store import (
+    CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, clone, format_dir_uri, format_uri, is_dir_uri, parse_uri,
+)
 
 
-def _config(storage_dir=None, config_dir=None, channels=()) -> Config:
-    return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels)
+
+def _config(storage_dir=None, config_dir=None) -> Config:
+    """The dirs to work with: those of the running mount or daemon, if one runs (cli_cache.cli_config)."""
+    return cli_config(storage_dir, config_dir)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="kacheryfs")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """kacheryfs: share files by content hash over a FUSE mount."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"verbose": verbose}
+    _set_log_levels(verbose)
+
+
+def _set_log_levels(verbose: int, serving: bool = False) -> None:
+    """Commands log warnings, -v info, -vv debug. A node (mount, daemon, bootstrap) always logs
+    what it does (info), -v its debug output, -vv the libraries' too."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours = max(logging.DEBUG, (logging.INFO if serving else logging.WARNING) - 10 * verbose)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    logging.getLogger("kacheryfs").setLevel(ours)
+
+
+def _serving_logs(verbose: int) -> None:
+    """Log levels of a node; -v works before the command (kacheryfs -v mount) and after it."""
+    ctx = click.get_current_context()
+    _set_log_levels((ctx.find_root().obj or {}).get("verbose", 0) + verbose, serving=True)
+
+
+verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 
 
 def network_options(fn):
@@ -46,8 +64,9 @@ def network_options(fn):
                      help="Channel to join (repeatable). Files this node stores are shared on all of them."),
         click.option("--channel-secret-file", "secret_files", multiple=True, metavar="[NAME=]FILE",
                      help="Makes a channel private: members must know the secret in FILE."),
-        click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT|none",
-                     help="Where to accept peers; 'none' accepts no inbound connections."),
+        click.option("--listen", default=None, metavar="HOST:PORT|none",
+                     help=f"Where to accept peers (default {DEFAULT_LISTEN}, any free port if that one is "
+                          "taken; PORT 0: any free port); 'none' accepts no inbound connections."),
         click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
                      help="A rendezvous node to find channel peers through (repeatable)."),
         click.option("--find-timeout", default=DEFAULT_FIND_TIMEOUT, show_default=True, type=float,
@@ -77,11 +96,13 @@ http_option = click.option(
 
 
 def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstraps, find_timeout,
-                cache_size, http=None, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None) -> Config:
+                cache_size, http=None, dht=None, dht_bootstrap=(), dht_listen=None, max_peers=None,
+                allow_other=False) -> Config:
     return Config.from_env(storage_dir=storage_dir, config_dir=config_dir, channels=channels,
                            channel_secret_files=secret_files, listen=listen, bootstraps=bootstraps,
                            find_timeout=find_timeout, cache_size=cache_size, http=http, dht=dht,
-                           dht_bootstrap=dht_bootstrap, dht_listen=dht_listen, max_peers=max_peers)
+                           dht_bootstrap=dht_bootstrap, dht_listen=dht_listen, max_peers=max_peers,
+                           allow_other=allow_other)
 
 
 @cli.command()
@@ -90,15 +111,17 @@ def _net_config(storage_dir, config_dir, channels, secret_files, listen, bootstr
 @config_option
 @network_options
 @http_option
+@click.option("--allow-other", is_flag=True,
+              help="Let other local users (a Jupyter server, a container) read the mount; needs "
+                   "user_allow_other in /etc/fuse.conf unless you are root.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-def mount(mountpoint, storage_dir, config_dir, debug, **net):
+@verbose_option
+def mount(mountpoint, storage_dir, config_dir, debug, allow_other, verbose, **net):
     """Mount kacheryfs at MOUNTPOINT and serve in the foreground until Ctrl-C or `kacheryfs unmount`."""
     from .daemon import run
 
-    logging.getLogger("kacheryfs").setLevel(logging.DEBUG if debug else logging.INFO)
-    config = _net_config(storage_dir, config_dir, **net)
-    click.echo(f"kacheryfs: mounting {Path(mountpoint).absolute()} (storage {config.storage_dir}); "
-               "Ctrl-C or `kacheryfs unmount` to stop", err=True)
+    _serving_logs(verbose + (1 if debug else 0))
+    config = _net_config(storage_dir, config_dir, allow_other=allow_other, **net)
     run(config, mountpoint, debug=debug)
 
 
@@ -107,11 +130,12 @@ def mount(mountpoint, storage_dir, config_dir, debug, **net):
 @config_option
 @network_options
 @http_option
-def daemon(storage_dir, config_dir, **net):
+@verbose_option
+def daemon(storage_dir, config_dir, verbose, **net):
     """Run a node without a mount (serves and fetches for the channels), until Ctrl-C."""
     from .daemon import run
 
-    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    _serving_logs(verbose)
     run(_net_config(storage_dir, config_dir, **net))
 
 
@@ -127,13 +151,14 @@ def daemon(storage_dir, config_dir, **net):
               help="Bytes relayed for one node per hour.")
 @storage_option
 @config_option
+@verbose_option
 def bootstrap(listen, storage_dir, config_dir, relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
-              relay_node_bytes):
+              relay_node_bytes, verbose):
     """Run a rendezvous node: keeps a registry of channel hashes -> nodes (knows no channel names),
     coordinates hole punches and relays, within its limits, between nodes that cannot punch."""
     from .daemon import run_bootstrap
 
-    logging.getLogger("kacheryfs").setLevel(logging.INFO)
+    _serving_logs(verbose)
     run_bootstrap(Config.from_env(storage_dir=storage_dir, config_dir=config_dir, listen=listen,
                                   relay_circuit_bytes=relay_circuit_bytes, relay_circuit_seconds=relay_circuit_seconds,
                                   relay_node_circuits=relay_node_circuits, relay_node_bytes=relay_node_bytes))
@@ -147,40 +172,57 @@ def unmount(mountpoint, lazy):
     from .fs.mount import fusermount_unmount, is_mounted
 
     if not is_mounted(mountpoint):
-        raise MountError(f"{mountpoint} is not mounted")
+        raise UnmountError(f"{mountpoint} is not mounted")
     result = fusermount_unmount(mountpoint, lazy=lazy)
     if result.returncode != 0:
         reason = (result.stderr or "").strip().splitlines()[-1:] or ["unknown reason"]
         hint = " (files open? try --lazy)" if "busy" in reason[0] else ""
-        raise MountError(f"{reason[0]}{hint}")
+        raise UnmountError(f"{reason[0]}{hint}")
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Store directories: every file in them, and the "
+              "directory itself (printed as sha1dir://<hash>.<name>).")
 @storage_option
-def store(paths, storage_dir):
-    """Store files; prints one URI per line."""
-    local = LocalStore(_config(storage_dir).storage_dir)
-    for path in paths:
-        with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
-            obj = local.put_file(path, on_progress=progress)
-        click.echo(obj.uri(Path(path).name))
+@config_option
+def store(paths, recursive, storage_dir, config_dir):
+    """Store files (and, with -r, directories); prints one URI per line."""
+    local = LocalStore(_config(storage_dir, config_dir).storage_dir)
+    try:
+        for path in paths:
+            if not os.path.lexists(path):
+                raise NoSuchFile(path)
+            if os.path.isdir(path):
+                if not recursive:
+                    raise IsADirectory(f"{path} (use `kacheryfs store -r` to store a directory)")
+                obj, _directory = local.put_dir(path)
+                click.echo(format_dir_uri(obj.sha1, Path(path).resolve().name))
+                continue
+            with ByteProgress(Path(path).name, delay=0.5) as progress:  # only for files that take a while
+                obj = local.put_file(path, on_progress=progress)
+            click.echo(obj.uri(Path(path).name))
+    finally:
+        local.close()
 
 
-def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool]:
-    """The object's path in the local store, fetched through the running daemon if need be; and
-    whether it was here already (its bytes are then checked as they are read: they may have rotted
-    since they were stored), rather than just fetched and verified by the daemon."""
+def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool, str]:
+    """The object's path in the local store, fetched through the running daemon if need be; whether
+    it was here already (its bytes are then checked as they are read: they may have rotted since
+    they were stored), rather than just fetched and verified by the daemon; and its sha1:// URI
+    (a sha1dir:// file URI is looked up in its directory)."""
     from .api.client import daemon_load
+    from .api.objects import resolve_file_uri
 
     config = _config(storage_dir, config_dir)
-    parsed = parse_uri(uri)
+    file_uri = resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir)
+    parsed = parse_uri(file_uri)
     local = LocalStore(config.storage_dir)
     try:  # closing writes the use of a cached copy (its place in the eviction order)
         if local.use(parsed.sha1) is not None:
-            return local.object_path(parsed.sha1), True
+            return local.object_path(parsed.sha1), True, file_uri
         with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
-            return Path(daemon_load(config.config_dir, str(parsed), progress)), False
+            return Path(daemon_load(config.config_dir, str(parsed), progress)), False, file_uri
     except NoDaemon:
         raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
                              "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
@@ -191,11 +233,11 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool]:
 VERIFIED_BLOCK = 8 * CHUNK_SIZE
 
 
-def _copy_verified(uri: str, storage_dir, out) -> None:
+def _copy_verified(uri: str, storage_dir, config_dir, out) -> None:
     """Write a stored object to ``out``, each chunk checked before it is written (RottenObject,
     and the object quarantined, if one fails)."""
     sha1 = parse_uri(uri).sha1
-    local = LocalStore(_config(storage_dir).storage_dir)
+    local = LocalStore(_config(storage_dir, config_dir).storage_dir)
     try:
         size = local.require(sha1).size
         for offset in range(0, size, VERIFIED_BLOCK):
@@ -206,11 +248,18 @@ def _copy_verified(uri: str, storage_dir, out) -> None:
 
 @cli.command()
 @click.argument("uri")
-@click.option("--dest", type=click.Path(dir_okay=False), default=None, help="Write the file here.")
+@click.option("--dest", type=click.Path(), default=None,
+              help="Write the file here (for a directory, sha1dir://..., a new directory).")
 @storage_option
 @config_option
 def load(uri, dest, storage_dir, config_dir):
-    """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path."""
+    """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path.
+    A stored directory (sha1dir://<hash>[/subdir]) is written to --dest as a directory."""
+    from .api.objects import dir_entry, load_dir
+
+    if is_dir_uri(uri) and dest is not None and isinstance(dir_entry(uri, storage_dir, config_dir, None), Directory):
+        click.echo(load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
+        return
     if dest is None:
         click.echo(str(_local_path(uri, storage_dir, config_dir)[0]))
         return
@@ -227,9 +276,10 @@ def _load_into(uri: str, dest: Path, storage_dir, config_dir) -> None:
     kernel. Fetched: the daemon fills the file as it fetches (store/clone.py, net/pipeline.py).
     A failure removes the half-written file."""
     from .api.client import daemon_load_into
+    from .api.objects import resolve_file_uri
 
     config = _config(storage_dir, config_dir)
-    parsed = parse_uri(uri)
+    parsed = parse_uri(resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir))
     local = LocalStore(config.storage_dir)
     try:
         if dest.resolve().is_relative_to(local.root.resolve()):
@@ -282,11 +332,11 @@ def _load_into(uri: str, dest: Path, storage_dir, config_dir) -> None:
 @config_option
 def cat(uri, storage_dir, config_dir):
     """Write a file's bytes to stdout (fetched from channel peers if need be)."""
-    path, held = _local_path(uri, storage_dir, config_dir)
+    path, held, uri = _local_path(uri, storage_dir, config_dir)
     out = sys.stdout.buffer
     try:
         if held:
-            _copy_verified(uri, storage_dir, out)
+            _copy_verified(uri, storage_dir, config_dir, out)
         else:
             with open(path, "rb") as f:
                 while block := f.read(1 << 20):
@@ -297,17 +347,23 @@ def cat(uri, storage_dir, config_dir):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 def uri(path):
-    """Print the URI of a file: from the mount's xattr, or by hashing a local file (nothing stored)."""
+    """Print the URI of a file or directory: from the mount's xattr, or by hashing a local one
+    (nothing stored)."""
     try:
         click.echo(os.getxattr(path, "user.kachery.uri").decode())
         return
     except FileNotFoundError:
-        raise ObjectNotFound(f"no such file: {path}") from None
+        raise NoSuchFile(path) from None
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise KacheryError(f"{path}: {exc.strerror}") from None
+    if os.path.isdir(path):
+        from .store.local import hash_local_dir
+
+        click.echo(format_dir_uri(hash_local_dir(path).sha1, Path(path).resolve().name))
+        return
     hasher = ContentHasher()
     try:
         with open(path, "rb") as f:
@@ -327,12 +383,13 @@ def uri(path):
 def status(as_json, storage_dir, config_dir):
     """Show the storage directory, what it holds, running mounts and the daemon."""
     from .cli_cache import daemon_status
+    from .cli_status import status_lines
     from .fs.mount import live_mounts
 
     config = _config(storage_dir, config_dir)
     local = LocalStore(config.storage_dir)
     try:
-        count, total = local.totals()
+        count, total = local.totals(files_only=True)
         usage = local.disk_usage()
         info = {"storage_dir": str(config.storage_dir), "objects": count, "bytes": total,
                 "cached_bytes": local.cached_total(), "names": len(local.list_names()),
@@ -343,56 +400,8 @@ def status(as_json, storage_dir, config_dir):
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"storage:  {info['storage_dir']}")
-    click.echo(f"objects:  {count} ({_human(total)}; cached copies {_human(info['cached_bytes'])})")
-    click.echo(f"names:    {info['names']} under store/")
-    click.echo(f"disk:     {_human(usage.free)} free of {_human(usage.total)}")
-    if not info["mounts"]:
-        click.echo("mounts:   none")
-    for m in info["mounts"]:
-        click.echo(f"mount:    {m['mountpoint']} (pid {m['pid']}, storage {m['storage_dir']})")
-    node = info["daemon"]
-    if node is None:
-        click.echo("daemon:   not running")
-        return
-    click.echo(f"node id:  {node['node_id']}")
-    click.echo(f"listen:   {', '.join(node['listen']) or 'none (reachable through relays)'}")
-    if node.get("observed"):
-        click.echo(f"observed: {', '.join(node['observed'])} (where the bootstrap sees this node)")
-    if node.get("relay"):  # a bootstrap
-        relay, punch = node["relay"], node.get("punch", {})
-        limits = ", ".join(f"{k} {v}" for k, v in relay["closed_by_limit"].items()) or "none"
-        click.echo(f"relay:    {_human(relay['bytes'])} relayed, {relay['open']} circuits open "
-                   f"({relay['opened']} opened), limits hit: {limits}")
-        refused = ", ".join(f"{k} {v}" for k, v in punch.get("refused", {}).items()) or "none"
-        click.echo(f"punches:  {punch.get('forwarded', 0)} coordinated, refused: {refused}")
-    if node.get("http"):
-        click.echo(f"http:     {node['http']}")
-    click.echo(f"channels: {node['channels']}")
-    click.echo(f"fetched:  {_human(node['fetched_bytes'])}")
-    click.echo(f"peers:    {len(node['peers'])}")
-    for p in node["peers"]:
-        rate_in = p["received"] / max(p["seconds"], 1)
-        click.echo(f"  {p['node'][:16]}  {p.get('path', p['direction']):<12} {p['remote']:<28} channels {p['channels']}  "
-                   f"in {_human(p['received'])} ({_human(rate_in)}/s)  out {_human(p['sent'])}")
-    for line in swarm_lines(node):
+    for line in status_lines(info):
         click.echo(line)
-
-
-def swarm_lines(node: dict) -> list[str]:
-    """The DHT node and the swarm view of each object being fetched, from a node's status."""
-    lines = []
-    if node.get("dht"):
-        lines.append(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
-    for fetch in node.get("swarm", []):
-        lines.append(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
-                     f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
-                     f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
-        for p in sorted(fetch["providers"], key=lambda p: -p["chunks_from"]):
-            holds = {"all": "whole", None: "-"}.get(p["holds"], f"{p['holds']} chunks")
-            lines.append(f"  {p['node'][:16]}  holds {holds:<12} sent us {p['chunks_from']:>5} chunks  "
-                         f"in flight {p['in_flight']:>3}  {p['state']}")
-    return lines
 
 
 @cli.command()
@@ -449,17 +458,23 @@ def _verify(config: Config, local: LocalStore, repair: bool) -> None:
 
 @cli.command()
 @click.argument("uri")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@storage_option
 @config_option
-def find(uri, config_dir):
+def find(uri, as_json, storage_dir, config_dir):
     """List the channel peers that hold a file (asks the running daemon)."""
+    from . import api
     from .api.client import call
 
-    parsed = parse_uri(uri)
-    providers = call(_config(None, config_dir).config_dir, "find", uri=str(parsed))["providers"]
+    parsed = parse_uri(api.resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir))
+    providers = call(_config(storage_dir, config_dir).config_dir, "find", uri=str(parsed))["providers"]
+    if as_json:
+        click.echo(json.dumps({"sha1": parsed.sha1, "providers": providers}))
     if not providers:
         raise ObjectNotFound(f"no peer in this node's channels holds {parsed.sha1}")
-    for p in providers:
-        click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
+    if not as_json:
+        for p in providers:
+            click.echo(f"{p['node']}  {p['direction']:<8} {p['remote']}  {_human(p['size'])}")
 
 
 @cli.group()
@@ -559,8 +574,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(cli, argv, "kacheryfs")
 
 
+def _one_line_warnings(prog_name: str) -> None:
+    """Warnings (a store other than the running daemon's, say) as one line, like errors."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"{prog_name}: warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
 def run_command(command: click.Command, argv: list[str] | None, prog_name: str) -> int:
     """Run a click command; every error is one line on stderr and an exit code."""
+    _one_line_warnings(prog_name)
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:

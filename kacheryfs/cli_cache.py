@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
 from .config import DEFAULT_CACHE_SIZE, Config, parse_size
 from .errors import KacheryError, ObjectNotFound
+from .running import located_config
 from .store import LocalStore, parse_uri
 
 storage_option = click.option(
@@ -27,8 +29,14 @@ def human(n: float) -> str:
     return str(n)
 
 
-def _store(storage_dir) -> LocalStore:
-    return LocalStore(Config.from_env(storage_dir=storage_dir).storage_dir)
+def cli_config(storage_dir=None, config_dir=None) -> Config:
+    """The dirs a command works with: a running mount's or daemon's, found whatever flags were given
+    (kacheryfs/running.py); a storage dir that differs from its is a warning (one line: cli.main)."""
+    return located_config(storage_dir, config_dir)
+
+
+def _store(storage_dir, config_dir=None) -> LocalStore:
+    return LocalStore(cli_config(storage_dir, config_dir).storage_dir)
 
 
 def daemon_status(config_dir) -> dict | None:
@@ -37,11 +45,12 @@ def daemon_status(config_dir) -> dict | None:
 
 
 def _daemon_call(config_dir, op: str, key: str, **fields):
+    """``config_dir``: as located (cli_config)."""
     from .api.client import call
     from .errors import NoDaemon
 
     try:
-        return call(Config.from_env(config_dir=config_dir).config_dir, op, **fields)[key]
+        return call(Path(config_dir), op, **fields)[key]
     except NoDaemon:
         return None
 
@@ -58,8 +67,9 @@ def ls(cached, stored, as_json, storage_dir, config_dir):
     if cached and stored:
         raise KacheryError("--cached and --stored exclude each other (neither flag lists both)")
     only = "cached" if cached else "stored" if stored else None
-    _daemon_call(config_dir, "cache", "ok")  # a running daemon keeps recent reads in memory: write them
-    store = _store(storage_dir)
+    config = cli_config(storage_dir, config_dir)
+    _daemon_call(config.config_dir, "cache", "ok")  # a running daemon keeps recent reads in memory: write them
+    store = LocalStore(config.storage_dir)
     try:
         listed = store.listing()
     finally:
@@ -89,7 +99,7 @@ def pin(uri, storage_dir, config_dir):
 
     parsed = parse_uri(uri)
     _local_path(str(parsed), storage_dir, config_dir)  # fetched through the daemon if not held
-    store = _store(storage_dir)
+    store = _store(storage_dir, config_dir)
     try:
         record = store.pin(parsed.sha1)
     finally:
@@ -100,10 +110,11 @@ def pin(uri, storage_dir, config_dir):
 @click.command()
 @click.argument("uri")
 @storage_option
-def unpin(uri, storage_dir):
+@config_option
+def unpin(uri, storage_dir, config_dir):
     """Let a pinned cached copy be evicted again (least recently used first)."""
     parsed = parse_uri(uri)
-    store = _store(storage_dir)
+    store = _store(storage_dir, config_dir)
     try:
         if not store.unpin(parsed.sha1):
             record = store.info(parsed.sha1)
@@ -126,16 +137,17 @@ def unpin(uri, storage_dir):
 @config_option
 def gc(target, storage_dir, config_dir):
     """Evict cached copies, least recently used first, never pinned or stored-here objects."""
+    config = cli_config(storage_dir, config_dir)
     if target is not None:
         limit = parse_size(target)
     else:
-        status = daemon_status(config_dir)
+        status = daemon_status(config.config_dir)
         limit = (status or {}).get("cache_size") or DEFAULT_CACHE_SIZE
-    store = _store(storage_dir)
+    store = LocalStore(config.storage_dir)
     try:
         sizes = {o.sha1: o.size for o in store.listing()}
         # through a running daemon, which knows what was read lately; else here
-        evicted = _daemon_call(config_dir, "cache", "evicted", to=limit)
+        evicted = _daemon_call(config.config_dir, "cache", "evicted", to=limit)
         if evicted is None:
             evicted = store.evict_cached(limit)
         left = store.cached_total()

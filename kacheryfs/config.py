@@ -11,14 +11,19 @@ from .errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "~/kachery-storage"
 DEFAULT_CONFIG_DIR = "~/.kachery-p2p"
-DEFAULT_API_PORT = 20431
-DEFAULT_LISTEN = "0.0.0.0:0"
+# A fixed port (not a random one): firewall rules and port forwards are written once, and the
+# address a node registers stays valid across restarts. 14507 is the port kachery-p2p's daemons used
+# (UDP) by default; unassigned by IANA. Taken (a second daemon here)? The default falls back to any
+# free port with a warning; an explicit --listen that is taken is an error.
+DEFAULT_LISTEN_PORT = 14507
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_LISTEN_PORT}"
 DEFAULT_FIND_TIMEOUT = 3.0
 DEFAULT_CACHE_SIZE = 100 << 30  # copies fetched from peers; stored-here files are never evicted
 DEFAULT_DHT_LISTEN = "0.0.0.0:0"
 DEFAULT_MAX_PEERS = 16  # sessions a node dials; it accepts up to twice that
 
 DEFAULT_DISCOVERY_DIR = Path("/tmp/kacheryfs-discovery")  # shared by every local user's nodes
+API_SOCKET = "api.sock"  # in the config dir: the running daemon's local API (api/messages.py)
 FEEDS_DB = "feeds.sqlite3"  # in the storage dir
 FEED_KEYS_DIR = "feeds"  # in the config dir: private keys of owned feeds
 # Connections that have not proved anything yet (net/admission.py): see docs/security.md.
@@ -33,13 +38,14 @@ DEFAULT_MAX_INBOUND_PER_IP = 128  # inbound connections (handshaking or not) fro
 class Config:
     storage_dir: Path
     config_dir: Path
-    api_port: int = DEFAULT_API_PORT
     channels: tuple[str, ...] = field(default_factory=tuple)
     channel_secret_files: tuple[tuple[str, Path], ...] = ()  # (channel name, file holding its secret)
     listen: str | None = DEFAULT_LISTEN  # None: accept no inbound connections
+    listen_fallback: bool = False  # the default address: if its port is taken, listen on any free port
     bootstraps: tuple[str, ...] = ()
     find_timeout: float = DEFAULT_FIND_TIMEOUT
     discovery_dir: Path = DEFAULT_DISCOVERY_DIR  # KACHERYFS_DISCOVERY_DIR
+    running_dir: Path = Path(DEFAULT_CONFIG_DIR).expanduser() / "running"  # this user's running daemons (running.py)
     cache_size: int = DEFAULT_CACHE_SIZE  # bytes of cached copies kept (LRU)
     lan_discovery: bool = True  # multicast beacons when no bootstrap; KACHERYFS_LAN_DISCOVERY=0 turns off
     serve_rate_limit: float | None = None  # bytes/s this node serves at most; KACHERYFS_TEST_SERVE_RATE (benchmarks)
@@ -54,6 +60,21 @@ class Config:
     max_inbound_per_ip: int = DEFAULT_MAX_INBOUND_PER_IP  # KACHERYFS_MAX_INBOUND_PER_IP
     relay_limits: "RelayLimits | None" = None  # a bootstrap's relay limits (--relay-* flags); None: defaults
     http: tuple[str, int] | None = None  # the HTTP gateway's address (--http); None: no gateway
+    allow_other: bool = False  # other local users may read the mount (--allow-other)
+    http_env: str | None = None  # KACHERY_P2P_API_PORT, unparsed: the gateway's port when --http is not given
+
+    def http_for_daemon(self) -> tuple[tuple[str, int] | None, bool]:
+        """(address of the HTTP gateway or None, whether it is required). ``--http`` is required: a
+        taken port is an error. KACHERY_P2P_API_PORT is a default: a taken port is a warning."""
+        if self.http is not None:
+            return self.http, True
+        if self.http_env is None:
+            return None, False
+        text = self.http_env.strip()
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise ConfigError(f"KACHERY_P2P_API_PORT={self.http_env!r} is not a port number (1-65535); "
+                              "it sets the HTTP gateway's loopback port (unset it to serve no HTTP)")
+        return ("127.0.0.1", int(text)), False
 
     @classmethod
     def from_env(
@@ -63,7 +84,7 @@ class Config:
         channels: tuple[str, ...] | list[str] = (),
         environ: dict[str, str] | None = None,
         channel_secret_files: tuple[str, ...] | list[str] = (),
-        listen: str | None = DEFAULT_LISTEN,
+        listen: str | None = None,  # None: the default (DEFAULT_LISTEN); "none": no listening
         bootstraps: tuple[str, ...] | list[str] = (),
         find_timeout: float = DEFAULT_FIND_TIMEOUT,
         cache_size: str | int | None = None,
@@ -76,27 +97,27 @@ class Config:
         relay_node_circuits: int | None = None,
         relay_node_bytes: str | int | None = None,
         http: str | None = None,
+        allow_other: bool = False,
     ) -> "Config":
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
         storage = storage_dir or env.get("KACHERY_STORAGE_DIR") or DEFAULT_STORAGE_DIR
         config = config_dir or env.get("KACHERY_P2P_CONFIG_DIR") or DEFAULT_CONFIG_DIR
-        port_text = env.get("KACHERY_P2P_API_PORT") or str(DEFAULT_API_PORT)
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigError(f"KACHERY_P2P_API_PORT={port_text!r} is not a port number") from None
+        # KACHERY_P2P_API_PORT was kachery-p2p's local HTTP port, which web tools talked to: here it is
+        # the HTTP gateway's loopback port when --http is not given (checked only where a daemon starts,
+        # so a bad value never breaks commands that do not serve; see http_for_daemon).
         return cls(
-            storage_dir=Path(storage).expanduser().absolute(),
-            config_dir=Path(config).expanduser().absolute(),
-            api_port=port,
+            storage_dir=_expand(storage, env),
+            config_dir=_expand(config, env),
             channels=tuple(dict.fromkeys(channels)),
             channel_secret_files=_pair_secret_files(tuple(channels), tuple(channel_secret_files)),
-            listen=None if (listen or "").lower() == "none" else listen,
-            bootstraps=tuple(bootstraps),
+            listen=_listen(listen),
+            listen_fallback=listen is None,
+            bootstraps=tuple(_checked_address(b, "--bootstrap", zero_port=False) for b in bootstraps),
             find_timeout=find_timeout,
             cache_size=parse_size(cache_size) if cache_size is not None else DEFAULT_CACHE_SIZE,
             discovery_dir=Path(env.get("KACHERYFS_DISCOVERY_DIR") or DEFAULT_DISCOVERY_DIR),
+            running_dir=_running_dir(env),
             lan_discovery=env.get("KACHERYFS_LAN_DISCOVERY", "1") not in ("0", "no", "false", "off"),
             serve_rate_limit=_positive_float(env.get("KACHERYFS_TEST_SERVE_RATE"), "KACHERYFS_TEST_SERVE_RATE"),
             dht=_dht_on(dht, dht_bootstrap, env),
@@ -113,6 +134,8 @@ class Config:
             relay_limits=_relay_limits(relay_circuit_bytes, relay_circuit_seconds, relay_node_circuits,
                                        relay_node_bytes),
             http=parse_http_bind(http) if http else None,
+            http_env=None if http else (env.get("KACHERY_P2P_API_PORT") or None),
+            allow_other=allow_other,
         )
 
     @property
@@ -141,6 +164,25 @@ class Config:
         return out
 
 
+def _running_dir(env) -> Path:
+    """Where this user's daemons register, whatever their config dirs, so the CLI and Python find
+    one started with other flags: KACHERYFS_RUNTIME_DIR, $XDG_RUNTIME_DIR/kacheryfs, else
+    ~/.kachery-p2p/running (the default config dir)."""
+    if env.get("KACHERYFS_RUNTIME_DIR"):
+        return _expand(env["KACHERYFS_RUNTIME_DIR"], env)
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "kacheryfs"
+    return _expand(DEFAULT_CONFIG_DIR, env) / "running"
+
+
+def _expand(path: str | os.PathLike, env) -> Path:
+    """``~`` is the HOME of the environment given (the process's when none is)."""
+    text = os.fspath(path)
+    if (text == "~" or text.startswith("~/")) and env.get("HOME"):
+        text = env["HOME"] + text[1:]
+    return Path(text).expanduser().absolute()
+
+
 def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
     from .protocol.relay_limits import RelayLimits
 
@@ -153,6 +195,31 @@ def _relay_limits(circuit_bytes, circuit_seconds, node_circuits, node_bytes):
     if min(limits.circuit_bytes, limits.circuit_seconds, limits.node_circuits, limits.node_bytes) <= 0:
         raise ConfigError("relay limits must be positive")
     return limits
+
+
+def parse_hostport(text: str, what: str = "address", zero_port: bool = True) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` (an empty host is 0.0.0.0); the port must fit in 16 bits
+    (1 and up where a port to dial is meant: ``zero_port=False``)."""
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT (e.g. 0.0.0.0:{DEFAULT_LISTEN_PORT})")
+    lowest = 0 if zero_port else 1
+    if not lowest <= int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r}: the port must be {lowest} to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _checked_address(text: str, what: str, zero_port: bool = True) -> str:
+    parse_hostport(text, what, zero_port)
+    return str(text).strip()
+
+
+def _listen(text: str | None) -> str | None:
+    if text is None:
+        return DEFAULT_LISTEN
+    if text.strip().lower() == "none":
+        return None
+    return _checked_address(text, "--listen")
 
 
 def parse_size(text: str | int) -> int:

@@ -22,6 +22,7 @@ from .gateway import make_gateway
 from .net.bootstrap import BootstrapNode, build_bootstrap
 from .net.fetcher import NetworkFetcher
 from .net.node import Node, build_node
+from .running import Registration
 from .store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -31,25 +32,30 @@ CACHE_CHECK_SECONDS = 30.0
 
 def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: bool = False) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (or, with a mountpoint, an unmount)."""
+    log.debug("starting with %s", config)
     tune_malloc()
+    config.http_for_daemon()  # a bad KACHERY_P2P_API_PORT is a clear error before anything starts
     if mountpoint is not None:
         from .fs.mount import prepare_mountpoint
 
         mountpoint = prepare_mountpoint(mountpoint)
     store = LocalStore(config.storage_dir)
-    feeds = None
+    feeds = registration = None
     try:
         if config.storage_dir.stat().st_mode & 0o077:  # made 0700 when kacheryfs creates it
             log.warning("storage directory %s can be read by other users (chmod 700 it)", config.storage_dir)
         store.reconcile()
         claim_socket(config.config_dir)  # one daemon per config dir, checked before mounting
+        # the CLI and Python find this daemon, and its storage dir, whatever flags they are given
+        registration = Registration(config, mountpoint)
         feeds = FeedStore(config.feeds_db, config.feed_keys_dir)
         node = build_node(config, store, feeds)
         fetcher = NetworkFetcher(node)
         gateway = make_gateway(config, store, fetcher, node.feed_sync)  # None without --http
 
         def status() -> dict:
-            return {"http": gateway and gateway.url, "cache_size": config.cache_size}
+            return {"http": gateway and gateway.url, "cache_size": config.cache_size,
+                    "storage_dir": str(config.storage_dir), "config_dir": str(config.config_dir)}
 
         if mountpoint is None:
             trio.run(_serve, node, ApiServer(node, fetcher, config.config_dir, status), store, config, None, gateway,
@@ -64,6 +70,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         with FuseMount(tree, mountpoint, config, debug) as mount:
             trio.run(_serve, node, api, store, config, mount, gateway, fetcher)
     finally:
+        if registration is not None:
+            registration.remove()
         if feeds is not None:
             feeds.close()
         store.close()
@@ -88,6 +96,7 @@ async def _serve(node: Node, api: ApiServer, store: LocalStore, config: Config, 
 def run_bootstrap(config: Config) -> None:
     """The bootstrap node, until SIGINT/SIGTERM. Its local API answers `kacheryfs status` (relay
     and punch counters) for its config dir."""
+    log.debug("starting the bootstrap with %s", config)
     tune_malloc()
     claim_socket(config.config_dir)
     node = build_bootstrap(config)

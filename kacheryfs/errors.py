@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+class KacheryWarning(UserWarning):
+    """Something works, but likely not as meant (e.g. a store other than the running daemon's)"""
+
+
 class KacheryError(Exception):
     """kacheryfs failed"""
 
@@ -30,7 +34,7 @@ class KacheryError(Exception):
 
 
 class InvalidURI(KacheryError):
-    """Not a valid kachery URI (expected sha1://<40 hex>[/name][?manifest=<40 hex>])"""
+    """Not a valid kachery URI (expected sha1://<40 hex>[/name][?manifest=<40 hex>], sha1dir://<40 hex>[/path], or a bare 40-hex hash)"""
 
     errno = _errno.EINVAL
 
@@ -63,6 +67,28 @@ class ObjectNotFound(NotFound):
     """No object with this hash is in the local store"""
 
 
+class NoSuchFile(NotFound):
+    """No such file or directory"""
+
+
+class AlreadyExists(KacheryError):
+    """File exists"""
+
+    errno = _errno.EEXIST
+
+
+class IsADirectory(KacheryError):
+    """Is a directory"""
+
+    errno = _errno.EISDIR
+
+
+class DirectoryNotEmpty(KacheryError):
+    """Directory not empty"""
+
+    errno = _errno.ENOTEMPTY
+
+
 class ReadOnly(KacheryError):
     """Read-only: content under sha1/ is immutable"""
 
@@ -93,6 +119,12 @@ class CorruptObject(KacheryError):
     errno = _errno.EIO
 
 
+class NotADirectoryManifest(CorruptObject):
+    """This object is not a kacheryfs directory (expected {"dirs": {...}, "files": {...}})"""
+
+    errno = _errno.ENOTDIR
+
+
 class CorruptChunk(KacheryError):
     """A downloaded chunk does not match its hash in the manifest; it was not stored"""
 
@@ -116,9 +148,19 @@ class NotOpenForWriting(KacheryError):
 class NotADirectory(KacheryError):
     """Not a directory"""
 
+    errno = _errno.ENOTDIR
+
 
 class BadFileHandle(KacheryError):
     """Bad file handle"""
+
+
+class UnmountError(KacheryError):
+    """Could not unmount"""
+
+
+class ListenError(KacheryError):
+    """Cannot listen for peers"""
 
 
 class MountError(KacheryError):

@@ -38,6 +38,8 @@ def cli_env(storage: Path, config: Path) -> dict[str, str]:
     env["KACHERY_P2P_CONFIG_DIR"] = str(config)
     # same-machine discovery stays inside the test: nodes of one test share <test tmp>/discovery
     env.setdefault("KACHERYFS_DISCOVERY_DIR", str(storage.parent.parent / "discovery"))
+    # and so does the registry of running daemons (kacheryfs/running.py), out of the real home
+    env.setdefault("KACHERYFS_RUNTIME_DIR", str(storage.parent.parent / "running"))
     return env
 
 
@@ -59,7 +61,7 @@ class Mount:
         """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, KACHERYFS, "-v", "mount", str(self.mountpoint), *args], env=self.env,
+            [*self.prefix, KACHERYFS, "mount", str(self.mountpoint), *args], env=self.env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -131,7 +133,7 @@ class Daemon:
         self.prefix = list(prefix)
         self.root = root
         self.args = args
-        self.command = [program, "-v"] if program == KACHERYFS else [program]
+        self.command = [program]
         self.log_path = root / "daemon.log"
         self.env = cli_env(root / "storage", root / "config")
         self.proc: subprocess.Popen | None = None

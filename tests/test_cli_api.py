@@ -31,15 +31,15 @@ def test_cli_store_load_cat_uri(cli, tmp_path):
     assert cli("cat", out[0]).stdout == b"alpha\n"
     assert cli("cat", hashlib.sha1(b"alpha\n").hexdigest()).stdout == b"alpha\n"  # a bare hash works
     status = cli("status").stdout.decode()
-    assert "objects:  3" in status and "mounts:   none" in status
+    assert "objects:  2 files" in status and "mounts:   none" in status  # the chunk manifest is no file
 
 
 @pytest.mark.parametrize("args,message", [
     (("load", "sha1://nothex/x"), "Not a valid kachery URI"),
-    (("cat", "http://example.org/x"), "does not start with sha1://"),
+    (("cat", "http://example.org/x"), "neither a sha1:// URI nor a bare 40-hex hash"),
     (("load", "sha1://" + "0" * 40 + "/x"), "not in the local store"),
-    (("store", "/nonexistent/file"), "no such file"),
-    (("uri", "/nonexistent/file"), "no such file"),
+    (("store", "/nonexistent/file"), "No such file or directory: /nonexistent/file"),
+    (("uri", "/nonexistent/file"), "No such file or directory: /nonexistent/file"),
     (("unmount", "/tmp"), "not mounted"),
 ])
 def test_cli_errors_are_one_clear_line(cli, args, message):

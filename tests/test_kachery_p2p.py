@@ -225,11 +225,11 @@ def test_seed_commands_across_two_nodes(two_nodes):
 
 
 @pytest.mark.parametrize("name, args, message", [
-    ("kachery-store", ("/nonexistent/file",), "no such file"),
+    ("kachery-store", ("/nonexistent/file",), "No such file or directory"),
     ("kachery-store", (), "Missing argument"),
     ("kachery-p2p-load", ("sha1://xyz",), "Not a valid kachery URI"),
     ("kachery-p2p-load", ("sha1://" + "0" * 40,), "not in the local store"),
-    ("kachery-p2p-cat", ("http://example.org/x",), "does not start with sha1://"),
+    ("kachery-p2p-cat", ("http://example.org/x",), "neither a sha1:// URI nor a bare 40-hex hash"),
     ("kachery-p2p-cat", ("sha1://" + "0" * 40, "--start", "-3"), "not in the range"),
     ("kachery-p2p-find", ("nothex",), "Not a valid kachery URI"),
     ("kachery-p2p-start-daemon", (), "at least one --channel"),

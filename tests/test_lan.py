@@ -74,7 +74,7 @@ def test_nodes_on_a_lan_find_each_other_without_a_server(two_namespaces, tmp_pat
         for name, ns in (("a", ns_a), ("b", ns_b)):
             log = open(tmp_path / f"{name}.log", "wb")
             procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, KACHERYFS, "-v", "daemon", "--channel", "x", "--listen", "0.0.0.0:0"],
+                ["ip", "netns", "exec", ns, KACHERYFS, "daemon", "--channel", "x", "--listen", "0.0.0.0:0"],
                 env=envs[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 30
         while "connected <peer" not in (tmp_path / "b.log").read_text():

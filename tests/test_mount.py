@@ -160,7 +160,8 @@ def test_bad_input_errnos(mount):
     expect({errno.EROFS, errno.EACCES}, os.unlink, mount.path("sha1", sha1))
     expect({errno.EACCES, errno.EPERM}, open, mount.path("feeds", "x"), "wb")
     expect({errno.EACCES, errno.EPERM}, open, mount.path("newfile"), "wb")
-    expect({errno.EACCES, errno.EPERM}, os.mkdir, store_dir / "sub")
+    expect({errno.EACCES, errno.EPERM}, os.mkdir, mount.path("sub"))
+    expect({errno.EROFS}, os.mkdir, mount.path("sha1", "sub"))
     expect({errno.ENOENT}, os.unlink, store_dir / "missing")
     # nothing committed was lost
     assert mount.path("store", "ok").read_bytes() == b"committed"

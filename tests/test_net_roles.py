@@ -143,3 +143,32 @@ def test_direct_providers_are_preferred_over_relayed_ones():
     assert prefer_direct([relayed, punched, direct]) == [punched, direct]
     assert prefer_direct([relayed]) == [relayed]  # the relay when nothing else has it
     assert prefer_direct([]) == []
+
+
+async def test_a_node_alone_in_its_channel_says_so_and_when_it_ends(cluster, caplog):
+    """A new user's node that finds nobody shares and fetches nothing: a warning, some seconds
+    after start, naming the channel and what to check; and a note once a peer arrives."""
+    import functools
+    import logging
+
+    from kacheryfs.net.node import Node
+
+    caplog.set_level(logging.INFO)
+    quick = functools.partial(Node, alone_warning_after=0.3)
+    a = await cluster.node("a", chans("x"), node_cls=quick)
+    b = await cluster.node("b", chans("y"), node_cls=quick)
+    c = await cluster.node("c", chans("y"), node_cls=quick)
+    await c.connect(*addr_of(b))
+    with trio.fail_after(10):
+        while "no peer in channel" not in caplog.text:
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)  # b and c had the same 0.3 s: they would have warned by now
+    warnings = [r.getMessage() for r in caplog.records if "no peer in channel" in r.getMessage()]
+    assert len(warnings) == 1 and a.channels_without_peers() == [next(iter(chans("x")))]
+    assert "--bootstrap HOST:PORT" in warnings[0] and "same channel name" in warnings[0]
+    assert b.channels_without_peers() == [] and c.channels_without_peers() == []
+    d = await cluster.node("d", chans("x"), node_cls=quick)
+    await d.connect(*addr_of(a))
+    with trio.fail_after(10):
+        while "a peer is connected now" not in caplog.text:
+            await trio.sleep(0.05)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kacheryfs.errors import ObjectNotFound
+from kacheryfs.errors import IsADirectory, NoSuchFile, ObjectNotFound
 from kacheryfs.store import CHUNK_SIZE, LocalStore, Manifest
 
 from .conftest import random_bytes
@@ -96,9 +96,11 @@ def test_put_file_stat_cache_skips_rehash(store, tmp_path, monkeypatch):
 
 
 def test_put_file_errors(store, tmp_path):
-    with pytest.raises(ObjectNotFound, match="no such file"):
+    # a missing path is a missing file, not a missing object (the message once talked of hashes)
+    with pytest.raises(NoSuchFile, match="No such file or directory: .*missing") as info:
         store.put_file(tmp_path / "missing")
-    with pytest.raises(Exception, match="directory"):
+    assert not isinstance(info.value, ObjectNotFound) and "hash" not in str(info.value)
+    with pytest.raises(IsADirectory, match="store -r"):
         store.put_file(tmp_path)
 
 
@@ -177,8 +179,15 @@ def test_config_channels_and_secret_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         Config.from_env(channels=["a"], channel_secret_files=[str(tmp_path / "missing")], environ={}).channel_keys()
     assert Config.from_env(listen="none", environ={}).listen is None
-    with pytest.raises(ConfigError):
-        Config.from_env(environ={"KACHERY_P2P_API_PORT": "http"})
+    # kachery-p2p's HTTP API port is the HTTP gateway's default loopback port; --http wins over it,
+    # and a bad value is an error only where a daemon starts (http_for_daemon)
+    assert Config.from_env(environ={}).http_for_daemon() == (None, False)
+    assert Config.from_env(environ={"KACHERY_P2P_API_PORT": "20431"}).http_for_daemon() == (("127.0.0.1", 20431), False)
+    assert Config.from_env(http="8080", environ={"KACHERY_P2P_API_PORT": "20431"}).http_for_daemon() == \
+        (("127.0.0.1", 8080), True)
+    for bad in ("http", "0", "70000"):
+        with pytest.raises(ConfigError, match="KACHERY_P2P_API_PORT"):
+            Config.from_env(environ={"KACHERY_P2P_API_PORT": bad}).http_for_daemon()
 
 
 def test_evict_cached_least_recently_used_first(store):

@@ -43,7 +43,7 @@ def names_in(tree, ino) -> list[str]:
 
 
 async def test_top_level(tree):
-    assert names_in(tree, ROOT_INO) == ["sha1", "store", "feeds"]
+    assert names_in(tree, ROOT_INO) == ["sha1", "sha1dir", "store", "feeds"]
     assert tree.lookup(ROOT_INO, "store").ino == STORE_DIR_INO
     assert names_in(tree, FEEDS_DIR_INO) == []
     with pytest.raises(NotFound):
@@ -165,7 +165,9 @@ async def test_sha1_is_read_only(tree):
     with pytest.raises(NotPermitted):
         tree.create(ROOT_INO, "x", os.O_WRONLY)
     with pytest.raises(NotPermitted):
-        tree.mkdir(STORE_DIR_INO, "sub")
+        tree.mkdir(ROOT_INO, "sub")
+    with pytest.raises(ReadOnly):
+        tree.mkdir(SHA1_DIR_INO, "sub")
 
 
 @pytest.mark.parametrize("name", ["0" * 40, "A" * 40, "abc", "g" * 40, "a" * 41])

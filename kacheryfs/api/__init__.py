@@ -8,12 +8,13 @@ and both ends of the local API through which they, and the CLI, reach a running 
 from ..errors import InvalidURI
 from .feeds import Feed, Subfeed, create_feed, load_feed
 from .objects import (
-    load_bytes, load_file, load_npy, load_object, load_text,
-    store_file, store_npy, store_object, store_text,
+    load_bytes, load_dir, load_file, load_npy, load_object, load_text, read_dir, resolve_file_uri,
+    store_dir, store_file, store_npy, store_object, store_text,
 )
 
 __all__ = [
-    "store_file", "store_text", "store_object", "store_npy",
-    "load_file", "load_bytes", "load_text", "load_object", "load_npy", "InvalidURI",
+    "store_file", "store_text", "store_object", "store_npy", "store_dir",
+    "load_file", "load_bytes", "load_text", "load_object", "load_npy", "read_dir", "load_dir",
+    "resolve_file_uri", "InvalidURI",
     "create_feed", "load_feed", "Feed", "Subfeed",
 ]

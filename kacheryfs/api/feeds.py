@@ -3,7 +3,8 @@
 
 With a daemon running (``kacheryfs mount`` / ``kacheryfs daemon``), calls go through its local API:
 appends reach subscribers at once and unknown feeds are fetched from channel peers. Without one,
-the local feed store is used directly (no network).
+the local feed store is used directly (no network), and a feed it does not hold is an error
+(UnknownFeed), never an empty read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..config import Config
+from ..running import located_config
 from ..errors import NoDaemon, UnknownFeed
 from ..feeds import FeedStore, feed_uri, parse_feed_uri
 from ..feeds.entry import is_feed_id
@@ -39,6 +41,10 @@ class _Backend:
             return reply["feeds"][0]["feed_id"]
         feed_id = parse_feed_uri(ref).feed_id if ref.startswith("feed://") else ref
         if is_feed_id(feed_id):
+            if feed_id not in self.store().feed_ids():  # reading it would give nothing, silently
+                raise UnknownFeed(f"{feed_id} is not in the local feed store, and no kacheryfs daemon is "
+                                  "running to fetch it from channel peers (start `kacheryfs mount` or "
+                                  "`kacheryfs daemon`)")
             return feed_id
         found = self.store().find_by_label(ref)
         if found is None:
@@ -124,7 +130,7 @@ class Feed:
 
 
 def create_feed(label: str | None = None, *, storage_dir=None, config_dir=None) -> Feed:
-    backend = _Backend(Config.from_env(storage_dir=storage_dir, config_dir=config_dir))
+    backend = _Backend(located_config(storage_dir, config_dir))
     reply = backend.call("feed_create", label=label)
     feed_id = reply["feed_id"] if reply is not None else backend.store().create_feed(label)
     return Feed(feed_id, backend)
@@ -132,5 +138,5 @@ def create_feed(label: str | None = None, *, storage_dir=None, config_dir=None) 
 
 def load_feed(feed: str, *, storage_dir=None, config_dir=None) -> Feed:
     """By feed id, ``feed://`` URI or local label; fetched from channel peers if need be."""
-    backend = _Backend(Config.from_env(storage_dir=storage_dir, config_dir=config_dir))
+    backend = _Backend(located_config(storage_dir, config_dir))
     return Feed(backend.resolve(feed), backend)

@@ -24,9 +24,10 @@ import json
 from pathlib import Path
 
 from .. import errors
+from ..config import API_SOCKET
 from ..errors import KacheryError
 
-SOCKET_NAME = "api.sock"
+SOCKET_NAME = API_SOCKET
 MAX_REQUEST = 64 << 10  # bytes of a request line
 MAX_FDS = 1  # file descriptors a request may carry
 OPS = ("status", "find", "load", "cache", "read", "feed_create", "feed_append", "feed_read", "feed_ls")

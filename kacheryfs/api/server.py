@@ -144,8 +144,7 @@ class ApiServer:
         return data
 
     async def _status(self, request: dict, reply: Reply) -> None:
-        await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(),
-                                             "channels": len(self.node.channel_keys), "pid": os.getpid()}})
+        await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(), "pid": os.getpid()}})
 
     async def _find(self, request: dict, reply: Reply) -> None:
         uri = parse_uri(str(request.get("uri", "")))

@@ -34,8 +34,13 @@ class FeedsView:
         return self.feeds.feed_ids()
 
     async def discover(self, feed_id: str) -> bool:
-        """A feed not known here: ask the channel's peers (bounded wait) and follow it if found."""
-        return await self.sync.discover(feed_id)
+        """A feed not known here: ask the channel's peers (bounded wait) and follow it if found;
+        then wait (bounded) for the entries they said they hold, so the first `ls` or `cat` of it
+        is not empty."""
+        if not await self.sync.discover(feed_id):
+            return False
+        await self.sync.wait_for_backlog(feed_id)
+        return True
 
     def subfeeds(self, feed_id: str) -> list[str]:
         return self.feeds.subfeeds(feed_id)

@@ -1,6 +1,7 @@
 """Inode numbers for the dynamic entries of the tree, with the kernel's lookup counts.
 
-An entry is known by a key: ("sha1", hash) or ("store", name). The kernel holds a lookup count per
+An entry is known by a key: ("sha1", hash), ("store", path), ("storedir", path),
+("sha1dir", "<hash>/path"), ("feed", id) or ("subfeed", "id/name"). The kernel holds a lookup count per
 inode (raised by lookup/create, lowered by forget); an inode is dropped when its count reaches zero
 and no handle is open on it.
 """
@@ -12,6 +13,7 @@ ROOT_INO = 1
 SHA1_DIR_INO = 2
 STORE_DIR_INO = 3
 FEEDS_DIR_INO = 4
+SHA1DIR_DIR_INO = 5
 FIRST_DYNAMIC_INO = 16
 
 Key = tuple[str, str]
@@ -45,11 +47,16 @@ class InodeTable:
     def key_of(self, ino: int) -> Key | None:
         return self._by_ino.get(ino)
 
+    def keys(self) -> list[Key]:
+        return list(self._by_key)
+
     def known(self, ino: int) -> bool:
         return ino in self._by_ino
 
     def remember(self, ino: int) -> None:
-        self._lookups[ino] += 1
+        """The kernel looked the inode up (lookup, create, mkdir, or a readdirplus entry)."""
+        if ino >= FIRST_DYNAMIC_INO:  # the fixed directories are never dropped
+            self._lookups[ino] += 1
 
     def forget(self, ino: int, count: int) -> None:
         self._lookups[ino] -= count
@@ -91,4 +98,4 @@ class InodeTable:
             del self._by_key[key]
 
 
-__all__ = ["InodeTable", "ROOT_INO", "SHA1_DIR_INO", "STORE_DIR_INO", "FEEDS_DIR_INO"]
+__all__ = ["InodeTable", "ROOT_INO", "SHA1_DIR_INO", "STORE_DIR_INO", "FEEDS_DIR_INO", "SHA1DIR_DIR_INO"]

@@ -16,13 +16,45 @@ import pyfuse3
 import trio
 
 from ..config import Config
-from ..errors import MountError
+from ..errors import MountError, UnmountError
 from .operations import KacheryOperations
 from .tree import VirtualTree
 
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # 1 MiB read requests instead of 128 KiB (see docs/architecture.md)
+FUSE_DEVICE = "/dev/fuse"
+FUSE_CONF = "/etc/fuse.conf"
+
+
+def fuse_device_problem(device: str = FUSE_DEVICE) -> str | None:
+    """Why a mount cannot open the FUSE device, as advice; None if it can."""
+    try:
+        os.close(os.open(device, os.O_RDWR))
+        return None
+    except FileNotFoundError:
+        return (f"{device} does not exist: load the FUSE module (sudo modprobe fuse); in a container, "
+                "pass the device in (docker run --device /dev/fuse --cap-add SYS_ADMIN ...)")
+    except PermissionError:
+        return (f"cannot open {device} (permission denied): it must be readable and writable by you "
+                f"(usually mode 0666; ask an administrator: sudo chmod 0666 {device})")
+    except OSError as exc:
+        return f"cannot open {device}: {exc.strerror}"
+
+
+def allow_other_problem(uid: int, fuse_conf: str = FUSE_CONF) -> str | None:
+    """Why --allow-other would be refused (fusermount3 allows it to root, or to anyone once
+    /etc/fuse.conf says user_allow_other), as advice; None if it is allowed."""
+    if uid == 0:
+        return None
+    try:
+        lines = Path(fuse_conf).read_text().splitlines()
+    except OSError:
+        lines = []
+    if any(line.strip() == "user_allow_other" for line in lines):
+        return None
+    return (f"--allow-other needs the line 'user_allow_other' in {fuse_conf} (an administrator adds it: "
+            f"echo user_allow_other | sudo tee -a {fuse_conf})")
 
 
 def _fuse_mounts() -> dict[str, str]:
@@ -43,7 +75,7 @@ def is_mounted(mountpoint: str | os.PathLike) -> bool:
 def fusermount_unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> subprocess.CompletedProcess:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
-        raise MountError("fusermount3 not found (install the fuse3 package)")
+        raise UnmountError("fusermount3 not found (install the fuse3 package)")
     args = [tool, "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
     return subprocess.run(args, capture_output=True, text=True)
 
@@ -156,18 +188,26 @@ class FuseMount:
     def __enter__(self) -> "FuseMount":
         options = set(pyfuse3.default_options)
         options |= {"fsname=kacheryfs", "subtype=kacheryfs", "auto_unmount"}
+        if self.config.allow_other:
+            # others may enter; the kernel then checks the modes the tree reports (read-only for them)
+            options |= {"allow_other", "default_permissions"}
         if self.debug:
             options.add("debug")
+        problem = fuse_device_problem() or (allow_other_problem(os.getuid()) if self.config.allow_other else None)
+        if problem is not None:
+            raise MountError(f"{self.mountpoint}: {problem}")
         try:
             pyfuse3.init(KacheryOperations(self.tree), str(self.mountpoint), options)
         except RuntimeError as exc:
-            raise MountError(f"{self.mountpoint}: {exc}") from None
+            raise MountError(f"{self.mountpoint}: {exc} (fusermount3 printed the reason above)") from None
         try:
             self.registration = MountRegistration(self.config, self.mountpoint)
         except BaseException:
             pyfuse3.close(unmount=True)
             raise
-        log.info("mounted %s (storage %s)", self.mountpoint, self.config.storage_dir)
+        log.info("mounted %s (storage %s%s); Ctrl-C or `kacheryfs unmount %s` to stop", self.mountpoint,
+                 self.config.storage_dir, ", other users may read it" if self.config.allow_other else "",
+                 self.mountpoint)
         return self
 
     def __exit__(self, *exc_info) -> None:

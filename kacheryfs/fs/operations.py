@@ -90,6 +90,9 @@ class KacheryOperations(pyfuse3.Operations):
         for name, attr, next_id in self.tree.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), _entry(attr), next_id):
                 break
+            # the kernel now holds the entry (readdirplus) as if looked up: count it, or the inode
+            # could be dropped while the kernel still uses it (ENODATA/ENOENT on a later call)
+            self.tree.inodes.remember(attr.ino)
 
     async def releasedir(self, fh):
         self.tree.releasedir(fh)
@@ -136,11 +139,11 @@ class KacheryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self.tree.mkdir(parent_inode, os.fsdecode(name))
+        return _entry(await self.tree.amkdir(parent_inode, os.fsdecode(name)))
 
     @_fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
-        self.tree.mkdir(parent_inode, os.fsdecode(name))  # same refusal as mkdir
+        await self.tree.armdir(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
     async def getxattr(self, inode, name, ctx):

@@ -4,8 +4,10 @@ Pure of pyfuse3: handlers take and return plain values and raise KacheryError, s
 without a mount. fs/operations.py adapts them to pyfuse3.
 
 - ``sha1/<hash>``: immutable objects, read through a read-only mmap (long cache timeouts).
-- ``store/<name>``: names pointing at objects. Writes go to a *draft* (drafts.py) shared by every
-  handle open for writing on that inode; ``flush`` (each ``close()``) commits a changed draft.
+- ``store/<path>``: names pointing at objects, in directories (store_names.py). Writes go to a
+  *draft* (drafts.py) shared by every handle open for writing on that inode; ``flush`` (each
+  ``close()``) commits a changed draft. A directory's URI is its directory manifest's.
+- ``sha1dir/<hash>/<path>``: directory manifests browsed read-only (dir_view.py).
 - ``feeds/<feed id>/<subfeed>``: feeds as files (feeds_view.py).
 
 Open files and directories are handles (handles.py): the tree picks the kind at open and from then
@@ -34,14 +36,22 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 import trio
 
 from ..errors import (
-    BadFileHandle, InvalidName, KacheryError, NameTooLong, NoSuchAttribute, NotAnAppend, NotFound, NotPermitted,
-    ObjectNotFound, ReadOnly,
+    AlreadyExists, BadFileHandle, DirectoryNotEmpty, InvalidName, IsADirectory, KacheryError, NameTooLong,
+    NoSuchAttribute, NotADirectory, NotADirectoryManifest, NotAnAppend, NotFound, NotPermitted, ObjectNotFound,
+    ReadOnly,
 )
-from ..store import LocalStore, NameRecord, StoredObject, format_uri, is_sha1_hex, open_mmap
+from ..store import (
+    MAX_MANIFEST_BYTES, Directory, FileEntry, LocalStore, NameRecord, StoredObject, build_directory, format_dir_uri, format_uri,
+    is_sha1_hex, open_mmap,
+)
+from .dir_view import DirectoryViews, root_sha1
 from .drafts import Draft, Drafts
 from .handles import CheckedReads, DirHandle, Handle, ObjectHandle
-from .inodes import FEEDS_DIR_INO, FIRST_DYNAMIC_INO, ROOT_INO, SHA1_DIR_INO, STORE_DIR_INO, InodeTable, Key
+from .inodes import (
+    FEEDS_DIR_INO, FIRST_DYNAMIC_INO, ROOT_INO, SHA1_DIR_INO, SHA1DIR_DIR_INO, STORE_DIR_INO, InodeTable, Key,
+)
 from .remote import RemoteHandle
+from .store_names import StoreNames, is_under, join, moved
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,7 @@ IMMUTABLE_TIMEOUT = 24 * 3600.0  # content under sha1/ never changes
 MUTABLE_TIMEOUT = 1.0
 BLOCK_SIZE = 1 << 20  # st_blksize: cp sizes its buffer from it, so writes arrive 1 MiB at a time
 MAX_NAME_BYTES = 255
-TOP_DIRS = {"sha1": SHA1_DIR_INO, "store": STORE_DIR_INO, "feeds": FEEDS_DIR_INO}
+TOP_DIRS = {"sha1": SHA1_DIR_INO, "sha1dir": SHA1DIR_DIR_INO, "store": STORE_DIR_INO, "feeds": FEEDS_DIR_INO}
 INDEX_THREADS = 2
 
 T = TypeVar("T")
@@ -100,8 +110,8 @@ class Fetcher(Protocol):
     """The network side, injected (None on a node without network)."""
 
     async def locate(self, sha1: str) -> int | None: ...
-    async def fetch(self, sha1: str) -> None: ...
-    async def open_remote(self, sha1: str): ...  # None once local, else a reader (see fs/remote.py)
+    async def fetch(self, sha1: str, manifest_sha1: str | None = None) -> None: ...
+    async def open_remote(self, sha1: str, manifest_sha1: str | None = None): ...  # None once local, else a reader
     def stats(self) -> dict: ...
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None: ...
 
@@ -113,13 +123,19 @@ class VirtualTree:
         self.remote_sizes: dict[str, int] = {}  # sha1 -> size, for objects found on peers, not yet here
         self.feeds_view = feeds_view  # fs.feeds_view.FeedsView, when the node keeps feeds
         self.inodes = InodeTable()
-        self.names: dict[str, NameRecord] = {r.name: r for r in store.list_names()}
+        self.store_names = StoreNames(store.list_names(), store.list_dirs())
+        self.dir_views = DirectoryViews()
         self.drafts = Drafts(store, self._committed)
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._started_ns = time.time_ns()
         self._names_lock = trio.Lock()
         self._index_limiter = trio.CapacityLimiter(INDEX_THREADS)
+
+    @property
+    def names(self) -> dict[str, NameRecord]:
+        """Committed files of store/ by path."""
+        return self.store_names.files
 
     async def _soon(self, step: Step[T]) -> T:
         """Run a step from trio: its index query in a worker thread."""
@@ -135,6 +151,9 @@ class VirtualTree:
 
     def _object_attr(self, ino: int, size: int) -> Attr:
         return Attr(ino, False, stat.S_IFREG | 0o444, size, self._started_ns, IMMUTABLE_TIMEOUT)
+
+    def _immutable_dir_attr(self, ino: int) -> Attr:
+        return Attr(ino, True, stat.S_IFDIR | 0o555, 0, self._started_ns, IMMUTABLE_TIMEOUT)
 
     def _store_attr(self, ino: int, name: str) -> Attr:
         draft = self.drafts.get(ino)
@@ -166,7 +185,7 @@ class VirtualTree:
 
     def _local_attr(self, ino: int, key: Key | None) -> Attr:
         """Attributes of everything but sha1/ entries: no index query."""
-        if ino == ROOT_INO or ino == SHA1_DIR_INO or ino == FEEDS_DIR_INO:
+        if ino in (ROOT_INO, SHA1_DIR_INO, SHA1DIR_DIR_INO, FEEDS_DIR_INO):
             return self._dir_attr(ino)
         if ino == STORE_DIR_INO:
             return self._dir_attr(ino, writable=True)
@@ -177,7 +196,18 @@ class VirtualTree:
             raise NotFound(f"inode {ino}")
         if key[0] in ("feed", "subfeed"):
             return self._feed_attr(ino, key)
+        if key[0] == "storedir":
+            if not self.store_names.is_dir(key[1]):
+                raise NotFound(key[1])
+            return self._dir_attr(ino, writable=True)
+        if key[0] == "sha1dir":
+            return self._sha1dir_attr(ino, self.dir_views.entry(key[1]))
         return self._store_attr(ino, key[1])
+
+    def _sha1dir_attr(self, ino: int, entry: Directory | FileEntry) -> Attr:
+        if isinstance(entry, FileEntry):
+            return self._object_attr(ino, entry.size)
+        return self._immutable_dir_attr(ino)
 
     # ---- feeds ---------------------------------------------------------------------------------
     def _feed_attr(self, ino: int, key: Key) -> Attr:
@@ -203,7 +233,36 @@ class VirtualTree:
             if not is_sha1_hex(name):
                 raise NotFound(f"{name!r} is not a 40-hex SHA-1")
             return Step(partial(self.store.info, name), partial(self._found_object, name))
+        if parent == SHA1DIR_DIR_INO:
+            sha1 = root_sha1(name)
+            if sha1 is None:
+                raise NotFound(f"{name!r} is not a 40-hex SHA-1 (of a directory manifest)")
+            if sha1 in self.dir_views.manifests:
+                return no_query(self._found_directory, name, None)
+            return Step(partial(self._read_directory, sha1), partial(self._found_directory, name))
         return no_query(self._attr_for, parent, name).then(self._remember)
+
+    def _read_directory(self, sha1: str) -> Directory | None:
+        """A directory manifest held here, checked against its hash and parsed (None if not held).
+        Blocking: a worker thread."""
+        record = self.store.use(sha1)
+        if record is None:
+            return None
+        if record.size > MAX_MANIFEST_BYTES:
+            raise NotADirectoryManifest(f"{sha1}: {record.size} bytes is too large for a directory manifest")
+        try:  # every chunk verified: a rotten copy is quarantined (CorruptObject), never parsed
+            data = self.store.integrity.read_range(sha1, 0, record.size)
+        except OSError as exc:
+            raise NotFound(f"{sha1}: {exc.strerror}") from None
+        return Directory.from_bytes(data)
+
+    def _found_directory(self, name: str, directory: Directory | None) -> Attr:
+        sha1 = name[:40]
+        if directory is not None:
+            self.dir_views.add(sha1, directory)
+        elif sha1 not in self.dir_views.manifests:
+            raise ObjectNotFound(sha1)
+        return self._remember(self._immutable_dir_attr(self.inodes.ino_for(("sha1dir", name))))
 
     def _found_object(self, sha1: str, record) -> Attr:
         if record is None:
@@ -216,12 +275,20 @@ class VirtualTree:
             if name in TOP_DIRS:
                 return self._local_attr(TOP_DIRS[name], None)
             raise NotFound(name)
-        if parent == STORE_DIR_INO:
+        store_dir = self._store_dir_path(parent)
+        if store_dir is not None:
             validate_name(name)
-            key: Key = ("store", name)
-            if name not in self.names and self.inodes.ino_of(key) is None:
-                raise NotFound(name)
-            return self._store_attr(self.inodes.ino_for(key), name)
+            path = join(store_dir, name)
+            if path in self.store_names.dirs:
+                return self._dir_attr(self.inodes.ino_for(("storedir", path)), writable=True)
+            key: Key = ("store", path)
+            if path not in self.names and self.inodes.ino_of(key) is None:
+                raise NotFound(path)
+            return self._store_attr(self.inodes.ino_for(key), path)
+        parent_key = self.inodes.key_of(parent)
+        if parent_key is not None and parent_key[0] == "sha1dir":
+            path = f"{parent_key[1]}/{name}"
+            return self._sha1dir_attr(self.inodes.ino_for(("sha1dir", path)), self.dir_views.entry(path))
         if parent == FEEDS_DIR_INO:
             if self.feeds_view is None or name not in self.feeds_view.feed_ids():
                 raise NotFound(name)
@@ -233,6 +300,26 @@ class VirtualTree:
                 raise NotFound(name)
             return self._feed_attr(self.inodes.ino_for(key), key)
         raise NotFound(f"inode {parent} is not a directory")
+
+    def _store_dir_path(self, ino: int) -> str | None:
+        """The path of a directory under store/ ('' for store/ itself), None for any other inode."""
+        if ino == STORE_DIR_INO:
+            return ""
+        key = self.inodes.key_of(ino)
+        return key[1] if key is not None and key[0] == "storedir" else None
+
+    def _require_store_dir(self, ino: int, name: str) -> str:
+        """The store/ directory to change something in, or the right refusal."""
+        path = self._store_dir_path(ino)
+        if path is not None:
+            return path
+        if self._read_only_dir(ino):
+            raise ReadOnly(name)
+        raise NotPermitted("files and directories can be created only under store/")
+
+    def _read_only_dir(self, ino: int) -> bool:
+        key = self.inodes.key_of(ino)
+        return ino in (SHA1_DIR_INO, SHA1DIR_DIR_INO) or (key is not None and key[0] == "sha1dir")
 
     def _remember(self, attr: Attr) -> Attr:
         if attr.ino >= FIRST_DYNAMIC_INO:  # the fixed directories need no lookup count
@@ -252,6 +339,8 @@ class VirtualTree:
                 if await self.feeds_view.discover(name):
                     return await self._soon(self._lookup(parent, name))
                 raise
+            if parent == SHA1DIR_DIR_INO and self.fetcher is not None and root_sha1(name) is not None:
+                return await self._fetch_directory(name)
             if parent != SHA1_DIR_INO or self.fetcher is None or not is_sha1_hex(name):
                 raise
         size = await self.fetcher.locate(name)
@@ -260,18 +349,41 @@ class VirtualTree:
         self.remote_sizes[name] = size
         return self._remember(self._object_attr(self.inodes.ino_for(("sha1", name)), size))
 
+    async def _fetch_directory(self, name: str) -> Attr:
+        """A directory manifest not held here: fetched whole from channel peers (bounded wait)."""
+        sha1 = name[:40]
+        try:
+            await self.fetcher.fetch(sha1)
+        except NotADirectoryManifest:
+            raise
+        except KacheryError as exc:
+            raise NotFound(f"{sha1}: {exc}") from None
+        return await self._soon(self._lookup(SHA1DIR_DIR_INO, name))
+
+    def _object_of(self, key: Key | None) -> tuple[str, str | None] | None:
+        """(sha1, manifest sha1 if known) of the object behind a file's key, for sha1/ and sha1dir/."""
+        if key is not None and key[0] == "sha1":
+            return key[1], None
+        if key is not None and key[0] == "sha1dir":
+            entry = self.dir_views.entry(key[1])
+            if isinstance(entry, FileEntry):
+                return entry.sha1, entry.manifest_sha1
+        return None
+
     async def open_or_fetch(self, ino: int, flags: int) -> tuple[int, bool]:
         """open; an object not held here is read lazily from peers (small ones are fetched whole)."""
         key = self.inodes.key_of(ino)
         try:
             return await self._soon(self._open(ino, flags))
         except ObjectNotFound:
-            if key is None or key[0] != "sha1" or self.fetcher is None:
+            target = self._object_of(key)
+            if target is None or self.fetcher is None:
                 raise
-        reader = await self.fetcher.open_remote(key[1])
+        sha1, manifest_sha1 = target
+        reader = await self.fetcher.open_remote(sha1, manifest_sha1)
         if reader is None:  # here by now (a small object is fetched whole)
             return await self._soon(self._open(ino, flags))
-        return self._add(RemoteHandle(self.store, ino, key[1], reader)), True
+        return self._add(RemoteHandle(self.store, ino, sha1, reader)), True
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -288,6 +400,19 @@ class VirtualTree:
             return Step(self.store.list_objects, self._list_objects)
         return no_query(self._list_local, ino)
 
+    def _list_store_dir(self, path: str) -> list[tuple[str, Attr]]:
+        pending = [k[1] for i in self.drafts.named_inodes() if (k := self.inodes.key_of(i)) is not None]
+        dirs, files = self.store_names.children(path, pending)
+        entries = [(d, self._dir_attr(self.inodes.ino_for(("storedir", join(path, d))), writable=True))
+                   for d in dirs]
+        for name in files:
+            try:
+                entries.append((name, self._store_attr(self.inodes.ino_for(("store", join(path, name))),
+                                                       join(path, name))))
+            except NotFound:
+                pass
+        return entries
+
     def _list_objects(self, records) -> int:
         entries = [(r.sha1, self._object_attr(self.inodes.ino_for(("sha1", r.sha1)), r.size)) for r in records]
         return self._add(DirHandle(SHA1_DIR_INO, entries))
@@ -295,15 +420,16 @@ class VirtualTree:
     def _list_local(self, ino: int) -> int:
         if ino == ROOT_INO:
             entries = [(n, self._local_attr(i, None)) for n, i in TOP_DIRS.items()]
-        elif ino == STORE_DIR_INO:
-            names = set(self.names)
-            names.update(k[1] for i in self.drafts.named_inodes() if (k := self.inodes.key_of(i)) is not None)
-            entries = []
-            for name in sorted(names):
-                try:
-                    entries.append((name, self._store_attr(self.inodes.ino_for(("store", name)), name)))
-                except NotFound:
-                    pass
+        elif self._store_dir_path(ino) is not None:
+            entries = self._list_store_dir(self._store_dir_path(ino))
+        elif ino == SHA1DIR_DIR_INO:
+            entries = []  # like sha1/ of objects not held here: looked up by hash, never listed
+        elif (key := self.inodes.key_of(ino)) is not None and key[0] == "sha1dir":
+            directory = self.dir_views.entry(key[1])
+            if not isinstance(directory, Directory):
+                raise NotADirectory(key[1])
+            entries = [(n, self._sha1dir_attr(self.inodes.ino_for(("sha1dir", f"{key[1]}/{n}")), e))
+                       for n, e in (*sorted(directory.dirs.items()), *sorted(directory.files.items()))]
         elif ino == FEEDS_DIR_INO:
             view = self.feeds_view
             entries = [] if view is None else [
@@ -352,10 +478,15 @@ class VirtualTree:
         kind, name = key
         if kind == "subfeed":
             return no_query(lambda: (self._open_subfeed(ino, name, flags), False))
-        if kind == "sha1":
+        if kind in ("sha1", "sha1dir"):
             if writable or flags & os.O_TRUNC:
                 raise ReadOnly(name)
-            return self._open_object(ino, name, keep_cache=True)
+            target = self._object_of(key)
+            if target is None:
+                raise IsADirectory(name)
+            return self._open_object(ino, target[0], keep_cache=True)
+        if kind == "storedir":
+            raise IsADirectory(name)
         record = self.names.get(name)
         if self.drafts.get(ino) is None:
             if record is None:
@@ -402,7 +533,7 @@ class VirtualTree:
         return self._handle(fh).direct_io
 
     def create(self, parent: int, name: str, flags: int) -> tuple[int, Attr]:
-        if parent == SHA1_DIR_INO:
+        if self._read_only_dir(parent):
             raise ReadOnly(name)
         feed_id = self._feed_key_of_dir(parent)
         if feed_id is not None and self.feeds_view is not None:
@@ -414,13 +545,13 @@ class VirtualTree:
             fh = self._open_subfeed(ino, key[1], flags | os.O_APPEND)
             self.inodes.remember(ino)
             return fh, self._feed_attr(ino, key)
-        if parent != STORE_DIR_INO:
-            raise NotPermitted("files can be created only under store/")
-        validate_name(name)
-        ino = self.inodes.ino_for(("store", name))
+        path = join(self._require_store_dir(parent, name), validate_name(name))
+        if path in self.store_names.dirs:
+            raise IsADirectory(path)
+        ino = self.inodes.ino_for(("store", path))
         fh = self._add(self.drafts.create(ino))
         self.inodes.remember(ino)
-        return fh, self._store_attr(ino, name)
+        return fh, self._store_attr(ino, path)
 
     # ---- files: the handle protocol -----------------------------------------------------------
     def read(self, fh: int, offset: int, size: int):
@@ -486,26 +617,29 @@ class VirtualTree:
             await self._soon(self._unlink(parent, name))
 
     def _unlink(self, parent: int, name: str) -> Step[None]:
-        if parent == SHA1_DIR_INO:
+        if self._read_only_dir(parent):
             raise ReadOnly(name)
-        if parent != STORE_DIR_INO:
+        store_dir = self._store_dir_path(parent)
+        if store_dir is None:
             raise NotPermitted(name)
-        validate_name(name)
-        key: Key = ("store", name)
+        path = join(store_dir, validate_name(name))
+        if path in self.store_names.dirs:
+            raise IsADirectory(path)
+        key: Key = ("store", path)
         ino = self.inodes.ino_of(key)
         draft = self.drafts.get(ino) if ino is not None else None
-        named = name in self.names
+        named = path in self.names
         if not named and draft is None:
-            raise NotFound(name)
+            raise NotFound(path)
 
         def finish(_answer) -> None:
             if named:
-                del self.names[name]
+                del self.names[path]
             if draft is not None:
                 draft.orphaned = True
             self.inodes.detach(key)
 
-        return Step(partial(self.store.remove_name, name) if named else None, finish)
+        return Step(partial(self.store.remove_name, path) if named else None, finish)
 
     def rename(self, old_parent: int, old: str, new_parent: int, new: str) -> None:
         self._rename(old_parent, old, new_parent, new).now()
@@ -515,40 +649,103 @@ class VirtualTree:
             await self._soon(self._rename(old_parent, old, new_parent, new))
 
     def _rename(self, old_parent: int, old: str, new_parent: int, new: str) -> Step[None]:
-        if SHA1_DIR_INO in (old_parent, new_parent):
+        if self._read_only_dir(old_parent) or self._read_only_dir(new_parent):
             raise ReadOnly(old)
-        if old_parent != STORE_DIR_INO or new_parent != STORE_DIR_INO:
+        old_dir, new_dir = self._store_dir_path(old_parent), self._store_dir_path(new_parent)
+        if old_dir is None or new_dir is None:
             raise NotPermitted("renames only within store/")
-        validate_name(old)
-        validate_name(new)
-        old_key, new_key = ("store", old), ("store", new)
+        old_path, new_path = join(old_dir, validate_name(old)), join(new_dir, validate_name(new))
+        if old_path in self.store_names.dirs:
+            return self._rename_dir(old_path, new_path)
+        if new_path in self.store_names.dirs:
+            raise IsADirectory(new_path)
+        old_key, new_key = ("store", old_path), ("store", new_path)
         old_ino = self.inodes.ino_of(old_key)
-        named = old in self.names
+        named = old_path in self.names
         if not named and (old_ino is None or self.drafts.get(old_ino) is None):
-            raise NotFound(old)
-        if old == new:
+            raise NotFound(old_path)
+        if old_path == new_path:
             return no_query(lambda: None)
 
         def finish(_answer) -> None:
             if named:
-                record = self.names.pop(old)
-                self.names[new] = NameRecord(new, record.sha1, record.size, record.manifest_sha1, record.mtime_ns)
+                record = self.names.pop(old_path)
+                self.names[new_path] = NameRecord(new_path, record.sha1, record.size, record.manifest_sha1,
+                                                  record.mtime_ns)
             else:
-                self.names.pop(new, None)
-            replaced = self.inodes.ino_of(new_key)
-            replaced_draft = self.drafts.get(replaced) if replaced is not None else None
-            if replaced_draft is not None:
-                replaced_draft.orphaned = True
+                self.names.pop(new_path, None)
+            self._orphan_draft(self.inodes.ino_of(new_key))
             self.inodes.rekey(old_key, new_key)
 
         # a name written but not committed yet has no index entry: only what it replaces goes
-        query = partial(self.store.rename, old, new) if named else partial(self.store.remove_name, new)
+        query = partial(self.store.rename, old_path, new_path) if named else partial(self.store.remove_name, new_path)
         return Step(query, finish)
 
-    def mkdir(self, parent: int, name: str) -> None:
-        if parent == SHA1_DIR_INO:
-            raise ReadOnly(name)
-        raise NotPermitted("store/ is flat: no subdirectories")
+    def _orphan_draft(self, ino: int | None) -> None:
+        draft = self.drafts.get(ino) if ino is not None else None
+        if draft is not None:
+            draft.orphaned = True
+
+    def _pending_paths(self) -> list[str]:
+        return [k[1] for i in self.drafts.named_inodes() if (k := self.inodes.key_of(i)) is not None]
+
+    def _rename_dir(self, old: str, new: str) -> Step[None]:
+        """A directory of store/ moves with everything in it (files being written included)."""
+        if old == new:
+            return no_query(lambda: None)
+        if is_under(new, old):
+            raise InvalidName(f"cannot move {old!r} into itself")
+        if new in self.names or self.inodes.ino_of(("store", new)) is not None:
+            raise NotADirectory(new)
+        if new in self.store_names.dirs and not self.store_names.is_empty(new, self._pending_paths()):
+            raise DirectoryNotEmpty(new)
+
+        def finish(_answer) -> None:
+            self.store_names.rename_dir(old, new)
+            self.inodes.detach(("storedir", new))
+            for key in self.inodes.keys():
+                if key[0] in ("store", "storedir") and is_under(key[1], old):
+                    self.inodes.rekey(key, (key[0], moved(key[1], old, new)))
+
+        return Step(partial(self.store.rename_dir, old, new), finish)
+
+    def mkdir(self, parent: int, name: str) -> Attr:
+        return self._mkdir(parent, name).now()
+
+    async def amkdir(self, parent: int, name: str) -> Attr:
+        async with self._names_lock:
+            return await self._soon(self._mkdir(parent, name))
+
+    def _mkdir(self, parent: int, name: str) -> Step[Attr]:
+        path = join(self._require_store_dir(parent, name), validate_name(name))
+        if path in self.store_names.dirs or path in self.names or self.inodes.ino_of(("store", path)) is not None:
+            raise AlreadyExists(path)
+
+        def finish(_answer) -> Attr:
+            self.store_names.dirs.add(path)
+            return self._remember(self._dir_attr(self.inodes.ino_for(("storedir", path)), writable=True))
+
+        return Step(partial(self.store.add_dir, path), finish)
+
+    def rmdir(self, parent: int, name: str) -> None:
+        self._rmdir(parent, name).now()
+
+    async def armdir(self, parent: int, name: str) -> None:
+        async with self._names_lock:
+            await self._soon(self._rmdir(parent, name))
+
+    def _rmdir(self, parent: int, name: str) -> Step[None]:
+        path = join(self._require_store_dir(parent, name), validate_name(name))
+        if path not in self.store_names.dirs:
+            raise NotADirectory(path) if path in self.names else NotFound(path)
+        if not self.store_names.is_empty(path, self._pending_paths()):
+            raise DirectoryNotEmpty(path)
+
+        def finish(_answer) -> None:
+            self.store_names.dirs.discard(path)
+            self.inodes.detach(("storedir", path))
+
+        return Step(partial(self.store.remove_dir, path), finish)
 
     # ---- extended attributes -------------------------------------------------------------------
     def uri_of(self, ino: int) -> str | None:
@@ -562,19 +759,37 @@ class VirtualTree:
         if kind == "sha1":
             return Step(partial(self.store.info, name),
                         lambda record: format_uri(name, "", record.manifest_sha1) if record else None)
+        if kind == "sha1dir":
+            return no_query(self.dir_views.uri, name)
+        if kind == "storedir":
+            files, dirs = self.store_names.below(name)
+            return Step(partial(self._store_directory, files, dirs),
+                        lambda obj: format_dir_uri(obj.sha1, name.rpartition("/")[2]))
         return no_query(self._name_uri, ino, name)
+
+    def _store_directory(self, files: dict[str, NameRecord], dirs: list[str]) -> StoredObject:
+        """The manifest of a store/ directory, stored (so peers can fetch it). Blocking."""
+        entries = {p: FileEntry(r.sha1, r.size, r.manifest_sha1) for p, r in files.items()}
+        return self.store.put_bytes(build_directory(entries, dirs).to_bytes())
 
     def _name_uri(self, ino: int, name: str) -> str | None:
         draft = self.drafts.get(ino)
         if draft is not None and draft.uncommitted:
             return None  # not committed yet
         record = self.names.get(name)
-        return format_uri(record.sha1, name, record.manifest_sha1) if record else None
+        return format_uri(record.sha1, name.rpartition("/")[2], record.manifest_sha1) if record else None
 
     def getxattr(self, ino: int, name: str) -> bytes:
         return self._getxattr(ino, name).now()
 
     async def agetxattr(self, ino: int, name: str) -> bytes:
+        key = self.inodes.key_of(ino)
+        if name == URI_XATTR and key is not None and key[0] == "storedir":
+            files, dirs = self.store_names.below(key[1])
+            obj = await trio.to_thread.run_sync(self._store_directory, files, dirs, limiter=self._index_limiter)
+            if self.fetcher is not None:  # stored just now: peers may ask for it
+                await self.fetcher.announce(obj.sha1, obj.size, obj.manifest_sha1)
+            return format_dir_uri(obj.sha1, key[1].rpartition("/")[2]).encode()
         return await self._soon(self._getxattr(ino, name))
 
     def _getxattr(self, ino: int, name: str) -> Step[bytes]:
@@ -591,6 +806,9 @@ class VirtualTree:
         return await self._soon(self._listxattr(ino))
 
     def _listxattr(self, ino: int) -> Step[list[str]]:
+        key = self.inodes.key_of(ino)
+        if key is not None and key[0] == "storedir":  # listing must not store a manifest
+            return no_query(lambda: [URI_XATTR])
         return self._uri_of(ino).then(lambda uri: [URI_XATTR] if uri is not None else [])
 
     def statfs(self) -> os.statvfs_result:

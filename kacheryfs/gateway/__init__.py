@@ -26,9 +26,10 @@ def is_loopback(host: str) -> bool:
 class Gateway:
     """Runs the ASGI app on ``host:port`` until cancelled or ``stop()``; ``url`` once started."""
 
-    def __init__(self, store, fetcher, feed_sync, host: str, port: int):
+    def __init__(self, store, fetcher, feed_sync, host: str, port: int, *, required: bool = True):
         self.host = host
         self.port = port
+        self.required = required  # False: a port that cannot be bound is a warning, not the daemon's end
         self.stopping = trio.Event()
         self.app = GatewayApp(store, fetcher, feed_sync, self.stopping)
         self.url: str | None = None
@@ -62,8 +63,11 @@ class Gateway:
                 bind_error = bind_error.exceptions[0]
             if bind_error is None:
                 raise
-            raise GatewayError(f"cannot serve HTTP on {self.host}:{self.port}: "
-                               f"{bind_error.strerror or bind_error}") from None
+            message = f"cannot serve HTTP on {self.host}:{self.port}: {bind_error.strerror or bind_error}"
+            if self.required or self.url is not None:
+                raise GatewayError(message) from None
+            log.warning("%s (KACHERY_P2P_API_PORT); running without the HTTP gateway", message)
+            task_status.started(None)
 
     def _on_bound(self, url: str) -> None:
         self.url = url
@@ -77,10 +81,12 @@ class Gateway:
 
 
 def make_gateway(config, store, fetcher, feed_sync) -> Gateway | None:
-    """The gateway ``config.http`` asks for (None without --http); run it with ``nursery.start(g.serve)``."""
-    if config.http is None:
+    """The gateway ``--http`` or KACHERY_P2P_API_PORT asks for (None without either); run it with
+    ``nursery.start(g.serve)``."""
+    address, required = config.http_for_daemon()
+    if address is None:
         return None
-    return Gateway(store, fetcher, feed_sync, *config.http)
+    return Gateway(store, fetcher, feed_sync, *address, required=required)
 
 
 __all__ = ["Gateway", "GatewayError", "make_gateway"]

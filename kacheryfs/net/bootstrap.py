@@ -9,7 +9,6 @@ circuit carries the two nodes' own encrypted session (net/relay.py), within the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from ..protocol.messages import (
     RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
 )
 from .admission import Limits
-from .host import HostedNode, SessionHost, send_quietly
+from .host import HostedNode, SessionHost, send_quietly, session_status
 from .punch_service import PunchService, observed_addr
 from .relay import RelayLimitExceeded, RelayLimits, RelayTable
 from .session import PeerSession
@@ -124,10 +123,8 @@ class BootstrapNode(HostedNode):
     def status(self) -> dict:
         return {"node_id": self.node_id, "listen": self.listen_addrs, "bootstrap": True,
                 "registered": len(self.registry.nodes),
-                "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction, "path": s.path,
-                           "channels": 0, "sent": s.stats.bytes_sent, "received": s.stats.bytes_received,
-                           "seconds": math.floor(time.monotonic() - s.stats.started)}
-                          for s in self.sessions.values()],
+                "channels": [],
+                "peers": [session_status(s, "node", []) for s in self.sessions.values()],
                 "relay": self.relay_table.status(), "punch": self.punches.status(),
                 "served_bytes": {}, "fetched_bytes": 0}
 

@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 import trio
 
 from ..config import DEFAULT_MAX_PEERS  # sessions a node opens by itself; beyond, hints are remembered
+from ..config import parse_hostport  # noqa: F401 (what the dialer's addresses are parsed with)
 from ..errors import KacheryError
 from .host import SessionHost
 from .interfaces import PeerHint
@@ -23,13 +24,6 @@ MAX_BACKOFF = 30.0
 HARD_MAX_PEERS = 128  # not even a find that widens its search dials past this
 TURNED_AWAY_SECONDS = 2.0  # a session that ends this soon after opening: the peer is full, back off
 DIAL_ERRORS = (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError)
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise KacheryError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,24 @@ host's nursery.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import time
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import trio
 
 from ..crypto import NodeKey
-from ..errors import KacheryError, PeerGone, ProtocolError
+from ..errors import KacheryError, ListenError, PeerGone, ProtocolError
 from ..protocol import Connection
 from ..protocol.connection import INITIATOR, RESPONDER
 from ..protocol.messages import Message, Ping, Pong
 from .admission import Admission, Limits, LogThrottle, Ticket
 from .dispatch import SERVE_LIMIT_PER_PEER, Dispatch, Handler
 from .session import PeerSession, handshake
-from .sockets import connect_from, open_shared_listener
+from .sockets import connect_from, format_addr, open_shared_listener
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,12 @@ Closed = Callable[[PeerSession], None]
 
 class SessionHost:
     def __init__(self, key: NodeKey, channel_keys: dict[str, bytes], *,
-                 listen: tuple[str, int] | None, agent: str = "kacheryfs", limits: Limits | None = None):
+                 listen: tuple[str, int] | None, agent: str = "kacheryfs", limits: Limits | None = None,
+                 listen_fallback: bool = False):
         self.key = key
         self.channel_keys = dict(channel_keys)
         self.listen = listen
+        self.listen_fallback = listen_fallback  # the default port taken: any free port instead
         self.agent = agent
         self.listen_addrs: list[str] = []
         self.listen_local: tuple[str, int] | None = None  # the bound listener, to dial from (punching)
@@ -112,9 +117,7 @@ class SessionHost:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.listen is not None:
-                host, port = self.listen
-                # SO_REUSEPORT: connections to the bootstrap and hole punches leave from this port
-                listener = await open_shared_listener(host, port)
+                listener = await self._open_listener(*self.listen)
                 await nursery.start(trio.serve_listeners, self._handle_inbound, [listener])
                 bound_host, bound_port = listener.socket.getsockname()[:2]
                 self.listen_local = (bound_host, bound_port)
@@ -124,6 +127,20 @@ class SessionHost:
                 log.info("node %s is not accepting connections (--listen none)", self.node_id[:12])
             task_status.started()
             await trio.sleep_forever()
+
+    async def _open_listener(self, host: str, port: int) -> trio.SocketListener:
+        """SO_REUSEPORT: connections to the bootstrap and hole punches leave from this port. A port
+        that is taken is one clear error, or, for the default port, any free one and a warning."""
+        try:
+            return await open_shared_listener(host, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and self.listen_fallback:
+                log.warning("port %d is taken (another kacheryfs daemon here?): listening on a free port "
+                            "instead; give --listen HOST:PORT to choose one", port)
+                return await self._open_listener(host, 0)
+            taken = " (another kacheryfs daemon, or another program, has it)" if exc.errno == errno.EADDRINUSE else ""
+            raise ListenError(f"{format_addr(host, port)}: {exc.strerror}{taken}; choose another address "
+                              "with --listen HOST:PORT (PORT 0: any free port)") from None
 
     def _connection(self, role: bytes, expected_peer: str | None = None) -> Connection:
         return Connection(role, self.key, self.channel_keys, addrs=tuple(self.listen_addrs),
@@ -321,6 +338,15 @@ class HostedNode:
         """Stop every task of the node: its sessions and its services."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+
+def session_status(s: PeerSession, role: str, channels: list[str]) -> dict:
+    """One session in `kacheryfs status`: who, how reached, shared channels, bytes and current rates."""
+    now = time.monotonic()
+    return {"node": s.peer_id, "role": role, "remote": s.remote, "direction": s.direction, "path": s.path,
+            "channels": channels, "sent": s.stats.bytes_sent, "received": s.stats.bytes_received,
+            "rate_in": round(s.stats.received_rate.rate(now)), "rate_out": round(s.stats.sent_rate.rate(now)),
+            "seconds": math.floor(now - s.stats.started)}
 
 
 async def send_quietly(session: PeerSession, msg: Message) -> None:

@@ -19,8 +19,6 @@ protocols of interfaces.py, which this class satisfies. The bootstrap is another
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -34,7 +32,7 @@ from .dialing import Dialer, parse_hostport
 from .discovery import Discovery
 from .dispatch import Handler
 from .finding import Finder, Provider
-from .host import Closed, HostedNode, Opened, SessionHost
+from .host import Closed, HostedNode, Opened, SessionHost, session_status
 from .interfaces import PeerHint
 from ..protocol.messages import Observed, PunchIncoming, PunchSync
 from .dialing import DIAL_ERRORS, DialTarget
@@ -49,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RELAY_LIMIT_HOLD_OFF = 60.0  # after a relay limit closed our circuit to a peer, do not reopen one at once
 
+ALONE_WARNING_SECONDS = 10.0  # after start, a node with no peer in a channel says so
+
 __all__ = ["Node", "NodeCounters", "Provider", "build_node", "parse_hostport"]
 
 
@@ -58,12 +58,15 @@ class Node(HostedNode):
                  find_timeout: float = DEFAULT_FIND_TIMEOUT, discovery_dir: Path | None = None,
                  serve_rate_limit: float | None = None, lan_discovery: bool = False, feeds=None,
                  limits: Limits | None = None, dht=None, max_peers: int = DEFAULT_MAX_PEERS,
-                 swarming: bool = True):
+                 swarming: bool = True, channel_names: Mapping[str, str] | None = None,
+                 listen_fallback: bool = False, alone_warning_after: float = ALONE_WARNING_SECONDS):
         self.key = key
+        self.channel_names = dict(channel_names or {})  # channel id -> name, for status
+        self.alone_warning_after = alone_warning_after
         self.store = store
         self.find_timeout = find_timeout
         self.counters = NodeCounters()
-        self.host = SessionHost(key, channel_keys, listen=listen, limits=limits)
+        self.host = SessionHost(key, channel_keys, listen=listen, limits=limits, listen_fallback=listen_fallback)
         # With the dialer's cap every node's sessions are bounded; the 8 spare leave room for the
         # peers that dial us because a find of theirs widened to us.
         self.host.max_inbound = 2 * max_peers + 8
@@ -103,7 +106,7 @@ class Node(HostedNode):
         self.server.rate_limit = value
 
     def services(self):
-        out = self.discovery.services() + [self.swarm.run]
+        out = self.discovery.services() + [self.swarm.run, self._warn_while_alone]
         if self.dht is not None:
             out.append(self._run_dht)
         return out
@@ -134,6 +137,41 @@ class Node(HostedNode):
     def provide(self, sha1: str) -> None:
         if self.dht_discovery is not None:
             self.dht_discovery.announce_object(sha1)
+
+
+    def channels_without_peers(self) -> list[str]:
+        """Names of the joined channels no connected peer shares."""
+        shared = {c for s in self.channel_peers() for c in s.channel_ids}
+        return [self.channel_names.get(c, c) for c in self.channel_keys if c not in shared]
+
+    async def _warn_while_alone(self) -> None:
+        """A node that finds nobody shares nothing and fetches nothing: say so, and why it may be,
+        some seconds after start (not at once: discovery takes a moment), and say when it ends."""
+        await trio.sleep(self.alone_warning_after)
+        if not self.channel_keys:
+            log.warning("this node joined no channel: it shares and fetches nothing (give --channel NAME)")
+            return
+        alone = self.channels_without_peers()
+        if not alone:
+            return
+        bootstraps = [f"{h}:{p}" for h, p in self.discovery.bootstraps]
+        if not bootstraps:
+            why = ("on one machine or LAN peers meet by themselves; across networks every node needs "
+                   "--bootstrap HOST:PORT")
+        elif not self.relay_client.relays:
+            why = f"the bootstrap ({', '.join(bootstraps)}) cannot be reached"
+        else:
+            why = "the bootstrap knows no other member of it yet"
+        log.warning("no peer in channel %s %.0f s after start: peers must join the same channel name "
+                    "(and secret, for a private one); %s (see Connectivity in docs/user-guide.md)",
+                    ", ".join(alone), self.alone_warning_after, why)
+        while alone:
+            await self.host.wait_peers_changed()
+            now_alone = self.channels_without_peers()
+            for name in alone:
+                if name not in now_alone:
+                    log.info("channel %s: a peer is connected now", name)
+            alone = now_alone
 
     # ---- the protocols of interfaces.py, for the roles -----------------------------------------
     def register(self, msg_type, handler: Handler, *, inline: bool = False) -> None:
@@ -270,10 +308,9 @@ class Node(HostedNode):
             "observed": self.observed_addrs(),
             "behind_nat": self.behind_nat(),
             "punch": dict(self.punch.stats),
-            "peers": [{"node": s.peer_id, "remote": s.remote, "direction": s.direction, "path": s.path,
-                       "channels": len(s.channel_ids), "sent": s.stats.bytes_sent,
-                       "received": s.stats.bytes_received,
-                       "seconds": math.floor(time.monotonic() - s.stats.started)}
+            "channels": [self.channel_names.get(c, c) for c in self.channel_keys],
+            "peers": [session_status(s, "bootstrap" if s in self.relay_client.relays else "peer",
+                                     [self.channel_names.get(c, c) for c in sorted(s.channel_ids)])
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
             "fetched_bytes": self.counters.fetched_bytes,
@@ -303,6 +340,8 @@ def build_node(config, store: LocalStore, feeds=None) -> Node:
                 discovery_dir=config.discovery_dir if not config.bootstraps else None,
                 serve_rate_limit=config.serve_rate_limit, feeds=feeds, limits=Limits.from_config(config),
                 dht=dht, max_peers=config.max_peers, swarming=config.swarming,
+                channel_names={cid: name for cid, (name, _k) in channels.items()},
+                listen_fallback=config.listen_fallback,
                 # beacons also with a bootstrap: peers on one LAN behind one NAT meet directly
                 lan_discovery=config.lan_discovery and listen is not None
                 and not listen[0].startswith("127.") and listen[0] != "::1")

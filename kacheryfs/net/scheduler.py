@@ -33,7 +33,8 @@ Policy:
 - Endgame: once every remaining chunk is in flight and at most ENDGAME_CHUNKS remain, a peer with a free window may re-request the
   chunks another peer is slowest to deliver (latest expected arrival, from that peer's queue
   position and rate), at most one duplicate per chunk and only where this peer expects to be
-  sooner, so a fast peer does not race a fast one for nothing. The first verified copy wins.
+  sooner by DUPLICATE_MIN_GAIN, so a fast peer does not race a fast one for nothing. The first
+  verified copy wins.
   Outside the endgame a chunk is never in flight twice.
 - A peer that sent bad bytes (``drop_peer``) is banned for this file: never asked again, even if
   added back.
@@ -56,6 +57,10 @@ STEAL_SILENT_AGE = 1.0  # (s) for a peer that has delivered nothing yet: its spe
 STEAL_FACTOR = 2.0  # ...and only if that peer should deliver it in less than half the time
 STEAL_MARGIN = 0.1  # and at least this much (s) sooner
 ENDGAME_CHUNKS = 8  # duplicates only once this few chunks remain
+# ...and only where the duplicate should arrive this much (s) sooner: between healthy peers (two equal
+# providers) the last chunks are a few ms apart, and racing them fetched 1-3 chunks twice per file
+# for nothing; a stalled or slow holder is still raced.
+DUPLICATE_MIN_GAIN = 0.1
 RARITY_HORIZON = 4096  # rarest-first looks at this many lowest queued chunks (bounded cost per call)
 
 
@@ -308,8 +313,8 @@ class ChunkScheduler:
             )
             for neg_eta, chunk in candidates[:free - len(picked)]:
                 mine = 0.0 if state.rate is None else self._eta(state, len(state.in_flight) + len(picked))
-                if mine >= -neg_eta:
-                    break  # the holder should deliver it before we could
+                if mine + DUPLICATE_MIN_GAIN >= -neg_eta:
+                    break  # the holder should deliver it before, or hardly later than, we could
                 picked.append(chunk)
                 self._duplicates += 1
         for chunk in picked:

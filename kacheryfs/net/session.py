@@ -13,6 +13,7 @@ from ..errors import PeerGone, ProtocolError, RequestFailed
 from ..protocol import Connection, HandshakeComplete, MessageReceived
 from ..protocol.connection import ConnectionClosed
 from ..protocol.messages import ErrorResponse, Message
+from .rates import RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,20 @@ class TransferStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     started: float = field(default_factory=time.monotonic)
+    sent_rate: RateMeter = field(init=False)
+    received_rate: RateMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sent_rate = RateMeter(self.started)
+        self.received_rate = RateMeter(self.started)
+
+    def sent(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+        self.sent_rate.add(nbytes, time.monotonic())
+
+    def received(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        self.received_rate.add(nbytes, time.monotonic())
 
 
 async def handshake(stream: trio.abc.Stream, conn: Connection, timeout: float = HANDSHAKE_TIMEOUT) -> HandshakeComplete:
@@ -104,7 +119,7 @@ class PeerSession:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closed.set()
                 raise PeerGone(self.peer_id[:12]) from None
-            self.stats.bytes_sent += len(data)
+            self.stats.sent(len(data))
 
     async def request(self, msg: Message, timeout: float) -> Message:
         """Send a request (its ``req`` must come from next_req) and wait for the matching answer."""
@@ -145,7 +160,7 @@ class PeerSession:
             while True:
                 event = self.conn.next_event()
                 if event is None:
-                    self.stats.bytes_received += await self._receive()
+                    self.stats.received(await self._receive())
                     continue
                 if isinstance(event, ConnectionClosed):
                     return

@@ -30,8 +30,25 @@ def _shared_socket(family: int) -> trio.socket.SocketType:
     return sock
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Raise EADDRINUSE if anything listens on host:port. Needed because SO_REUSEPORT would let a
+    second daemon of the same user bind a port the first one listens on, and the kernel would then
+    split incoming connections between them; a plain bind is refused instead."""
+    probe = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no owner
+        if ":" in host:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
+    finally:
+        probe.close()
+
+
 async def open_shared_listener(host: str, port: int, backlog: int = 128) -> trio.SocketListener:
-    """A listener on host:port (port 0 picks one) that connections from the same port may share."""
+    """A listener on host:port (port 0 picks one) that connections from the same port may share.
+    A port another socket listens on is refused (EADDRINUSE), even one of our own user."""
+    if port:
+        _check_port_free(host, port)
     sock = _shared_socket(_family(host))
     try:
         if ":" in host:

@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS names (
     manifest_sha1 TEXT,
     mtime_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_dirs (  -- directories under store/ (kept when empty); names hold paths
+    path TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS object_channels (  -- the channels a cached copy came from
     sha1 TEXT NOT NULL,
     channel_id TEXT NOT NULL,
@@ -162,8 +165,11 @@ class Index:
         rows = self._query("SELECT sha1, size, manifest_sha1, pinned, last_access FROM objects ORDER BY sha1")
         return [ObjectRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
-    def object_totals(self) -> tuple[int, int]:
-        count, total = self._query("SELECT count(*), coalesce(sum(size), 0) FROM objects")[0]
+    def object_totals(self, files_only: bool = False) -> tuple[int, int]:
+        """(count, bytes) of every object, or of files only: not the chunk manifests of objects held."""
+        where = (" WHERE sha1 NOT IN (SELECT manifest_sha1 FROM objects WHERE manifest_sha1 IS NOT NULL)"
+                 if files_only else "")
+        count, total = self._query(f"SELECT count(*), coalesce(sum(size), 0) FROM objects{where}")[0]
         return count, total
 
     def cached_by_age(self) -> list[tuple[str, int, str | None]]:
@@ -258,6 +264,33 @@ class Index:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def rename_dir(self, old: str, new: str) -> None:
+        """A directory of store/ and everything below it moves from ``old`` to ``new``."""
+        with self._lock, _index_errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column in (("names", "name"), ("store_dirs", "path")):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                                     (new, len(new) + 1, new + "/"))
+                    self._db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                        (new, len(old) + 1, old, len(old) + 1, old + "/"))
+                self._db.execute("INSERT OR IGNORE INTO store_dirs VALUES (?)", (new,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def add_dir(self, path: str) -> None:
+        self._run("INSERT OR IGNORE INTO store_dirs VALUES (?)", (path,))
+
+    def remove_dir(self, path: str) -> None:
+        self._run("DELETE FROM store_dirs WHERE path=?", (path,))
+
+    def all_dirs(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT path FROM store_dirs ORDER BY path")]
 
     def all_names(self) -> list[NameRecord]:
         return [NameRecord(*r) for r in self._query("SELECT name, sha1, size, manifest_sha1, mtime_ns FROM names ORDER BY name")]

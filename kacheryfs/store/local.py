@@ -20,7 +20,8 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import KacheryError, ObjectNotFound, StorageFull, StoreFailed, from_os_error
+from ..errors import IsADirectory, KacheryError, NoSuchFile, ObjectNotFound, StorageFull, StoreFailed, from_os_error
+from .directory import Directory, FileEntry, build_directory
 from .hashing import CHUNK_SIZE, ContentHasher, Digest
 from .index import Index, NameRecord, ObjectRecord
 from .manifest import Manifest
@@ -271,9 +272,10 @@ class LocalStore:
             self.touch(sha1)
         return record
 
-    def totals(self) -> tuple[int, int]:
-        """(number of objects, their total size in bytes)."""
-        return self.index.object_totals()
+    def totals(self, files_only: bool = False) -> tuple[int, int]:
+        """(number of objects, their total size in bytes); ``files_only``: without the chunk
+        manifests of large files (bookkeeping a user never stored)."""
+        return self.index.object_totals(files_only)
 
     # last access, for evicting cached copies least recently used first
     def touch(self, sha1: str) -> None:
@@ -371,11 +373,29 @@ class LocalStore:
         except KacheryError:
             raise
         except IsADirectoryError:
-            raise StoreFailed(f"{path} is a directory") from None
+            raise IsADirectory(f"{path} (store a directory with put_dir / `kacheryfs store -r`)") from None
         except FileNotFoundError:
-            raise ObjectNotFound(f"no such file: {path}") from None
+            raise NoSuchFile(str(path)) from None
         except OSError as exc:
             raise from_os_error(exc, str(path)) from None
+
+    def put_dir(self, path: str | os.PathLike, on_file=None) -> tuple[StoredObject, Directory]:
+        """Store every file under a local directory and its directory manifest (the object a
+        ``sha1dir://`` URI names). Symbolic links to files are stored as the files they point to;
+        anything else that is not a file or a directory is refused before anything is stored.
+        ``on_file(relative path, StoredObject)`` is called after each file."""
+        root = Path(path)
+        if not root.is_dir():
+            raise NoSuchFile(f"{root} (not a directory)") if not root.exists() else StoreFailed(f"{root} is not a directory")
+        files, dirs = _scan_dir(root)
+        entries = {}
+        for rel in files:
+            obj = self.put_file(root / rel)
+            entries[rel] = FileEntry(obj.sha1, obj.size, obj.manifest_sha1)
+            if on_file is not None:
+                on_file(rel, obj)
+        directory = build_directory(entries, dirs)
+        return self.put_bytes(directory.to_bytes()), directory
 
     def _from_stat_cache(self, src, st: os.stat_result) -> StoredObject | None:
         hit = self.index.get_stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -420,6 +440,19 @@ class LocalStore:
 
     def rename(self, old: str, new: str) -> bool:
         return self.index.rename(old, new)
+
+    # directories under store/ (a name may be a path: 'proj/data/x.npy')
+    def list_dirs(self) -> list[str]:
+        return self.index.all_dirs()
+
+    def add_dir(self, path: str) -> None:
+        self.index.add_dir(path)
+
+    def remove_dir(self, path: str) -> None:
+        self.index.remove_dir(path)
+
+    def rename_dir(self, old: str, new: str) -> None:
+        self.index.rename_dir(old, new)
 
     # cache control (kacheryfs ls / pin / unpin / gc)
     def pin(self, sha1: str) -> ObjectRecord:
@@ -530,6 +563,52 @@ class LocalStore:
         return Integrity(self)
 
 
+def _scan_dir(root: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of the files and of the directories under ``root`` (symlinks to directories
+    are not followed). Raises before anything is stored if something cannot be stored."""
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+        base = Path(dirpath).relative_to(root)
+        for name in list(dirnames):
+            full = Path(dirpath) / name
+            if full.is_symlink():
+                raise StoreFailed(f"{full} is a symbolic link to a directory: not stored (store its target)")
+            dirs.append(str(base / name))
+        for name in filenames:
+            full = Path(dirpath) / name
+            if not full.is_file():  # a fifo, socket, device, or a dangling link
+                raise StoreFailed(f"{full} is not a regular file: nothing was stored")
+            files.append(str(base / name))
+    return sorted(files), sorted(dirs)
+
+
+def hash_local_dir(root: str | os.PathLike) -> StoredObject:
+    """What ``put_dir`` would store for ``root``, by hashing (nothing is stored): its manifest's
+    hash and size."""
+    from .hashing import sha1_hex
+
+    root = Path(root)
+    files, dirs = _scan_dir(root)
+    entries = {}
+    for rel in files:
+        hasher = ContentHasher()
+        try:
+            with open(root / rel, "rb") as f:
+                while block := f.read(COPY_BLOCK):
+                    hasher.update(block)
+        except OSError as exc:
+            raise from_os_error(exc, str(root / rel)) from None
+        digest = hasher.digest()
+        manifest = Manifest.from_digest(digest).manifest_sha1 if digest.size > digest.chunk_size else None
+        entries[rel] = FileEntry(digest.sha1, digest.size, manifest)
+    data = build_directory(entries, dirs).to_bytes()
+    return StoredObject(sha1_hex(data), len(data))
+
+
+def _raise(exc: OSError) -> None:
+    raise from_os_error(exc, exc.filename or "reading a directory")
+
+
 def _fingerprint(src, size: int) -> str:
     """xxh3 of the head and tail blocks: catches edits that keep size and mtime (rare, cheap)."""
     h = xxhash.xxh3_128()
@@ -548,4 +627,4 @@ def open_mmap(path: Path) -> mmap.mmap | None:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-__all__ = ["LocalStore", "ListedObject", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap"]
+__all__ = ["LocalStore", "ListedObject", "ObjectWriter", "StoredObject", "CHUNK_SIZE", "open_mmap", "hash_local_dir"]

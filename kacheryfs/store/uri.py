@@ -35,26 +35,31 @@ def format_uri(sha1: str, name: str = "", manifest_sha1: str | None = None) -> s
 
 
 def parse_uri(text: str) -> KacheryURI:
-    """Parse a URI; a bare 40-hex hash is accepted too. Raises InvalidURI with what is wrong."""
+    """Parse a URI; a bare 40-hex hash is accepted too, and the scheme and hashes in any case
+    (hex digits name the same bytes in either case; they are kept lower-case). Raises InvalidURI
+    saying what is wrong."""
     if not isinstance(text, str):
         raise InvalidURI(repr(text))
     raw = text.strip()
-    if is_sha1_hex(raw):
-        return KacheryURI(raw)
-    if not raw.startswith("sha1://"):
-        raise InvalidURI(f"{text!r} does not start with sha1://")
+    if is_sha1_hex(raw.lower()):
+        return KacheryURI(raw.lower())
+    if raw[:len("sha1dir://")].lower() == "sha1dir://":
+        raise InvalidURI(f"{text!r} names a directory: give a file inside it (sha1dir://<hash>/path/to/file)")
+    if raw[:len("sha1://")].lower() != "sha1://":
+        raise InvalidURI(f"{text!r} is neither a sha1:// URI nor a bare 40-hex hash")
     rest, _, query = raw[len("sha1://"):].partition("?")
     sha1, _, name = rest.partition("/")
+    sha1 = sha1.lower()
     if not is_sha1_hex(sha1):
-        raise InvalidURI(f"{text!r}: {sha1!r} is not 40 lowercase hex digits")
+        raise InvalidURI(f"{text!r}: {sha1!r} is not 40 hex digits")
     manifest = None
     if query:
         params = parse_qs(query, keep_blank_values=True)
         unknown = set(params) - {"manifest"}
         if unknown:
             raise InvalidURI(f"{text!r}: unknown parameter {sorted(unknown)[0]!r}")
-        values = params.get("manifest", [])
+        values = [v.lower() for v in params.get("manifest", [])]
         if len(values) != 1 or not is_sha1_hex(values[0]):
-            raise InvalidURI(f"{text!r}: manifest must be 40 lowercase hex digits")
+            raise InvalidURI(f"{text!r}: manifest must be 40 hex digits")
         manifest = values[0]
     return KacheryURI(sha1, unquote(name), manifest)
