@@ -406,7 +406,8 @@ class KNode:
 
 
 class Profiler:
-    """py-spy record of some pids during one measurement (only with --profile; adds CPU load)."""
+    """py-spy record of some pids during one measurement (only with --profile; adds CPU load). Samples
+    of threads on a CPU only (no --idle): a sample is 1/200 s of CPU time (benchmarks/flame_summary.py)."""
 
     def __init__(self, out_dir: Path | None):
         self.out_dir = out_dir
@@ -419,7 +420,7 @@ class Profiler:
         for node in nodes:
             out = self.out_dir / f"{label}-{node.name}.txt"
             self.procs.append(subprocess.Popen(
-                [spy, "record", "--pid", str(node.pid), "--format", "raw", "--threads", "--idle",
+                [spy, "record", "--pid", str(node.pid), "--format", "raw", "--threads",
                  "--nonblocking", "-r", "200", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)
 
