@@ -19,8 +19,11 @@ Bytes reach a reader (or a peer, or a sink) only after they have passed the SHA-
 
 from __future__ import annotations
 
+import errno
 import math
+import mmap
 import os
+import threading
 from typing import Callable
 
 import trio
@@ -45,16 +48,39 @@ class _Slot:
         self.error: KacheryError | None = None
 
 
+DIRECT_ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of this
+_aligned = threading.local()  # each lane thread's page-aligned bounce buffer, reused
+
+
+def _bounce_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of at least ``size`` bytes for this thread (anonymous mmap: aligned,
+    and touched once, so later chunks pay no fresh-page faults)."""
+    buf = getattr(_aligned, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _aligned.buf = mmap.mmap(-1, max(size, 1 << 20))
+    return buf
+
+
 class Sink:
     """A file that receives every verified chunk of the object at its offset (``load --dest``):
     the bytes are written from the buffer they arrived in, while the store's copy is written.
 
-    It writes through its own duplicate of the descriptor, closed only once no worker thread still
-    holds it (``hold``/``release``): a thread writing after the caller closed its descriptor could
-    otherwise write into whatever file reused that number."""
+    The store's copy goes through the page cache (lazy readers and the whole-file hash read it
+    back); the user's copy need not, so where the filesystem allows it goes with O_DIRECT, from a
+    page-aligned bounce buffer, straight to the disk: no second gigabyte of page cache to fill
+    (in these VMs every fresh page costs a host fault, docs/benchmarks.md) and nothing left for a
+    later ``sync`` to write. The unaligned tail of the last chunk, and filesystems without O_DIRECT,
+    go through the page cache.
 
-    def __init__(self, fd: int, on_error: Callable[[KacheryError], None] | None = None):
+    It writes through its own descriptors (a ``dup``, and the O_DIRECT one opened through
+    /proc/self/fd: the same inode, a description of its own), closed only once no worker thread
+    still holds them (``hold``/``release``): a thread writing after the caller closed its
+    descriptor could otherwise write into whatever file reused that number."""
+
+    def __init__(self, fd: int, on_error: Callable[[KacheryError], None] | None = None, direct: bool = True):
         self.fd = os.dup(fd)
+        self.direct_fd = _open_direct(fd) if direct else -1
+        self.direct = self.direct_fd >= 0
         self.error: KacheryError | None = None
         self.on_error = on_error
         self._holders = 0
@@ -69,29 +95,67 @@ class Sink:
             self._close_now()
 
     def close(self) -> None:
-        """No more writes: the descriptor closes once the last thread using it is done."""
+        """No more writes: the descriptors close once the last thread using them is done."""
         self._closing = True
         if self._holders == 0:
             self._close_now()
 
     def _close_now(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for name in ("fd", "direct_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
     def write(self, offset: int, data) -> None:
         if self.error is not None:
             return
         try:
             view = memoryview(data).cast("B")
+            if self.direct and offset % DIRECT_ALIGN == 0:
+                aligned = len(view) - len(view) % DIRECT_ALIGN
+                if aligned and self._write_direct(offset, view[:aligned]):
+                    view, offset = view[aligned:], offset + aligned
+            start = offset
             while len(view):
                 written = os.pwrite(self.fd, view, offset)
                 view, offset = view[written:], offset + written
-            start_writeback(self.fd, offset - len(data), len(data))
+            start_writeback(self.fd, start, offset - start)
         except OSError as exc:
             self.error = from_os_error(exc, "writing the destination file")
             if self.on_error is not None:
                 self.on_error(self.error)
+
+    def _write_direct(self, offset: int, view: memoryview) -> bool:
+        """``view`` (a multiple of DIRECT_ALIGN long) at ``offset`` with O_DIRECT; False (and no
+        more O_DIRECT for this sink) where the filesystem refuses it."""
+        buf = _bounce_buffer(len(view))
+        with memoryview(buf) as whole:
+            bounce = whole[:len(view)]
+            bounce[:] = view
+            done = 0
+            try:
+                while done < len(view):
+                    written = os.pwrite(self.direct_fd, bounce[done:], offset + done)
+                    if written <= 0 or written % DIRECT_ALIGN:
+                        raise OSError(errno.EINVAL, "short O_DIRECT write")
+                    done += written
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or done:
+                    raise
+                self.direct = False  # (its fd stays open until close: another lane may be using it)
+                return False
+            finally:
+                bounce.release()
+        return True
+
+
+def _open_direct(fd: int) -> int:
+    """A second descriptor of ``fd``'s file opened with O_DIRECT, or -1 where that is refused."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return -1
 
 
 class ChunkPipeline:
