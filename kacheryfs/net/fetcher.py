@@ -23,7 +23,7 @@ class RemoteReader:
     """A handle's view of a lazily fetched object: reads wait only for the chunks they cover;
     sequential reading widens a read-ahead window up to bulk download."""
 
-    MAX_AHEAD = 64  # chunks
+    MAX_AHEAD = 256  # chunks: ~1 s of a bulk download, so a sequential reader never waits on a window
 
     def __init__(self, fetcher: "NetworkFetcher", sha1: str, running: "_RunningDownload"):
         self.fetcher = fetcher
@@ -34,6 +34,7 @@ class RemoteReader:
         self._next_offset = -1
         self._ahead = 0
         self._streak = 0  # bytes read sequentially so far
+        self._wanted_until = 0  # chunks before this were asked for by this reader's read-ahead
 
     @property
     def installed(self) -> bool:
@@ -52,9 +53,12 @@ class RemoteReader:
             covered = download.manifest.chunks_covering(offset, size)
             first = (covered[-1] + 1) if len(covered) else offset // download.manifest.chunk_size
             last = min(first + self._ahead, len(download.manifest.chunk_sha1s))
-            download.want(range(first, last))
+            if last > self._wanted_until:  # only the new end of the window: a read per 128 KiB-1 MiB
+                download.want(range(max(first, self._wanted_until), last))  # need not re-walk 256 chunks
+                self._wanted_until = last
         else:
             self._ahead = 0  # random access stays lazy
+            self._wanted_until = 0
         self._next_offset = offset + size
         try:
             return await download.read(offset, size)
