@@ -19,16 +19,14 @@ Bytes reach a reader (or a peer, or a sink) only after they have passed the SHA-
 
 from __future__ import annotations
 
-import errno
 import math
-import mmap
 import os
-import threading
 from typing import Callable
 
 import trio
 
 from ..errors import KacheryError, StoreFailed, from_os_error
+from ..store.direct import aligned_length, open_direct, pwrite_direct
 from ..store.local import start_writeback
 from ..store.partial import PartialObject
 
@@ -46,19 +44,6 @@ class _Slot:
         self.done = trio.Event()
         self.fresh = False
         self.error: KacheryError | None = None
-
-
-DIRECT_ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of this
-_aligned = threading.local()  # each lane thread's page-aligned bounce buffer, reused
-
-
-def _bounce_buffer(size: int) -> mmap.mmap:
-    """A page-aligned buffer of at least ``size`` bytes for this thread (anonymous mmap: aligned,
-    and touched once, so later chunks pay no fresh-page faults)."""
-    buf = getattr(_aligned, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = _aligned.buf = mmap.mmap(-1, max(size, 1 << 20))
-    return buf
 
 
 class Sink:
@@ -79,7 +64,7 @@ class Sink:
 
     def __init__(self, fd: int, on_error: Callable[[KacheryError], None] | None = None, direct: bool = True):
         self.fd = os.dup(fd)
-        self.direct_fd = _open_direct(fd) if direct else -1
+        self.direct_fd = open_direct(f"/proc/self/fd/{fd}") if direct else -1
         self.direct = self.direct_fd >= 0
         self.error: KacheryError | None = None
         self.on_error = on_error
@@ -112,9 +97,9 @@ class Sink:
             return
         try:
             view = memoryview(data).cast("B")
-            if self.direct and offset % DIRECT_ALIGN == 0:
-                aligned = len(view) - len(view) % DIRECT_ALIGN
-                if aligned and self._write_direct(offset, view[:aligned]):
+            aligned = aligned_length(offset, len(view)) if self.direct else 0
+            if aligned:
+                if self._write_direct(offset, view[:aligned]):
                     view, offset = view[aligned:], offset + aligned
             start = offset
             while len(view):
@@ -127,35 +112,10 @@ class Sink:
                 self.on_error(self.error)
 
     def _write_direct(self, offset: int, view: memoryview) -> bool:
-        """``view`` (a multiple of DIRECT_ALIGN long) at ``offset`` with O_DIRECT; False (and no
-        more O_DIRECT for this sink) where the filesystem refuses it."""
-        buf = _bounce_buffer(len(view))
-        with memoryview(buf) as whole:
-            bounce = whole[:len(view)]
-            bounce[:] = view
-            done = 0
-            try:
-                while done < len(view):
-                    written = os.pwrite(self.direct_fd, bounce[done:], offset + done)
-                    if written <= 0 or written % DIRECT_ALIGN:
-                        raise OSError(errno.EINVAL, "short O_DIRECT write")
-                    done += written
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or done:
-                    raise
-                self.direct = False  # (its fd stays open until close: another lane may be using it)
-                return False
-            finally:
-                bounce.release()
-        return True
-
-
-def _open_direct(fd: int) -> int:
-    """A second descriptor of ``fd``'s file opened with O_DIRECT, or -1 where that is refused."""
-    try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except (OSError, AttributeError):
-        return -1
+        if pwrite_direct(self.direct_fd, view, offset):
+            return True
+        self.direct = False  # refused: the page cache from now on (the fd stays open until close,
+        return False  # another lane may be using it)
 
 
 class ChunkPipeline:
