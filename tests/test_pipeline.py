@@ -39,20 +39,10 @@ async def run_pipeline(pipeline: ChunkPipeline, work) -> None:
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("order", ["in order", "shuffled", "reversed"])
-async def test_chunks_in_any_order_from_many_tasks(store, order, direct, monkeypatch):
-    """(``direct``: the partial file written with O_DIRECT, as for a whole download with no reader;
-    the unaligned last chunk through the page cache.)"""
+async def test_chunks_in_any_order_from_many_tasks(store, order, monkeypatch):
     data = random_bytes(12 * CHUNK_SIZE + 777, seed=31)
     partial, manifest = open_partial(store, data)
-    if direct:
-        partial.write_direct()
-        try:
-            os.close(os.open(partial.part_path, os.O_RDONLY | os.O_DIRECT))
-            assert partial._direct
-        except OSError:
-            pass  # (tmpfs refuses O_DIRECT: the page cache, as without write_direct)
     reads = []
     real = partial_mod._pread_exact
     monkeypatch.setattr(partial_mod, "_pread_exact", lambda fd, n, off: reads.append(off) or real(fd, n, off))

@@ -164,8 +164,6 @@ class NetworkFetcher:
                 if running.refs == 1 and download.partial.present_bytes() == 0:
                     download.partial.abort()  # nothing in it, nobody else reading: leave no trace
                 raise
-            if running.refs == 1:  # nobody reads it as it comes: straight to the disk (store/direct.py)
-                await trio.to_thread.run_sync(download.partial.write_direct)
             if dest_fd is not None and not await trio.to_thread.run_sync(
                     clone.can_reflink, self.node.store.tmp_dir, dest_fd):
                 sink = Sink(dest_fd)

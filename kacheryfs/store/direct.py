@@ -3,8 +3,9 @@
 Why: in these VMs every fresh page of page cache costs a host fault (docs/benchmarks.md, "Fresh-
 memory tax"): filling a GiB of new page cache cost the receiver ~2 CPU-s, and a copy written through
 the page cache is written to the disk again at the next sync or fsync anyway. Bytes that nobody
-will read back soon (the user's copy of ``load --dest``; the store's copy of a whole download no
-reader is waiting on) can go straight to the disk instead.
+will read back soon (the user's copy of ``load --dest``) can go straight to the disk instead. (The
+store's copy of a whole download written this way too measured no faster, and leaves the object
+out of the page cache for whoever reads it next: not kept.)
 
 O_DIRECT wants the buffer address, the file offset and the length aligned (DIRECT_ALIGN covers every
 logical block size in use); a chunk inside a received frame is not aligned, so it is copied into

@@ -40,7 +40,6 @@ from pathlib import Path
 from ..errors import ChunkNotPresent, CorruptChunk, CorruptObject, KacheryError, StoreFailed, from_os_error
 from .hashing import Digest, chunk_sum
 from .local import LocalStore, StoredObject, start_writeback
-from .direct import aligned_length, open_direct, pwrite_direct
 from .manifest import Manifest
 from .uri import is_sha1_hex
 
@@ -84,8 +83,6 @@ class PartialObject:
         self.bitmap_path = bitmap_path
         self._fd = fd
         self._bitmap_fd = bitmap_fd
-        self._direct_fd = -1  # the .part opened with O_DIRECT, once write_direct() asks for it
-        self._direct = False
         self._bits_offset = len(_header(manifest))
         self._bits = bytearray((self.num_chunks + 7) // 8)
         self._present_count = 0
@@ -225,18 +222,6 @@ class PartialObject:
     def _io(self) -> "_IO":
         return PartialObject._IO(self)
 
-    def write_direct(self) -> None:
-        """From now on write chunks straight to the disk (O_DIRECT, store/direct.py), not through the
-        page cache: for a whole download nobody reads while it runs (``kacheryfs load``), whose
-        bytes would otherwise fill a GiB of fresh page cache only to be flushed by the install's
-        fsync. Reads of the partial file stay correct (the kernel drops cached pages a direct write
-        covers); they come from the disk instead. A no-op where O_DIRECT is refused."""
-        with self._lock:
-            if self._closed or self._direct_fd >= 0:
-                return
-            self._direct_fd = open_direct(self.part_path, os.O_RDWR)
-            self._direct = self._direct_fd >= 0
-
     def write_chunk(self, i: int, data) -> None:
         """Verify chunk ``i`` against the manifest, then store it; bad bytes raise CorruptChunk."""
         self.store_chunk(i, data)
@@ -272,13 +257,8 @@ class PartialObject:
                 return False  # a duplicate (endgame, or a late reply): the bytes are already here
         with self._io():
             try:
-                view = memoryview(data).cast("B")
-                done = aligned_length(start, len(view)) if self._direct else 0
-                if done and not pwrite_direct(self._direct_fd, view[:done], start):
-                    self._direct = done = 0  # refused by the filesystem: the page cache from now on
-                if done < len(view):
-                    _pwrite_all(self._fd, view[done:], start + done)
-                    start_writeback(self._fd, start + done, len(view) - done)
+                _pwrite_all(self._fd, data, start)
+                start_writeback(self._fd, start, end - start)
             except OSError as exc:
                 raise from_os_error(exc, f"writing chunk {i} of {self.sha1}") from None
             with self._lock:
@@ -444,8 +424,6 @@ class PartialObject:
             self._closed = True
             os.close(self._bitmap_fd)
             os.close(self._fd)
-            if self._direct_fd >= 0:
-                os.close(self._direct_fd)
 
     def __enter__(self) -> "PartialObject":
         return self
