@@ -441,10 +441,13 @@ class Download:
                         break
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
+                last_chunk = time.monotonic()
+                hashed_at_last = self.partial.hashed_chunks()
                 if failure is None:  # the hash stage holds the last chunks' bytes: let it finish
                     with trio.move_on_after(REQUEST_TIMEOUT):
                         await self.pipeline.hashed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
+            hashed = time.monotonic()
             if isinstance(failure, StorageFull):
                 # Full even after evicting cached copies: give the space back rather than keep a
                 # partial that cannot complete (it would keep the disk full for everything else).
@@ -454,13 +457,16 @@ class Download:
             if failure is not None:
                 raise failure
             self.result = await trio.to_thread.run_sync(self._install)
-            elapsed = time.monotonic() - self.started
+            installed = time.monotonic()
+            elapsed = installed - self.started
             stats = self.scheduler.stats
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "
-                     "%d requests moved, %d endgame duplicates)", self.manifest.sha1[:12],
+                     "%d requests moved, %d endgame duplicates; after the last chunk: whole-file hash "
+                     "%.2fs from chunk %d of %d, install %.2fs)", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer),
                      " ".join(f"{p[:6]}:{n}" for p, n in sorted(self.chunks_from.items(), key=lambda i: -i[1])),
-                     stats.moves, stats.duplicates)
+                     stats.moves, stats.duplicates, hashed - last_chunk, hashed_at_last, self.partial.num_chunks,
+                     installed - hashed)
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
         except Exception as exc:  # a bug must fail this download, not take the daemon down
