@@ -72,8 +72,8 @@ class Node(HostedNode):
         # peers that dial us because a find of theirs widened to us.
         self.host.max_inbound = 2 * max_peers + 8
         self.swarm = Swarm(self, self, enabled=swarming)
-        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
-                             read_partial=self._read_partial)
+        self.server = Server(self, store, self.counters, self._read_into, serve_rate_limit, swarm=self.swarm,
+                             read_partial_into=self._read_partial_into)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
                              more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
@@ -313,15 +313,16 @@ class Node(HostedNode):
     def note_fetched(self, nbytes: int) -> None:
         self.counters.fetched_bytes += nbytes
 
-    def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
-        """The bytes this node serves (blocking), each chunk checked against its hash the first time
-        (store/integrity.py). Tests override it to play a lying peer."""
-        return self.store.integrity.read_range(sha1, offset, length)
+    def _read_into(self, sha1: str, offset: int, view, record) -> int:
+        """The bytes this node serves, read into the frame they are sent from (blocking), each
+        chunk checked against its hash the first time (store/integrity.py). Tests override it to
+        play a lying peer."""
+        return self.store.integrity.read_into(sha1, offset, view, record)
 
-    def _read_partial(self, partial, offset: int, length: int) -> bytes:
+    def _read_partial_into(self, partial, offset: int, view) -> int:
         """Bytes of an object still downloading here (blocking); raises for a chunk not verified here.
         Tests override it to play a peer that lies about a partial object."""
-        return partial.read(offset, length)
+        return partial.read_into(offset, view)
 
     def status(self) -> dict:
         return {

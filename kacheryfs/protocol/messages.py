@@ -61,7 +61,7 @@ def decode_message(data: bytes) -> Message:
     if 5 + size > len(data):
         raise RemoteProtocolError("message header length exceeds the frame")
     try:
-        header = json.loads(data[5:5 + size])
+        header = json.loads(bytes(data[5:5 + size]))  # (data may be a memoryview of a frame)
     except (ValueError, UnicodeDecodeError):
         raise RemoteProtocolError("message header is not JSON") from None
     if not isinstance(header, dict):

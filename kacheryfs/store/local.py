@@ -59,6 +59,33 @@ class ListedObject:
         return not (self.stored or self.pinned)
 
 
+def _load_sync_file_range():
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing [offset, offset + length) of ``fd`` to disk now, without
+    waiting for it (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). Dirty pages otherwise wait
+    for the dirty thresholds (gigabytes here) or 30 s, so a large write would reach the disk only
+    at its fsync, all at once, instead of while it streams. Best effort: a no-op where unsupported."""
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -199,6 +226,9 @@ class LocalStore:
             raise from_os_error(exc, f"opening storage directory {self.root}") from None
         self._touched: dict[str, float] = {}  # sha1 -> last access not yet written to the index
         self._touched_lock = threading.Lock()
+        # Objects between their rename into place and their index row (this process): not adopted
+        # by ``info`` meanwhile, which would make a downloaded copy look stored here, manifest-less.
+        self._installing: set[str] = set()
 
     def close(self) -> None:
         try:
@@ -221,7 +251,7 @@ class LocalStore:
             return record
         # An object that reached the disk before a crash but not the index: adopt it.
         path = self.object_path(sha1)
-        if is_sha1_hex(sha1) and path.exists():
+        if is_sha1_hex(sha1) and sha1 not in self._installing and path.exists():
             self.index.add_object(sha1, path.stat().st_size, None, True)
             return self.index.get_object(sha1)
         return None
@@ -283,20 +313,26 @@ class LocalStore:
 
     def _install(self, temp_path: Path, digest: Digest, pinned: bool) -> StoredObject:
         dest = self.object_path(digest.sha1)
-        if dest.exists():
-            os.unlink(temp_path)  # same content is already here
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(temp_path, 0o444)  # objects are immutable
-            os.rename(temp_path, dest)
-            _fsync_dir(dest.parent)
-        manifest_sha1 = None
-        if digest.size > digest.chunk_size:
-            manifest = Manifest.from_digest(digest)
-            manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
-        if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
-            self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
-        self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
+        with self._touched_lock:
+            self._installing.add(digest.sha1)
+        try:
+            if dest.exists():
+                os.unlink(temp_path)  # same content is already here
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(temp_path, 0o444)  # objects are immutable
+                os.rename(temp_path, dest)
+                _fsync_dir(dest.parent)
+            manifest_sha1 = None
+            if digest.size > digest.chunk_size:
+                manifest = Manifest.from_digest(digest)
+                manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
+            if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
+                self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
+            self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
+        finally:
+            with self._touched_lock:
+                self._installing.discard(digest.sha1)
         return StoredObject(digest.sha1, digest.size, manifest_sha1)
 
     def install_verified(self, path: Path, digest: Digest, pinned: bool) -> StoredObject:
