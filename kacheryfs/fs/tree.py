@@ -132,6 +132,11 @@ class VirtualTree:
         self._names_lock = trio.Lock()
         self._index_limiter = trio.CapacityLimiter(INDEX_THREADS)
 
+    def run_writes_in(self, nursery: trio.Nursery) -> None:
+        """Queue store/ writes and write and hash them in tasks of ``nursery`` (the mount's); without
+        it, writes are written and hashed before they are answered."""
+        self.drafts.nursery = nursery
+
     @property
     def names(self) -> dict[str, NameRecord]:
         """Committed files of store/ by path."""
@@ -549,7 +554,7 @@ class VirtualTree:
         if path in self.store_names.dirs:
             raise IsADirectory(path)
         ino = self.inodes.ino_for(("store", path))
-        fh = self._add(self.drafts.create(ino))
+        fh = self._add(self.drafts.create(ino, flags))
         self.inodes.remember(ino)
         return fh, self._store_attr(ino, path)
 
