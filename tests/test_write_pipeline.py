@@ -26,7 +26,7 @@ MiB = 1 << 20
 @pytest.fixture
 async def tree(store, nursery):
     tree = VirtualTree(store)
-    tree.run_writes_in(nursery)
+    tree.run_tasks_in(nursery)
     return tree
 
 
@@ -189,3 +189,53 @@ def test_mount_two_writers_append_and_crash_before_commit(make_mount, tmp_path):
         assert m2.path("sha1", sha1).stat().st_size == 6 * MiB + 8
     finally:
         m2.stop()
+
+
+# ---- first reads: the chunks ahead of a sequential reader are checked in a worker thread ---------
+async def test_a_rotten_chunk_found_ahead_of_the_reader_never_reaches_it(store, nursery):
+    from kacheryfs.errors import CorruptObject
+
+    data = random_bytes(10 * MiB, seed=13)
+    obj = store.put_bytes(data)
+    path = store.object_path(obj.sha1)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xff" * 8, 5 * MiB + 1000)  # chunk 5 rots after it was stored
+    finally:
+        os.close(fd)
+    tree = VirtualTree(store)
+    tree.run_tasks_in(nursery)
+    attr = tree.lookup(SHA1_DIR_INO, obj.sha1)
+    fh, _ = await tree.open_or_fetch(attr.ino, os.O_RDONLY)
+    checks = tree.handles[fh].checks
+    assert bytes(await tree.aread(fh, 0, MiB)) == data[:MiB]
+    with trio.fail_after(30):  # the check of the next 16 MiB runs meanwhile, and finds chunk 5
+        while checks._checking_ahead:
+            await trio.sleep(0.01)
+    assert store.index.get_object(obj.sha1) is None  # quarantined already
+    for c in range(1, 5):  # the good chunks before it still read right (each checked)
+        assert bytes(await tree.aread(fh, c * MiB, MiB)) == data[c * MiB:(c + 1) * MiB]
+    with pytest.raises(CorruptObject):
+        await tree.aread(fh, 5 * MiB, MiB)
+    await tree.release(fh)
+    assert (store.root / "quarantine" / obj.sha1).exists()
+
+
+async def test_sequential_first_reads_are_checked_ahead_and_random_ones_are_not(store, nursery):
+    data = random_bytes(40 * MiB, seed=14)
+    obj = store.put_bytes(data)
+    tree = VirtualTree(store)
+    tree.run_tasks_in(nursery)
+    attr = tree.lookup(SHA1_DIR_INO, obj.sha1)
+    fh, _ = await tree.open_or_fetch(attr.ino, os.O_RDONLY)
+    checks = tree.handles[fh].checks
+    assert bytes(await tree.aread(fh, 30 * MiB, 100)) == data[30 * MiB:30 * MiB + 100]
+    assert not checks._checking_ahead  # a lone read: nothing read ahead
+    assert checks.pending(0, 30 * MiB)
+    await tree.aread(fh, 0, MiB)
+    await tree.aread(fh, MiB, MiB)  # in order: the next 16 MiB get checked
+    with trio.fail_after(30):
+        while checks._checking_ahead:
+            await trio.sleep(0.01)
+    assert not checks.pending(0, 18 * MiB) and checks.pending(18 * MiB, MiB)
+    await tree.release(fh)
