@@ -293,6 +293,50 @@ async def test_gateway_feeds_json_lines_and_live_events(stack, tmp_path):
     assert "Traceback" not in b.read_log()
 
 
+@pytest.mark.timeout(120)
+async def test_gateway_serves_directories(stack, tmp_path):
+    """/sha1dir/<hash>[/path]: B fetches A's directory manifest, lists it, serves its files (with
+    ranges, chunks checked against the directory's chunk manifests)."""
+    _mount, daemon = stack
+    tree = tmp_path / "data"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "README.txt").write_bytes(b"read me\n")
+    big = random_bytes(3 * CHUNK_SIZE + 99, seed=11)
+    (tree / "sub" / "big.bin").write_bytes(big)
+    a_store = LocalStore(tmp_path / "a" / "storage")
+    stored, _directory = a_store.put_dir(tree)
+    plain_sha1 = a_store.put_bytes(b"not a directory").sha1
+    a_store.close()
+    a = daemon("a", "daemon", "--channel", "x", *LOCAL)
+    b = daemon("b", "daemon", "--channel", "x", *LOCAL, "--http", "0", "--find-timeout", "1.5")
+    a.wait_log("listening on")
+    url = gateway_url(b)
+    wait_until_connected(b, a)
+    top = stored.sha1
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.get(f"/sha1dir/{top}")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"files": {"README.txt": {"sha1": hashlib.sha1(b"read me\n").hexdigest(), "size": 8}},
+                            "dirs": {"sub": {}}}
+        assert "immutable" in r.headers["cache-control"]
+        deep = (await client.get(f"/sha1dir/{top}?recursive=1")).json()
+        assert deep["dirs"]["sub"]["files"]["big.bin"]["size"] == len(big)
+        assert (await client.get(f"/sha1dir/{top}/sub/")).json()["files"].keys() == {"big.bin"}
+        r = await client.get(f"/sha1dir/{top}/README.txt")
+        assert r.content == b"read me\n" and r.headers["content-type"].startswith("text/plain")
+        r = await client.get(f"/sha1dir/{top}/sub/big.bin", headers={"Range": f"bytes={CHUNK_SIZE - 3}-{CHUNK_SIZE + 2}"})
+        assert r.status_code == 206 and r.content == big[CHUNK_SIZE - 3:CHUNK_SIZE + 3]
+        assert r.headers["etag"] == f'"{hashlib.sha1(big).hexdigest()}"'
+        assert (await client.get(f"/sha1dir/{top}/sub/big.bin")).content == big
+        for path, status in [(f"/sha1dir/{top}/nope.txt", 404), (f"/sha1dir/{top}/README.txt/x", 404),
+                             ("/sha1dir/xyz", 400), (f"/sha1dir/{'cd' * 20}", 404),
+                             (f"/sha1dir/{plain_sha1}", 400)]:  # an object that is not a directory
+            r = await client.get(path)
+            assert r.status_code == status, (path, r.text)
+            assert r.text.count("\n") == 1 and "Traceback" not in r.text
+    assert "Traceback" not in b.read_log()
+
+
 @pytest.mark.timeout(60)
 def test_http_flag_errors_are_one_line(cli, tmp_path):
     for value in ("abc", "127.0.0.1:99999", "host:"):

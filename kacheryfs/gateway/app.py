@@ -3,6 +3,9 @@
     GET|HEAD /sha1/<hash>[/<name>][?manifest=<hash>]
                                       the object (Range, ETag, immutable caching, CORS); the
                                       manifest, as in a URI, is tried before those peers name
+    GET|HEAD /sha1dir/<hash>[/<path>] a file of a directory (``sha1dir://``): as /sha1/; a
+                                      directory: its listing as JSON (kachery's read_dir shape,
+                                      ?recursive=1 for the whole tree)
     GET      /feeds/<feed id>          {"feed_id", "subfeeds": {name: count}}
     GET      /feeds/<feed id>/<sub>    JSON Lines, one message per line (?start=N)
              ...?follow=1              Server-Sent Events: every message from ?start (or
@@ -19,10 +22,11 @@ from urllib.parse import parse_qs
 
 import trio
 
-from ..errors import KacheryError, ObjectNotFound, UnknownFeed
+from ..errors import KacheryError, NotADirectoryManifest, NotFound, UnknownFeed
 from ..feeds.entry import is_feed_id
 from ..store import is_sha1_hex
-from .objects import BLOCK, object_size, open_source
+from ..store.directory import Directory, FileEntry
+from .objects import BLOCK, object_size, open_source, read_directory
 from .ranges import Unsatisfiable, parse_range
 
 log = logging.getLogger(__name__)
@@ -122,8 +126,10 @@ class GatewayApp:
             raise error
         except HttpError as exc:
             await self._error(request, exc.status, str(exc), exc.headers)
-        except ObjectNotFound as exc:
+        except NotFound as exc:  # ObjectNotFound among them
             await self._error(request, 404, str(exc))
+        except NotADirectoryManifest as exc:
+            await self._error(request, 400, str(exc))
         except UnknownFeed as exc:
             await self._error(request, 404, str(exc))
         except KacheryError as exc:
@@ -146,8 +152,8 @@ class GatewayApp:
             raise HttpError(403, "this gateway answers only to its own loopback address")
         parts = request.path.split("/", 3)  # ['', 'sha1', hash, name] / ['', 'feeds', id, subfeed]
         kind = parts[1] if len(parts) > 1 else ""
-        if kind not in ("sha1", "feeds") or len(parts) < 3 or not parts[2]:
-            raise HttpError(404, "not found (try /sha1/<hash> or /feeds/<feed id>/<subfeed>)")
+        if kind not in ("sha1", "sha1dir", "feeds") or len(parts) < 3 or not parts[2]:
+            raise HttpError(404, "not found (try /sha1/<hash>, /sha1dir/<hash>/<path> or /feeds/<feed id>/<subfeed>)")
         if request.method == "OPTIONS":  # CORS preflight (a Range header makes a request non-simple)
             await request.start(204, [(b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
                                       (b"access-control-allow-headers", b"range, if-none-match, if-range, last-event-id"),
@@ -158,16 +164,36 @@ class GatewayApp:
             raise HttpError(405, "only GET, HEAD and OPTIONS", [(b"allow", b"GET, HEAD, OPTIONS")])
         if kind == "sha1":
             await self._object(request, parts[2].lower(), parts[3] if len(parts) > 3 else "")
+        elif kind == "sha1dir":
+            await self._directory(request, parts[2].lower(), parts[3] if len(parts) > 3 else "")
         elif len(parts) == 3 or not parts[3]:
             await self._feed_info(request, parts[2])
         else:
             await self._subfeed(request, parts[2], parts[3])
 
     # ---- objects ------------------------------------------------------------------------------------
-    async def _object(self, request: Request, sha1: str, name: str) -> None:
+    async def _directory(self, request: Request, sha1: str, path: str) -> None:
+        """A file or directory inside a directory manifest (fetched whole from peers if need be,
+        every chunk checked against its hash before it is parsed)."""
         if not is_sha1_hex(sha1):
             raise HttpError(400, f"not a SHA-1 hash (40 hex digits): {sha1[:80]!r}")
-        manifest = request.query.get("manifest", [None])[-1]  # as in a URI: sha1://<hash>/x?manifest=<m>
+        entry = (await read_directory(self.store, self.fetcher, sha1)).lookup(path)
+        if isinstance(entry, FileEntry):
+            # the file's chunk manifest comes from the directory: trusted through its hash
+            await self._object(request, entry.sha1, path.rsplit("/", 1)[-1], entry.manifest_sha1)
+            return
+        assert isinstance(entry, Directory)
+        body = json.dumps(entry.listing(recursive=request.flag("recursive"))).encode()
+        etag = f'"{sha1}/{path.strip("/")}"'.encode()
+        await request.start(200, [(b"content-type", b"application/json"), (b"etag", etag),
+                                  (b"cache-control", IMMUTABLE), (b"content-length", str(len(body)).encode())])
+        await request.body(b"" if request.method == "HEAD" else body)
+
+    async def _object(self, request: Request, sha1: str, name: str, manifest: str | None = None) -> None:
+        if not is_sha1_hex(sha1):
+            raise HttpError(400, f"not a SHA-1 hash (40 hex digits): {sha1[:80]!r}")
+        if manifest is None:  # as in a URI: sha1://<hash>/x?manifest=<m>
+            manifest = request.query.get("manifest", [None])[-1]
         if manifest is not None and not is_sha1_hex(manifest):
             raise HttpError(400, f"manifest must be a SHA-1 hash (40 hex digits): {manifest[:80]!r}")
         etag = f'"{sha1}"'

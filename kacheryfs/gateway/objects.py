@@ -7,8 +7,9 @@ import os
 
 import trio
 
-from ..errors import ObjectNotFound
+from ..errors import KacheryError, NotADirectoryManifest, ObjectNotFound
 from ..store import LocalStore
+from ..store.directory import MAX_MANIFEST_BYTES, Directory
 
 BLOCK = 1 << 20  # one chunk: what a streamed response sends at a time
 
@@ -74,3 +75,31 @@ async def open_source(store: LocalStore, fetcher, sha1: str, manifest_sha1: str 
         return LocalSource(store, sha1, record.size)
     except FileNotFoundError:  # evicted between the lookup and the open
         raise ObjectNotFound(sha1) from None
+
+
+async def read_directory(store: LocalStore, fetcher, sha1: str) -> Directory:
+    """A directory manifest, fetched whole from channel peers if not held, each chunk checked
+    against its hash before it is parsed (a rotten copy is quarantined: CorruptObject)."""
+    record = await trio.to_thread.run_sync(store.use, sha1)
+    if record is None and fetcher is not None:
+        size = await fetcher.locate(sha1)
+        if size is None:
+            raise ObjectNotFound(f"{sha1} is not held by this node or its channel peers")
+        if size > MAX_MANIFEST_BYTES:
+            raise NotADirectoryManifest(f"{sha1}: {size} bytes is too large for a directory manifest")
+        await fetcher.fetch(sha1)
+        record = await trio.to_thread.run_sync(store.use, sha1)
+    if record is None:
+        raise ObjectNotFound(f"{sha1} is not held by this node or its channel peers")
+    if record.size > MAX_MANIFEST_BYTES:
+        raise NotADirectoryManifest(f"{sha1}: {record.size} bytes is too large for a directory manifest")
+
+    def parse() -> Directory:
+        try:
+            return Directory.from_bytes(store.integrity.read_range(sha1, 0, record.size))
+        except FileNotFoundError:  # evicted between the lookup and the read
+            raise ObjectNotFound(sha1) from None
+        except OSError as exc:
+            raise KacheryError(f"{sha1}: {exc.strerror}") from None
+
+    return await trio.to_thread.run_sync(parse)
