@@ -13,6 +13,8 @@ what kind a handle is. The kinds:
 
 from __future__ import annotations
 
+import mmap
+
 import trio
 
 from ..errors import NotADirectory, NotOpenForReading, NotOpenForWriting
@@ -86,9 +88,19 @@ class CheckedReads:
             self._checking_ahead = True
             self.nursery.start_soon(self._check_ahead, mapping, start, length)
 
+    def _prefetch_and_check(self, mapping, start: int, length: int) -> None:
+        # One asynchronous read-ahead of the whole window first: faulting a cold file page by page
+        # from this thread as well as the reader's would break the kernel's sequential read-ahead.
+        try:
+            page = mmap.ALLOCATIONGRANULARITY
+            mapping.madvise(mmap.MADV_WILLNEED, start - start % page, length + start % page)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.check(mapping, start, length)
+
     async def _check_ahead(self, mapping, start: int, length: int) -> None:
         try:
-            await trio.to_thread.run_sync(self.check, mapping, start, length)
+            await trio.to_thread.run_sync(self._prefetch_and_check, mapping, start, length)
         except Exception:
             pass  # rotten (quarantined) or gone: the reader's own check of those chunks says so
         finally:
