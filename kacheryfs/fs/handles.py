@@ -13,8 +13,6 @@ what kind a handle is. The kinds:
 
 from __future__ import annotations
 
-import mmap
-
 import trio
 
 from ..errors import NotADirectory, NotOpenForReading, NotOpenForWriting
@@ -46,27 +44,15 @@ class Handle:
         raise NotADirectory()
 
 
-CHECK_AHEAD = 16 << 20  # a sequential reader's next 16 MiB are checked while it reads these
-
-
 class CheckedReads:
     """Bit rot: the chunks a read covers are checked the first time this daemon reads them
-    (store/integrity.py); a rotten object fails the read with EIO and is quarantined.
+    (store/integrity.py); a rotten object fails the read with EIO and is quarantined."""
 
-    A reader going through a file in order gets the chunks ahead of it checked in a worker thread
-    (``ahead``, with a nursery), so the check (faulting the pages in, xxh3 or SHA-1) runs on the
-    other core while this thread answers; a read still returns only chunks marked checked: if the
-    reader catches up, it checks them itself, and a chunk found rotten ahead fails it when it
-    gets there."""
-
-    def __init__(self, integrity, record, inode: int, cheap: bool, nursery=None):
+    def __init__(self, integrity, record, inode: int, cheap: bool):
         self.integrity = integrity
         self.record = record
         self.inode = inode  # of the mapped file: a quarantine never moves a newer copy
         self.cheap = cheap  # xxh3 sums recorded: checking costs less than a thread hop
-        self.nursery = nursery
-        self._next = 0  # where a sequential reader's next read starts (a read from 0 starts one)
-        self._checking_ahead = False
 
     def pending(self, offset: int, size: int) -> bool:
         return bool(self.integrity.unverified(self.record.sha1, self.record.size, offset, size))
@@ -74,37 +60,6 @@ class CheckedReads:
     def check(self, mapping, offset: int, size: int) -> None:
         with memoryview(mapping) as view:
             self.integrity.verify(self.record.sha1, offset, size, view, self.inode, self.record)
-
-    def ahead(self, mapping, offset: int, size: int) -> None:
-        """After a read of [offset, offset + size): if it continued the previous one, start checking
-        the chunks after it (one worker at a time per open file)."""
-        sequential = offset == self._next
-        self._next = offset + size
-        if not sequential or self.nursery is None or self._checking_ahead or mapping is None:
-            return
-        start = self._next
-        length = min(CHECK_AHEAD, self.record.size - start)
-        if length > 0 and self.pending(start, length):
-            self._checking_ahead = True
-            self.nursery.start_soon(self._check_ahead, mapping, start, length)
-
-    def _prefetch_and_check(self, mapping, start: int, length: int) -> None:
-        # One asynchronous read-ahead of the whole window first: faulting a cold file page by page
-        # from this thread as well as the reader's would break the kernel's sequential read-ahead.
-        try:
-            page = mmap.ALLOCATIONGRANULARITY
-            mapping.madvise(mmap.MADV_WILLNEED, start - start % page, length + start % page)
-        except (OSError, ValueError, AttributeError):
-            pass
-        self.check(mapping, start, length)
-
-    async def _check_ahead(self, mapping, start: int, length: int) -> None:
-        try:
-            await trio.to_thread.run_sync(self._prefetch_and_check, mapping, start, length)
-        except Exception:
-            pass  # rotten (quarantined) or gone: the reader's own check of those chunks says so
-        finally:
-            self._checking_ahead = False
 
 
 class ObjectHandle(Handle):
@@ -130,10 +85,7 @@ class ObjectHandle(Handle):
             # no recorded checksums: SHA-1 against the manifest, ~1 ms per MiB, in a worker thread
             await trio.to_thread.run_sync(checks.check, self.map, offset, size)
         # with recorded checksums the check is xxh3 over pages the reply faults in anyway: inline
-        data = self.read_now(offset, size)
-        if checks is not None:
-            checks.ahead(self.map, offset, size)
-        return data
+        return self.read_now(offset, size)
 
     async def release(self) -> None:
         self.close()

@@ -131,14 +131,11 @@ class VirtualTree:
         self._started_ns = time.time_ns()
         self._names_lock = trio.Lock()
         self._index_limiter = trio.CapacityLimiter(INDEX_THREADS)
-        self.background: trio.Nursery | None = None
 
     def run_tasks_in(self, nursery: trio.Nursery) -> None:
         """Work that outlives a request runs in tasks of ``nursery`` (the mount's): store/ writes are
-        queued, then written and hashed; sequential first reads check the chunks ahead of the
-        reader. Without it (handlers called directly) writes are written and hashed before they are
-        answered, and reads check only what they cover."""
-        self.background = nursery
+        queued, then written and hashed. Without it (handlers called directly) writes are written
+        and hashed before they are answered."""
         self.drafts.nursery = nursery
 
     @property
@@ -521,7 +518,7 @@ class VirtualTree:
                 mapping = open_mmap(path)
             except FileNotFoundError:
                 raise NotFound(sha1) from None
-            checks = CheckedReads(self.store.integrity, record, inode, cheap, self.background)
+            checks = CheckedReads(self.store.integrity, record, inode, cheap)
             return self._add(ObjectHandle(ino, record.size, mapping, keep_cache, checks)), keep_cache
 
         return Step(query, finish)
