@@ -1,11 +1,12 @@
-"""``store/`` writes answered once their bytes are queued, written and hashed in three lanes.
+"""``store/`` writes answered once their bytes are queued, written and hashed in two lanes.
 
 In the kernel's write-through mode a writer's ``write()`` waits for our reply, so a handler that
 writes and hashes before replying makes ``cp`` wait for every byte's pwrite and both SHA-1 passes in
-series. Here ``submit`` only books the block (``ObjectWriter.claim``, in order) and queues it; three
-lane tasks, each in a worker thread, then ``write_block`` it into the temp file, feed it to the
-whole-file SHA-1, and feed it to the chunk SHA-1s and xxh3 sums. So ``cp``'s next write, the pwrite
-and both hashes run at once on the two cores (hashlib, xxhash and pwrite release the GIL).
+series. Here ``submit`` only books the block (``ObjectWriter.claim``, in order) and queues it; two
+lane tasks, each in a worker thread, take it: one ``write_block``s it into the temp file, feeds it
+to the chunk SHA-1s and xxh3 sums and starts its writeback (``start_writeback``); the other feeds
+the whole-file SHA-1. So ``cp``'s next write, the pwrite and both hashes run at once on the two
+cores (hashlib, xxhash and pwrite release the GIL).
 
 What is queued is bounded (``limit`` bytes; ``submit`` waits for room). Every reader of the temp
 file (``drain``) waits for the lanes first: a read, truncate, mmap write-back or commit sees every
