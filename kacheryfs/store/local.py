@@ -7,6 +7,7 @@ Files larger than one chunk also get a manifest object (see manifest.py).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import mmap
@@ -61,7 +62,6 @@ class ListedObject:
 
 def _load_sync_file_range():
     try:
-        import ctypes
         import ctypes.util
 
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -109,6 +109,12 @@ class ObjectWriter:
 
     Bytes written in order are hashed as they arrive (one pass). Any out-of-order write or
     truncate marks the running hash stale and ``commit`` re-reads the file instead.
+
+    ``pwrite`` writes and hashes in the caller's thread. A pipelined writer (fs/write_pipeline.py)
+    splits that: ``claim`` each block in order (cheap: decides whether it extends the running hash
+    and sets ``size``), then, in worker threads and in any interleaving, ``write_block`` it and, if
+    claimed for hashing, feed it to ``hash_whole`` and ``hash_chunks`` (each lane in order); all of
+    them must have finished before ``truncate``, ``mark_modified`` or ``commit``.
     """
 
     def __init__(self, store: "LocalStore", pinned: bool = True):
@@ -117,6 +123,7 @@ class ObjectWriter:
         self.path = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.part"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._hasher: ContentHasher | None = ContentHasher()
+        self._hash_end = 0  # bytes [0, _hash_end) are (or are being) hashed, in order
         self.size = 0
         self.closed = False
 
@@ -131,19 +138,57 @@ class ObjectWriter:
             raise from_os_error(exc, "writing") from None
         if written != len(data):  # a short write: treat the file as unhashed from here on
             self._hasher = None
-        elif self._hasher is not None and offset == self._hasher.size:
+        elif self._hasher is not None and offset == self._hash_end:
             self._hasher.update(data)
+            self._hash_end += written
         else:
             self._hasher = None
         self.size = max(self.size, offset + written)
         return written
+
+    def claim(self, offset: int, length: int) -> bool:
+        """Book a block that will be written with ``write_block``; True if it extends the running
+        hash (then both hash lanes must be fed it). Call in the order the blocks were written."""
+        self.size = max(self.size, offset + length)
+        if self._hasher is not None and offset == self._hash_end:
+            self._hash_end += length
+            return True
+        self._hasher = None
+        return False
+
+    def write_block(self, offset: int, data) -> None:
+        """All of ``data`` at ``offset`` (a short write is continued; no room is an error)."""
+        view = memoryview(data).cast("B")
+        try:
+            while len(view):
+                written = os.pwrite(self.fd, view, offset)
+                if written == 0:
+                    raise StorageFull("no room left for the temp file")
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise from_os_error(exc, "writing") from None
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Start writing [offset, offset + length) to disk now, without waiting (sync_file_range),
+        so the fsync at commit waits only for the tail: the disk works while bytes still arrive."""
+        start_writeback(self.fd, offset, length)
+
+    def hash_whole(self, data) -> None:
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.update_whole(data)
+
+    def hash_chunks(self, data) -> None:
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.update_chunks(data)
 
     def truncate(self, size: int) -> None:
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:
             raise from_os_error(exc, "truncating") from None
-        if self._hasher is None or size != self._hasher.size:
+        if self._hasher is None or size != self._hash_end:
             self._hasher = None
         self.size = size
 
@@ -157,7 +202,7 @@ class ObjectWriter:
 
     # finishing
     def _digest(self) -> Digest:
-        if self._hasher is not None and self._hasher.size == self.size:
+        if self._hasher is not None and self._hash_end == self.size:
             return self._hasher.digest()
         hasher = ContentHasher()
         offset = 0
