@@ -12,6 +12,8 @@ Rows (MB = 10**6 bytes; ratio = kacheryfs median / baseline median):
    - cold, memory settled: as cold, then a --settle pause first (see ``settle``);
    - FUSE cache cold, backing file cached: on a fresh mount, POSIX_FADV_DONTNEED on the FUSE file
      before each read (drops the FUSE page cache only), against a dd of the cached object file.
+   - first read in a daemon run: as above, but each sample on a freshly restarted mount, so every
+     chunk is checked against bit rot as it is read (--first-read).
 2. ``cp`` of a --size-mib file into ``<mount>/store/`` (hashed, fsynced and renamed before close()
    returns) against ``cp`` into a plain directory on the same disk followed by ``sync``, and against
    ``dd bs=1M`` + ``sync`` (cp uses copy_file_range on a plain ext4 file, which a FUSE file cannot).
@@ -53,7 +55,7 @@ MB = 1e6
 GOALS = {  # row key -> minimum kacheryfs/baseline ratio
     "read_cold": 0.5,
     "read_warm": 0.8,
-    "write_cp": 0.5,
+    "write_cp": 0.8,
 }
 
 
@@ -313,7 +315,7 @@ def bench_write(mount: Mount, src: Path, plain_dir: Path, size: int, repeats: in
 
 
 def bench_read(mount: Mount, sha1: str, size: int, cold_n: int, warm_n: int, settled_n: int,
-               fuse_cold_n: int) -> list[dict]:
+               fuse_cold_n: int, first_n: int = 0) -> list[dict]:
     direct = object_path(mount.storage, sha1)
     via = mount.mountpoint / "sha1" / sha1
     assert direct.stat().st_size == size and via.stat().st_size == size
@@ -374,6 +376,20 @@ def bench_read(mount: Mount, sha1: str, size: int, cold_n: int, warm_n: int, set
                 f"(dropped {dropped_mib:,.0f} MiB of FUSE page cache first)")
         rows.append(make_row("read_fuse_cold", f"dd read {mib} MiB, FUSE cache cold, backing file cached",
                              size, fuse_cold, direct_warm, "dd of the page-cached object file"))
+    if first_n:
+        # The first read of each chunk in a daemon run is checked against bit rot (store/integrity.py):
+        # every sample here is the first read on a freshly started mount, backing file cached.
+        cache_file(direct)
+        first, direct_warm = [], []
+        for i in range(first_n):
+            mount.restart()
+            fadvise_dontneed(via)
+            direct_warm.append(dd_read(direct))
+            first.append(dd_read(via))
+            log(f"  first read {i + 1}/{first_n}: {size / first[-1] / MB:,.0f} MB/s "
+                f"(direct {size / direct_warm[-1] / MB:,.0f} MB/s)")
+        rows.append(make_row("read_first_checked", f"dd read {mib} MiB, first read in a daemon run (checked), "
+                             "backing file cached", size, first, direct_warm, "dd of the page-cached object file"))
     return rows
 
 
@@ -482,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settled-cold", type=int, default=3,
                    help="cold read repeats per side with memory settled first (default 3; 0 skips)")
     p.add_argument("--fuse-cold", type=int, default=9, help="FUSE-cold/backing-cached repeats (default 9; 0 skips)")
+    p.add_argument("--first-read", type=int, default=5,
+                   help="first reads on a fresh mount (bit-rot check), backing file cached (default 5; 0 skips)")
     p.add_argument("--writes", type=int, default=5, help="cp repeats per side (default 5)")
     p.add_argument("--npy-warm", type=int, default=3, help="warm np.load repeats per cold round (default 3)")
     p.add_argument("--npy-cold", type=int, default=5, help="cold np.load rounds (default 5; 0 skips cold)")
@@ -557,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             sha1 = uri_hash(mnt / "store" / "big.bin")
         src.unlink()
         log(f"read: object {sha1}, {args.cold} cold rounds x {args.warm} warm, {args.fuse_cold} FUSE-cold")
-        rows += bench_read(mount, sha1, size, args.cold, args.warm, args.settled_cold, args.fuse_cold)
+        rows += bench_read(mount, sha1, size, args.cold, args.warm, args.settled_cold, args.fuse_cold,
+                           args.first_read)
         rows += write_rows
         if args.npy_mib:
             log(f"np.load: {args.npy_mib} MiB array, {args.npy_cold} cold rounds x {args.npy_warm} warm")
@@ -574,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     print(f"\nkacheryfs foundation benchmark, {started:%Y-%m-%d %H:%M}, {facts['cpus']} cores, "
           f"{facts['kernel']}, {elapsed:.0f} s; code: {facts['code']}; FUSE read_ahead_kb "
-          f"{facts.get('fuse_read_ahead_kb')}\n(MB = 10^6 bytes; ratio = kacheryfs / baseline, of medians)\n")
+          f"{facts.get('fuse_read_ahead_kb')}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after\n(MB = 10^6 bytes; ratio = kacheryfs / baseline, of medians)\n")
     print(table)
     result = {
         "benchmark": "foundation", "date": started.isoformat(timespec="seconds"),

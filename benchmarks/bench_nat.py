@@ -6,8 +6,9 @@ B's router (the same path, no kacheryfs), and the time the punch takes to upgrad
 
 Each transfer lands on disk (kacheryfs load --dest / the plain receiver writes and fsyncs). "MB/s"
 is the whole `kacheryfs load` (find, download, copy to --dest); "download" is the node's own
-figure for the download alone (its log line). A direct kacheryfs session over LAN 1 (C -> A) is the
-control for what our session costs on these machines, apart from the path. Prints a table, saves benchmarks/results/nat-<time>.json.
+figure for the download alone (its log line). Two controls for what our session costs apart from the
+punch: a direct kacheryfs session B -> A over the same links with the routers only routing (no NAT,
+A dials B's own address), and one over LAN 1 (C -> A, no router). Prints a table, saves benchmarks/results/nat-<time>.json.
 """
 
 from __future__ import annotations
@@ -63,8 +64,36 @@ def status(env: dict) -> dict:
     return (json.loads(out.stdout)["daemon"] or {}) if out.returncode == 0 else {}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def path_to(env: dict, peer: str) -> str | None:
     return next((p.get("path") for p in status(env).get("peers", []) if p["node"] == peer), None)
+
+
+def log_timeline(log: str, peer: str, started: float) -> dict:
+    """Seconds from A's start (wall clock) to what its log says (timestamps to the millisecond):
+    registered with the bootstrap, first session to B, the punched session to B."""
+    import datetime
+    import re
+
+    def at(pattern: str) -> float | None:
+        found = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*" + pattern, log, re.M)
+        if not found:
+            return None
+        stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return round(stamp - started, 3)
+
+    out = {"registered": at("registered with bootstrap"),
+           "first_session": at(rf"connected <peer {peer[:12]} "),
+           "punched": at(rf"connected <peer {peer[:12]} punched")}
+    if out["registered"] is not None and out["punched"] is not None:
+        out["registered_to_punched"] = round(out["punched"] - out["registered"], 3)
+    return out
 
 
 def wait(what: str, check, timeout: float = 60.0):
@@ -77,13 +106,14 @@ def wait(what: str, check, timeout: float = 60.0):
 
 
 def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | None, src: Path, size: int,
-                       server: str = "b") -> dict:
-    """One B -> A `kacheryfs load` through the topology (``server="c"``: C -> A over LAN 1, the
-    direct-session control); returns MB/s, path, upgrade times."""
+                       server: str = "b", nat: bool = True) -> dict:
+    """One B -> A `kacheryfs load` through the topology (``server="c"``: C -> A over LAN 1;
+    ``nat=False``: the routers only route, so A dials B plainly over the same links: the two
+    direct-session controls); returns MB/s, path, upgrade times."""
     env_b = cli_env(work / "b" / "storage", work / "b" / "config")
     uri = subprocess.run([KACHERYFS, "store", str(src)], env=env_b, check=True, capture_output=True,
                          text=True).stdout.strip()
-    with nat_topology(symmetric=symmetric, rate_mbit=rate) as topo, contextlib.ExitStack() as stack:
+    with nat_topology(symmetric=symmetric, rate_mbit=rate, nat=nat) as topo, contextlib.ExitStack() as stack:
         boot = Daemon(work / "boot", "bootstrap", "--listen", "0.0.0.0:7000", prefix=topo.prefix("pub"))
         stack.callback(boot.stop)
         boot.start().wait_log("listening on")
@@ -94,11 +124,11 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         wait("b registered", lambda: status(env_b).get("observed"))
         a = Daemon(work / "a", "daemon", "--channel", "bench", "--bootstrap", BOOT, prefix=topo.prefix("a"))
         stack.callback(a.stop)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         a.start()
         first_session = wait("a session to b", lambda: path_to(a.env, id_b)) and time.monotonic()
-        want = "relayed" if symmetric else "hole-punched" if server == "b" else "direct"
-        if server != "b":
+        want = "relayed" if symmetric else "hole-punched" if server == "b" and nat else "direct"
+        if want == "direct":
             wait("direct", lambda: path_to(a.env, id_b) == "direct", timeout=60)
         elif symmetric:
             wait("the punch to fail", lambda: status(a.env).get("punch", {}).get("failed")
@@ -111,21 +141,26 @@ def kacheryfs_transfer(work: Path, symmetric: tuple[str, ...], rate: float | Non
         punch = next((p for p in punches if p.get("attempted")), punches[0])
         relay_before = status(boot.env)["relay"]["bytes"]
         dest = work / "a-out.bin"
+        daemons = {"a": a, "b (server)": b, "bootstrap": boot}
+        cpu0 = {k: cpu_seconds(d.proc.pid) for k, d in daemons.items()}
         t0 = time.perf_counter()
         subprocess.run([KACHERYFS, "load", uri, "--dest", str(dest)], env=a.env, check=True, capture_output=True,
                        timeout=1800)
         seconds = time.perf_counter() - t0
+        # CPU each daemon used per second of the transfer (2 cores here: 1.0 is one core busy)
+        cpu = {k: round((cpu_seconds(d.proc.pid) - cpu0[k]) / seconds, 2) for k, d in daemons.items()}
         final_path = path_to(a.env, id_b)
         import re
 
         fetched = re.findall(r"fetched \w+: \d+ bytes in ([0-9.]+)s", a.read_log())
         relayed = status(boot.env)["relay"]["bytes"] - relay_before
+        timeline = log_timeline(a.read_log(), id_b, started_wall)
         dest.unlink()
     return {"path": final_path, "expected_path": want, "seconds": seconds, "MBps": size / seconds / 1e6,
             "download_MBps": size / float(fetched[-1]) / 1e6 if fetched else None,
-            "relay_bytes": relayed, "seconds_to_first_session": round(first_session - started, 3),
+            "relay_bytes": relayed, "cpu_cores": cpu, "seconds_to_first_session": round(first_session - started, 3),
             "seconds_to_upgrade_from_start": round(upgraded - started, 3),
-            "punch_seconds": punch.get("last_seconds"), "punch": punch}
+            "punch_seconds": punch.get("last_seconds"), "punch": punch, "timeline": timeline}
 
 
 def plain_transfer(work: Path, rate: float | None, src: Path, size: int) -> dict:
@@ -144,12 +179,45 @@ def plain_transfer(work: Path, rate: float | None, src: Path, size: int) -> dict
     return {"path": "plain TCP via port forward", "seconds": float(seconds), "MBps": size / float(seconds) / 1e6}
 
 
+def upgrade_only(work: Path, repeats: int) -> int:
+    """Time from A's start to a punched session to B, ``repeats`` times (a fresh topology each)."""
+    import statistics
+
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True)
+    src = work / "data.bin"
+    src.write_bytes(os.urandom(1_000_000))
+    runs = []
+    load = os.getloadavg()
+    for n in range(repeats):
+        sub = work / f"run{n}"
+        sub.mkdir()
+        r = kacheryfs_transfer(sub, (), None, src, 1_000_000)
+        runs.append({"timeline": r["timeline"], "punch_seconds": r["punch_seconds"]})
+        print(n, r["timeline"], "punch", r["punch_seconds"], "s", flush=True)
+    res = {"runs": runs, "loadavg_before": load, "loadavg_after": os.getloadavg()}
+    for key in ("registered", "first_session", "punched", "registered_to_punched"):
+        values = [r["timeline"][key] for r in runs if r["timeline"].get(key) is not None]
+        if values:
+            res[key + "_median"] = statistics.median(values)
+            print(f"{key:24} median {statistics.median(values):.3f} s, max {max(values):.3f} s (A's start = 0)")
+    print(f"load average before {load[0]:.2f}, after {res['loadavg_after'][0]:.2f}")
+    out = ROOT / "benchmarks" / "results" / time.strftime("nat-upgrade-%Y-%m-%d-%H%M%S.json")
+    out.write_text(json.dumps(res, indent=1))
+    print("saved", out)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size-mb", type=int, default=500)
     p.add_argument("--rate-mbit", type=float, default=None, help="tbf limit on the WAN links")
     p.add_argument("--work", default="/tmp/kacheryfs-bench-nat")
+    p.add_argument("--upgrade-only", type=int, default=0, metavar="N",
+                   help="only time the upgrade: N punched rows with a 1 MB file (no table of rates)")
     a = p.parse_args()
+    if a.upgrade_only:
+        return upgrade_only(Path(a.work), a.upgrade_only)
     work = Path(a.work)
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
@@ -163,24 +231,31 @@ def main() -> int:
             left -= n
     res = {"size": size, "rate_mbit": a.rate_mbit, "loadavg_before": os.getloadavg()}
     res["plain"] = plain_transfer(work, a.rate_mbit, src, size)
-    for label, symmetric, server in (("direct (LAN, C -> A)", (), "c"), ("punched", (), "b"),
-                                     ("relayed", ("r2",), "b")):
-        sub = work / label.split()[0]
+    rows = {"direct (same path)": ((), "b", False), "direct (LAN, C -> A)": ((), "c", True),
+            "punched": ((), "b", True), "relayed": (("r2",), "b", True)}
+    for n, (label, (symmetric, server, nat)) in enumerate(rows.items()):
+        sub = work / f"row{n}"
         sub.mkdir()
-        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size, server)
+        res[label] = kacheryfs_transfer(sub, symmetric, a.rate_mbit, src, size, server, nat)
     res["loadavg_after"] = os.getloadavg()
     plain = res["plain"]["MBps"]
-    print(f"{'B -> A, ' + str(a.size_mb) + ' MB':24} {'MB/s':>7} {'vs plain':>9} {'download':>9} {'relay MB':>9}  path")
-    for label in ("plain", "direct (LAN, C -> A)", "punched", "relayed"):
+    print(f"{'B -> A, ' + str(a.size_mb) + ' MB':24} {'MB/s':>7} {'vs plain':>9} {'download':>9} {'relay MB':>9}"
+          f"  {'CPU A/B/boot':>14}  path")
+    for label in ("plain", *rows):
         r = res[label]
         relay = f"{r['relay_bytes'] / 1e6:9.1f}" if "relay_bytes" in r else f"{'':9}"
         download = f"{r['download_MBps']:9.1f}" if r.get("download_MBps") else f"{'':9}"
-        print(f"{label:24} {r['MBps']:7.1f} {r['MBps'] / plain:9.2f} {download} {relay}  {r['path']}")
+        cpu = "/".join(f"{v:.2f}" for v in r["cpu_cores"].values()) if "cpu_cores" in r else ""
+        print(f"{label:24} {r['MBps']:7.1f} {r['MBps'] / plain:9.2f} {download} {relay}  {cpu:>14}  {r['path']}")
     res["ratios"] = {"punched_vs_plain": res["punched"]["MBps"] / plain,
-                     "punched_vs_direct": res["punched"]["MBps"] / res["direct (LAN, C -> A)"]["MBps"],
+                     "punched_vs_direct": res["punched"]["MBps"] / res["direct (same path)"]["MBps"],
+                     "direct_vs_plain": res["direct (same path)"]["MBps"] / plain,
                      "relayed_vs_punched": res["relayed"]["MBps"] / res["punched"]["MBps"]}
-    print(f"punched / direct session over the LAN: {res['ratios']['punched_vs_direct']:.2f}")
+    print(f"punched / direct session over the same path: {res['ratios']['punched_vs_direct']:.2f}; "
+          f"direct / plain: {res['ratios']['direct_vs_plain']:.2f}")
+    print(f"load average before {res['loadavg_before'][0]:.2f}, after {res['loadavg_after'][0]:.2f}")
     print(f"relayed / punched: {res['ratios']['relayed_vs_punched']:.2f}")
+    print(f"A's log, seconds from its start: {res['punched']['timeline']}")
     print(f"upgrade: punch {res['punched']['punch_seconds']} s (request -> direct session); "
           f"daemon start -> first session {res['punched']['seconds_to_first_session']} s, "
           f"-> hole-punched {res['punched']['seconds_to_upgrade_from_start']} s")

@@ -45,6 +45,12 @@ class InvalidName(KacheryError):
     errno = _errno.EINVAL
 
 
+class BadDestination(KacheryError):
+    """The destination file cannot receive the object"""
+
+    errno = _errno.EINVAL
+
+
 class NameTooLong(InvalidName):
     """File name longer than 255 bytes"""
 

@@ -10,7 +10,9 @@ it is free: an endpoint-independent mapping, so a punch can work) and, like a ho
 unsolicited new connections arriving on the WAN side (no RST that would abort a punch). With
 ``symmetric=("r2",)`` that router maps every connection to a random port (``masquerade
 fully-random``), so the peer's punch goes to a port nobody holds and punching fails.
-Optional ``rate_mbit`` puts a tbf rate limit on the WAN links (both directions).
+Optional ``rate_mbit`` puts a tbf rate limit on the WAN links (both directions). With ``nat=False``
+the routers only route (no MASQUERADE, no firewall; pub routes each LAN to its router): the same
+links and hops, with every host plainly reachable (the benchmark's direct-session control).
 
 Every name carries a random tag; ``nat_topology()`` removes all of it in a ``finally`` (processes
 started through ``Topology.popen`` first) and ``leaks(tag)`` says what would remain. Commands run
@@ -56,6 +58,7 @@ class Topology:
     tag: str
     symmetric: tuple[str, ...] = ()
     rate_mbit: float | None = None
+    nat: bool = True
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def ns(self, name: str) -> str:
@@ -91,6 +94,20 @@ class Topology:
                 }}
             }}""")
 
+    def block(self, router: str, addr: str) -> None:
+        """Drop everything ``router`` receives to or from ``addr`` before conntrack sees it (a punch
+        through it fails; the relay's path through pub is untouched). ``unblock`` lifts it."""
+        self.nft(router, f"""
+            table ip kfsblk_{self.tag} {{
+                chain pre {{ type filter hook prerouting priority raw; policy accept;
+                    ip daddr {addr} drop
+                    ip saddr {addr} drop
+                }}
+            }}""")
+
+    def unblock(self, router: str) -> None:
+        self.run(router, "nft", "delete", "table", "ip", f"kfsblk_{self.tag}", check=False)
+
     def conntrack(self, router: str) -> str:
         return self.run(router, "cat", "/proc/net/nf_conntrack", check=False).stdout
 
@@ -115,6 +132,9 @@ class Topology:
                     self.run(ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
                              f"{self.rate_mbit}mbit", "burst", "256kb", "latency", "50ms")
             self.run(router, "ip", "route", "add", "default", "via", pub_addr.split("/")[0])
+            if not self.nat:  # plain routing: pub reaches each LAN through its router
+                self.run("pub", "ip", "route", "add", f"192.168.{76 + i}.0/24", "via", WAN_ADDR[router])
+                continue
             # the routers' own firewall and NAT
             mode = " fully-random" if router in self.symmetric else ""
             self.nft(router, f"""
@@ -171,9 +191,9 @@ def leaks(tag: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def nat_topology(symmetric: tuple[str, ...] = (), rate_mbit: float | None = None):
+def nat_topology(symmetric: tuple[str, ...] = (), rate_mbit: float | None = None, nat: bool = True):
     """Build the topology, yield it, and always remove it (also when building fails half way)."""
-    topo = Topology(secrets.token_hex(3), symmetric=symmetric, rate_mbit=rate_mbit)
+    topo = Topology(secrets.token_hex(3), symmetric=symmetric, rate_mbit=rate_mbit, nat=nat)
     try:
         topo.build()
         yield topo

@@ -75,6 +75,21 @@ def test_without_checksums_or_manifest_a_range_read_hashes_the_whole_file(store)
     assert store.info(other.sha1) is None
 
 
+def test_an_object_without_manifest_or_sums_is_checked_whole_from_its_file(store):
+    """Serving a chunk of an object the index knows no manifest or checksums for (adopted after a
+    crash) hashes the whole file, not just the chunk read for the peer."""
+    data = random_bytes(3 * CHUNK_SIZE + 9, seed=4)
+    obj = store.put_bytes(data)
+    store.index.remove_chunk_sums(obj.sha1)
+    store.index.remove_object(obj.sha1)
+    store.index.add_object(obj.sha1, len(data), None, True)
+    view = memoryview(bytearray(CHUNK_SIZE))
+    assert store.integrity.read_into(obj.sha1, CHUNK_SIZE, view) == CHUNK_SIZE
+    assert bytes(view) == data[CHUNK_SIZE:2 * CHUNK_SIZE]
+    assert store.integrity.read_range(obj.sha1, 2 * CHUNK_SIZE, 5) == data[2 * CHUNK_SIZE:2 * CHUNK_SIZE + 5]
+    assert store.info(obj.sha1) is not None and store.object_path(obj.sha1).exists()  # not quarantined
+
+
 def test_checksums_recorded_at_write_are_the_fast_check_sha1_decides(store):
     data = random_bytes(4 * CHUNK_SIZE + 5, seed=7)
     obj = store.put_bytes(data)

@@ -157,6 +157,38 @@ def test_symmetric_nat_falls_back_to_the_relay_within_its_limit(tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_a_dropped_punch_is_retried_and_upgrades_the_relayed_session(tmp_path):
+    env_b = cli_env(tmp_path / "b" / "storage", tmp_path / "b" / "config")
+    digest, uri = store_file(env_b, tmp_path / "data.bin", 5 * MB, seed=17)
+    with nat_cluster(tmp_path) as (topo, start):
+        topo.block("r1", WAN_ADDR["r2"])  # r1 drops every packet between the two routers
+        try:
+            b = start("daemon", "b", "b", "--channel", "x", "--bootstrap", BOOT)
+            a = start("daemon", "a", "a", "--channel", "x", "--bootstrap", BOOT)
+            logs = (a.log_path, b.log_path, topo.boot.log_path)
+            id_a = wait_for("a's node id", lambda: node_id(a.env), logs=logs)
+            id_b = wait_for("b's node id", lambda: node_id(env_b), logs=logs)
+            initiator = a.env if id_a < id_b else env_b  # the smaller id punches (protocol.md §5b)
+            wait_for("A-B relayed", lambda: peer_path(a.env, id_b) == "relayed", logs=logs)
+            wait_for("the first punch to fail", lambda: status(initiator)["punch"]["failed"] >= 1, timeout=60,
+                     logs=logs)
+            assert peer_path(a.env, id_b) == "relayed"  # the relay carries the session meanwhile
+            # bytes flow before the upgrade, through the relay
+            result = subprocess.run([KACHERYFS, "load", uri, "--dest", str(tmp_path / "out.bin")], env=a.env,
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert sha1_of(tmp_path / "out.bin") == digest
+        finally:
+            topo.unblock("r1")
+        wait_for("A-B hole-punched by a retry", lambda: peer_path(a.env, id_b) == "hole-punched", timeout=60,
+                 logs=logs)
+        punch = status(initiator)["punch"]
+        assert punch["retries"] >= 1 and punch["punched"] == 1 and punch["attempted"] >= 2, punch
+        assert peer_path(env_b, id_a) == "hole-punched"
+        wait_for("the relay circuit closed", lambda: status(topo.boot.env)["relay"]["open"] == 0, logs=logs)
+
+
+@pytest.mark.timeout(180)
 def test_a_peer_that_only_dials_out_serves_what_it_holds_through_the_relay(tmp_path):
     env_b = cli_env(tmp_path / "b" / "storage", tmp_path / "b" / "config")
     digest, uri = store_file(env_b, tmp_path / "data.bin", 5 * MB, seed=16)

@@ -50,6 +50,7 @@ def test_listen_and_bootstrap_addresses_are_checked_not_wrapped():
     (("bootstrap", "--listen", "127.0.0.1:99999"), "the port must be 0 to 65535"),
     (("unmount", "/tmp"), "Could not unmount: /tmp is not mounted"),
     (("store", "-x"), "No such option"),
+    (("bootstrap", "--listen", "127.0.0.1:0", "--storage", "/tmp"), "No such option '--storage'"),  # it stores nothing
 ])
 def test_bad_input_is_one_line(cli, args, message):
     err = one_line_error(cli(*args, check=False), message)

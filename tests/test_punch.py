@@ -5,11 +5,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kacheryfs.protocol.messages import (
-    Observed, PunchIncoming, PunchReady, PunchReply, PunchRequest, PunchSync, RemoteProtocolError,
+    Observed, PeersJoined, PunchIncoming, PunchReady, PunchReply, PunchRequest, PunchSync, RemoteProtocolError,
     decode_message,
 )
 from kacheryfs.protocol.punch import (
-    PUNCH_ATTEMPTS, Dial, InitiatorPunch, PunchBroker, Punched, PunchFailed, PunchRefused, ResponderPunch,
+    PUNCH_ATTEMPTS, RETRY_DELAYS, Dial, InitiatorPunch, PunchBroker, Punched, PunchFailed, PunchRefused, ResponderPunch,
     SendSync,
 )
 from kacheryfs.protocol.relay_limits import RelayLimitExceeded, RelayLimits, RelayTable
@@ -28,6 +28,7 @@ PUNCH_MESSAGES = [
     PunchReply(punch=1, addrs=[], accept=False),
     PunchReady(req=3, punch=1, addrs=[B_OBS]),
     PunchSync(punch=1, attempt=2),
+    PeersJoined(peers=[{"node": A, "addrs": [A_OBS], "channel_id": "0" * 32, "observed": A_OBS, "nat": True}]),
 ]
 
 
@@ -64,6 +65,7 @@ def test_punch_messages_through_a_connection(byte_by_byte):
     PunchReply(punch=1, addrs=[]),              # accepting needs addresses
     PunchSync(punch=1, attempt=0),
     PunchSync(punch=1, attempt=17),
+    PeersJoined(peers=[{"node": A}] * 513),
 ], ids=lambda m: type(m).__name__)
 def test_bad_punch_messages_are_protocol_errors(bad):
     with pytest.raises(RemoteProtocolError):
@@ -198,14 +200,35 @@ def test_broker_rate_limits_a_punch_storm():
 
 
 def test_broker_caps_pending_punches_and_forgets_departed_nodes():
+    D = "d" * 64
     broker = PunchBroker(burst=100, max_pending_per_node=2)
     broker.request(0.0, A, 1, {A_OBS}, B, {B_OBS}, [A_OBS])
-    broker.request(0.0, A, 2, {A_OBS}, B, {B_OBS}, [A_OBS])
+    broker.request(0.0, A, 2, {A_OBS}, C, {"198.51.100.9:1"}, [A_OBS])
     with pytest.raises(PunchRefused, match="too many punches"):
-        broker.request(0.0, A, 3, {A_OBS}, B, {B_OBS}, [A_OBS])
+        broker.request(0.0, A, 3, {A_OBS}, D, {"198.51.100.10:1"}, [A_OBS])
     broker.forget(B)
+    broker.forget(C)
     assert broker.pending == {}
-    broker.request(0.0, A, 4, {A_OBS}, C, {"198.51.100.9:1"}, [A_OBS])
+    broker.request(0.0, A, 4, {A_OBS}, D, {"198.51.100.10:1"}, [A_OBS])
+
+
+def test_a_retried_punch_supersedes_the_earlier_one_to_that_target():
+    broker, first = broker_with_punch()
+    broker.reply(0.1, B, first.punch, {B_OBS}, [B_OBS], True)
+    for attempt in range(1, PUNCH_ATTEMPTS + 1):
+        broker.sync(0.2, A, first.punch, attempt)
+    retry = broker.request(2.5, A, 8, {A_OBS}, B, {B_OBS}, [A_OBS])  # the node's retry, after a backoff
+    assert list(broker.pending) == [retry.punch] and retry.punch != first.punch
+    with pytest.raises(PunchRefused, match="no punch of yours"):
+        broker.sync(2.6, A, first.punch, 1)  # the old punch is gone: its syncs are refused
+    assert broker.reply(2.6, B, retry.punch, {B_OBS}, [B_OBS], True) is retry
+    assert broker.sync(2.7, A, retry.punch, 1).target == B  # attempts count afresh
+
+
+def test_retries_are_bounded_and_back_off():
+    assert 1 <= len(RETRY_DELAYS) <= 8
+    assert all(later >= earlier for earlier, later in zip(RETRY_DELAYS, RETRY_DELAYS[1:]))
+    assert sum(RETRY_DELAYS) <= 120  # then the relay stays
 
 
 # ---- relay limits ------------------------------------------------------------------------------

@@ -136,6 +136,25 @@ def test_reconcile_repairs_index_and_temp_files(store):
     live.abort()
 
 
+def test_an_object_being_installed_is_not_adopted_meanwhile(store, monkeypatch):
+    """A lookup between an object's rename into place and its index row (a peer asking for a
+    download that is being installed) must not adopt it as stored here: that would share a cached
+    copy on every channel and lose its manifest."""
+    from kacheryfs.store import local
+
+    data = random_bytes(2 * CHUNK_SIZE + 3, seed=11)
+    sha1 = hashlib.sha1(data).hexdigest()
+    seen = []
+    real = local._fsync_dir
+    monkeypatch.setattr(local, "_fsync_dir", lambda path: (seen.append(store.info(sha1)), real(path)))
+    with store.writer(pinned=False) as w:
+        w.write(data)
+        obj = w.commit()
+    assert seen[0] is None  # the rename had happened, the index row not yet
+    record = store.info(obj.sha1)
+    assert record.pinned is False and record.manifest_sha1 == obj.manifest_sha1
+
+
 def test_missing_object(store):
     with pytest.raises(ObjectNotFound):
         store.require("0" * 40)

@@ -11,9 +11,10 @@ from ..errors import KacheryError, NoDaemon
 from . import messages
 
 
-def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -> Iterator[dict]:
-    """Send one request; yield each reply object (progress lines, then the final one). An error
-    reply is raised as the error the daemon raised."""
+def request(config_dir: Path, op: str, timeout: float | None = None, fds: tuple[int, ...] = (),
+            **fields) -> Iterator[dict]:
+    """Send one request (``fds``: file descriptors passed along with it); yield each reply object
+    (progress lines, then the final one). An error reply is raised as the error the daemon raised."""
     path = messages.socket_path(config_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -22,7 +23,12 @@ def request(config_dir: Path, op: str, timeout: float | None = None, **fields) -
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoDaemon(str(path)) from None
-        sock.sendall(messages.request(op, **fields))
+        line = messages.request(op, **fields)
+        if fds:
+            sent = socket.send_fds(sock, [line], list(fds))
+            line = line[sent:]
+        if line:  # (sending nothing to a daemon that already answered and closed is EPIPE)
+            sock.sendall(line)
         with sock.makefile("rb") as lines:
             for line in lines:
                 reply = json.loads(line)
@@ -43,6 +49,17 @@ def call(config_dir: Path, op: str, **fields) -> dict:
     if last is None:
         raise KacheryError("the daemon closed the connection without answering")
     return last
+
+
+def daemon_load_into(config_dir: Path, uri: str, dest_fd: int, on_progress=None) -> tuple[str, bool]:
+    """Ask the daemon to fetch ``uri`` into the store and into the open, empty file ``dest_fd``;
+    returns (the local path, whether the daemon filled ``dest_fd``: an older daemon does not)."""
+    for reply in request(config_dir, "load", fds=(dest_fd,), uri=uri, dest=True):
+        if "progress" in reply and on_progress is not None:
+            on_progress(reply["progress"], reply["total"])
+        if reply.get("ok"):
+            return reply["path"], bool(reply.get("dest"))
+    raise KacheryError("the daemon closed the connection without answering")
 
 
 def daemon_load(config_dir: Path, uri: str, on_progress=None) -> str:

@@ -8,6 +8,12 @@ Replies are JSON objects, one per line, until the last:
 - ``{"data": base64}``: bytes of a read, in order
 - ``{"index": i, "message": value}``: an entry of a feed read
 - ``{"ok": true, ...}``: the answer
+
+A ``load`` with ``"dest": true`` carries an open file descriptor (SCM_RIGHTS, sent with the request
+line): the user's empty destination file, opened by the client with the client's permissions. The
+daemon fills it (reflinked, or streamed chunk by verified chunk while the store's copy is written)
+and answers ``{"ok": true, "path": ..., "dest": true}``; a daemon that does not (an older version)
+answers without ``"dest"`` and the client copies from ``path`` itself.
 - ``{"error": message, "kind": class, "errno": n, "detail": detail}``: the request failed;
   the client raises the same class of errors.py, with the same errno and message.
 """
@@ -23,6 +29,7 @@ from ..errors import KacheryError
 
 SOCKET_NAME = API_SOCKET
 MAX_REQUEST = 64 << 10  # bytes of a request line
+MAX_FDS = 1  # file descriptors a request may carry
 OPS = ("status", "find", "load", "cache", "read", "feed_create", "feed_append", "feed_read", "feed_ls")
 
 

@@ -3,6 +3,7 @@ the same user can ask the running daemon to find, fetch, or read and append to f
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from ..feeds import parse_feed_uri
 from ..feeds.entry import is_feed_id
 from ..store import LocalStore, parse_uri
 from . import messages
-from .messages import MAX_REQUEST, socket_path
+from .messages import MAX_FDS, MAX_REQUEST, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +99,17 @@ class ApiServer:
         async def reply(obj: dict) -> None:
             await stream.send_all(messages.encode(obj))
 
+        fds: list[int] = []
         try:
             buf = b""
             with trio.fail_after(REQUEST_TIMEOUT):
                 while b"\n" not in buf:
-                    data = await stream.receive_some(4096)
+                    data = await self._receive(stream, fds)
                     if not data or len(buf) > MAX_REQUEST:
                         return
                     buf += data
             request = messages.decode_request(buf.split(b"\n", 1)[0])
+            request["_fds"] = fds  # (not from JSON) descriptors passed with the request
             await self._ops[request["op"]](request, reply)
         except KacheryError as exc:
             await reply(messages.error_reply(exc))
@@ -121,7 +124,24 @@ class ApiServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         finally:
+            for fd in fds:  # ours from the moment they arrived, used or not
+                os.close(fd)
             await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _receive(stream: trio.SocketStream, fds: list[int]) -> bytes:
+        """Bytes of the request, and any descriptors sent with them (at most MAX_FDS kept)."""
+        data, ancdata, _flags, _addr = await stream.socket.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                for fd in got:
+                    if len(fds) < MAX_FDS:
+                        fds.append(fd)
+                    else:
+                        os.close(fd)
+        return data
 
     async def _status(self, request: dict, reply: Reply) -> None:
         await reply({"ok": True, "status": {**self.node.status(), **self.extra_status(), "pid": os.getpid()}})
@@ -161,14 +181,18 @@ class ApiServer:
                     await trio.sleep(PROGRESS_INTERVAL / 2)
 
             nursery.start_soon(pump)
+            dest_fd = request["_fds"][0] if request.get("dest") and request["_fds"] else None
             try:  # caught here: raised through the nursery it would arrive as an ExceptionGroup
-                await self.fetcher.fetch(uri.sha1, uri.manifest_sha1, progress)
+                await self.fetcher.fetch(uri.sha1, uri.manifest_sha1, progress, dest_fd=dest_fd)
             except KacheryError as exc:
                 error = exc
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
-        await reply({"ok": True, "path": str(self.node.store.object_path(uri.sha1))})
+        answer = {"ok": True, "path": str(self.node.store.object_path(uri.sha1))}
+        if dest_fd is not None:
+            answer["dest"] = True
+        await reply(answer)
 
     async def _cache(self, request: dict, reply: Reply) -> None:
         """Write the daemon's record of recent reads; with "to", evict down to that many bytes."""

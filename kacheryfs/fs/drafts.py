@@ -1,7 +1,9 @@
 """``store/`` entries being written: one *draft* per inode, shared by every handle open on it.
 
 A draft is a temp file hashed as bytes stream in (store.ObjectWriter), started lazily from the
-content the name held (``base``). ``flush`` (each ``close()``) commits a changed draft, so commit
+content the name held (``base``). Writes are answered once queued; the draft's WritePipeline
+(write_pipeline.py) writes and hashes them in worker threads, and everything that reads the temp
+file drains it first. ``flush`` (each ``close()``) commits a changed draft, so commit
 errors reach the writer's ``close()``; the last ``release`` commits writes that arrived after the
 last flush (mmap stores written back late) and can only log a failure. A write error is kept and
 reported again on every later flush: the draft is discarded, no partial object remains.
@@ -20,10 +22,9 @@ import trio
 from ..errors import KacheryError, NotOpenForWriting, StoreFailed
 from ..store import LocalStore, ObjectWriter, StoredObject
 from .handles import Handle
+from .write_pipeline import WritePipeline
 
 log = logging.getLogger(__name__)
-
-THREAD_WRITE_MIN = 64 << 10  # smaller writes are cheaper inline than a thread hop (~110 us)
 
 Committed = Callable[[int, StoredObject, "Draft"], Awaitable[None]]  # re-points the inode's name
 
@@ -34,6 +35,7 @@ class Draft:
 
     base: StoredObject | None
     writer: ObjectWriter | None = None
+    pipeline: WritePipeline | None = None  # with the writer: its queued writes
     dirty: bool = False
     error: KacheryError | None = None
     handles: int = 0
@@ -72,6 +74,7 @@ class Drafts:
         self._committed = committed
         self._by_ino: dict[int, Draft] = {}
         self._limiter = trio.CapacityLimiter(2)
+        self.nursery: trio.Nursery | None = None  # runs the write pipelines' lanes (None: inline)
 
     def get(self, ino: int) -> Draft | None:
         return self._by_ino.get(ino)
@@ -89,20 +92,32 @@ class Drafts:
             draft = self._by_ino[ino] = Draft(base=None if flags & os.O_TRUNC else base)
             draft.dirty = bool(flags & os.O_TRUNC) and base is not None and base.size > 0
         elif writable and flags & os.O_TRUNC:
-            draft.truncate_now(0)
-        return self._handle(ino, draft, writable)
+            self._empty(draft)
+        return self._handle(ino, draft, writable, flags)
 
-    def create(self, ino: int) -> "DraftHandle":
+    def create(self, ino: int, flags: int = os.O_WRONLY) -> "DraftHandle":
         draft = self._by_ino.get(ino)
         if draft is None:
             draft = self._by_ino[ino] = Draft(base=None, dirty=True)
         else:
-            draft.truncate_now(0)
-        return self._handle(ino, draft, True)
+            self._empty(draft)
+        return self._handle(ino, draft, True, flags)
 
-    def _handle(self, ino: int, draft: Draft, writable: bool) -> "DraftHandle":
+    def _empty(self, draft: Draft) -> None:
+        """O_TRUNC on a draft already open: start again from nothing. The old temp file goes once
+        the writes queued for it have stopped (writes racing the open went with the old content)."""
+        writer, pipeline = draft.writer, draft.pipeline
+        draft.writer = draft.pipeline = None
+        draft.truncate_now(0)
+        if writer is not None:
+            if self.nursery is not None:
+                self.nursery.start_soon(_discard, writer, pipeline)
+            else:
+                writer.abort()
+
+    def _handle(self, ino: int, draft: Draft, writable: bool, flags: int) -> "DraftHandle":
         draft.handles += 1
-        return DraftHandle(self, ino, draft, writable)
+        return DraftHandle(self, ino, draft, writable, (flags & os.O_ACCMODE) == os.O_WRONLY)
 
     # ---- changing ------------------------------------------------------------------------------
     async def ensure_writer(self, draft: Draft) -> ObjectWriter:
@@ -116,24 +131,36 @@ class Drafts:
                     writer.abort()
                     raise
             draft.writer = writer
+            draft.pipeline = WritePipeline(writer, self.nursery)
         return draft.writer
+
+    async def settle(self, draft: Draft) -> None:
+        """Wait until the draft's queued writes are in its temp file (raises their error)."""
+        pipeline = draft.pipeline
+        if pipeline is not None and not pipeline.idle:
+            try:
+                await pipeline.drain()
+            except KacheryError as exc:
+                if draft.pipeline is pipeline:
+                    draft.error = exc
+                raise
 
     async def write(self, draft: Draft, offset: int, data) -> int:
         async with draft.lock:
             if draft.error is not None:
                 raise draft.error
-            writer = await self.ensure_writer(draft)
+            await self.ensure_writer(draft)
+            pipeline = draft.pipeline
             try:
-                if len(data) >= THREAD_WRITE_MIN:
-                    written = await trio.to_thread.run_sync(writer.pwrite, offset, data, limiter=self._limiter)
-                else:
-                    written = writer.pwrite(offset, data)
+                await pipeline.submit(offset, data)
             except KacheryError as exc:
-                draft.error = exc  # reported again on flush so close() fails too
-                raise
+                if draft.pipeline is pipeline:
+                    draft.error = exc  # reported again on flush so close() fails too
+                    raise
+                return len(data)  # emptied by an O_TRUNC open meanwhile: went with the old content
             draft.dirty = True
             draft.mtime_ns = time.time_ns()
-            return written
+            return len(data)
 
     async def truncate(self, ino: int, size: int) -> bool:
         """Truncate the inode's draft; False if it has none (nothing open on it)."""
@@ -145,6 +172,7 @@ class Drafts:
                 draft.truncate_now(0)
             else:
                 await self.ensure_writer(draft)
+                await self.settle(draft)
                 draft.truncate_now(size)
         return True
 
@@ -155,10 +183,13 @@ class Drafts:
             if not draft.dirty:
                 return None
             writer = await self.ensure_writer(draft)
-            draft.writer = None  # reads meanwhile come from the base: commit closes the temp file
+            await self.settle(draft)
+            pipeline = draft.pipeline
+            draft.writer = draft.pipeline = None  # reads meanwhile come from the base: commit closes the temp file
             draft.committing = writer
             draft.dirty = False
             try:
+                await pipeline.aclose()
                 obj = await trio.to_thread.run_sync(writer.commit, limiter=self._limiter)
             except KacheryError as exc:
                 draft.error = exc
@@ -178,17 +209,19 @@ class Drafts:
             return
         try:
             if draft.writer is not None and draft.error is None:
+                await self.settle(draft)
                 draft.writer.mark_modified()  # mmap stores can land after the last flush
                 await self.commit(ino, draft)
         except KacheryError as exc:
             # release errors cannot reach the writer (close() has returned): log them.
             log.error("could not commit inode %d after last close: %s", ino, exc)
         finally:
-            if draft.writer is not None:
-                draft.writer.abort()
-                draft.writer = None
+            writer, pipeline = draft.writer, draft.pipeline
+            draft.writer = draft.pipeline = None
             if self._by_ino.get(ino) is draft:
-                del self._by_ino[ino]
+                del self._by_ino[ino]  # before any wait: a listing meanwhile must not show it
+            if writer is not None:
+                await _discard(writer, pipeline)
 
     def read_now(self, draft: Draft, offset: int, size: int) -> bytes:
         if draft.writer is not None:
@@ -199,16 +232,20 @@ class Drafts:
 
 
 class DraftHandle(Handle):
-    def __init__(self, drafts: Drafts, ino: int, draft: Draft, writable: bool):
+    def __init__(self, drafts: Drafts, ino: int, draft: Draft, writable: bool, write_only: bool = False):
         self.drafts = drafts
         self.ino = ino
         self.draft = draft
         self.writable = writable
+        # A write-only handle cannot be mapped or read, so its writes skip the kernel's page cache:
+        # one copy of every byte less, and no second GiB of fresh page cache per GiB stored.
+        self.direct_io = write_only
 
     def read_now(self, offset: int, size: int):
         return self.drafts.read_now(self.draft, offset, size)
 
     async def read(self, offset: int, size: int):
+        await self.drafts.settle(self.draft)
         return self.read_now(offset, size)
 
     async def write(self, offset: int, data) -> int:
@@ -222,6 +259,16 @@ class DraftHandle(Handle):
 
     async def release(self) -> None:
         await self.drafts.release(self.ino, self.draft)
+
+
+async def _discard(writer: ObjectWriter, pipeline: WritePipeline | None) -> None:
+    """Drop a temp file once no lane writes to it any more."""
+    try:
+        if pipeline is not None:
+            with trio.CancelScope(shield=True):
+                await pipeline.aclose(discard=True)
+    finally:
+        writer.abort()
 
 
 def _copy_into(source: os.PathLike, writer: ObjectWriter) -> None:

@@ -229,6 +229,7 @@ class FuseMount:
 
             nursery.start_soon(on_signals)
             nursery.start_soon(_tune_read_ahead_when_served, self.mountpoint)
+            self.tree.run_tasks_in(nursery)
             await pyfuse3.main()
             await self.tree.close_all()
             nursery.cancel_scope.cancel()

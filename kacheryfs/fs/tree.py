@@ -132,6 +132,12 @@ class VirtualTree:
         self._names_lock = trio.Lock()
         self._index_limiter = trio.CapacityLimiter(INDEX_THREADS)
 
+    def run_tasks_in(self, nursery: trio.Nursery) -> None:
+        """Work that outlives a request runs in tasks of ``nursery`` (the mount's): store/ writes are
+        queued, then written and hashed. Without it (handlers called directly) writes are written
+        and hashed before they are answered."""
+        self.drafts.nursery = nursery
+
     @property
     def names(self) -> dict[str, NameRecord]:
         """Committed files of store/ by path."""
@@ -549,7 +555,7 @@ class VirtualTree:
         if path in self.store_names.dirs:
             raise IsADirectory(path)
         ino = self.inodes.ino_for(("store", path))
-        fh = self._add(self.drafts.create(ino))
+        fh = self._add(self.drafts.create(ino, flags))
         self.inodes.remember(ino)
         return fh, self._store_attr(ino, path)
 

@@ -18,8 +18,8 @@ import trio
 
 from ..crypto import NodeKey
 from ..protocol.messages import (
-    ErrorResponse, Message, Observed, PeersRequest, PeersResponse, PunchReply, PunchRequest, PunchSync, Register,
-    RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
+    ErrorResponse, Message, Observed, PeersJoined, PeersRequest, PeersResponse, PunchReply, PunchRequest, PunchSync,
+    Register, RelayClose, RelayData, RelayIncoming, RelayOpen, RelayOpened,
 )
 from .admission import Limits
 from .host import HostedNode, SessionHost, send_quietly, session_status
@@ -72,6 +72,22 @@ class BootstrapRegistry:
             self.channels[cid][node] = entry
         return entry
 
+    def entries(self, node: str, recipients: Container[str]) -> dict[str, list[dict]]:
+        """recipient -> ``node``'s peer entries for it (one per channel id both registered in), for
+        the registered ``recipients`` sharing a channel id with ``node``."""
+        entry = self.nodes.get(node)
+        out: dict[str, list[dict]] = defaultdict(list)
+        if entry is None:
+            return out
+        for cid, nodes in self.channels.items():
+            if nodes.get(node) is not entry:
+                continue
+            for other in nodes:
+                if other != node and other in recipients and other in self.nodes:
+                    out[other].append({"node": node, "addrs": entry.addrs, "channel_id": cid,
+                                       "observed": entry.observed, "nat": entry.nat})
+        return out
+
     def is_registered(self, node: str) -> bool:
         return node in self.nodes
 
@@ -101,7 +117,7 @@ class BootstrapNode(HostedNode):
         self.relay_table = RelayTable(relay_limits or RelayLimits())  # circuits between two registered nodes
         self.punches = PunchService(self.host.sessions, self.registry.is_registered, self.registry.share_channel)
         host = self.host
-        host.register(Register, self._register)
+        host.register(Register, self._register, inline=True)  # Observed goes out before any later reply
         host.register(PeersRequest, self._peers)
         host.register(RelayOpen, self._open_circuit)
         host.register(RelayData, self._forward, inline=True)
@@ -131,8 +147,21 @@ class BootstrapNode(HostedNode):
     # ---- introducing ---------------------------------------------------------------------------
     async def _register(self, session: PeerSession, msg: Register) -> Message | None:
         observed = observed_addr(session) or ""
-        self.registry.register(session.peer_id, msg.channel_ids, msg.addrs, observed, reported=msg.observed)
+        before = self.registry.nodes.get(session.peer_id)
+        new_channel = any(session.peer_id not in self.registry.channels.get(c, {}) for c in msg.channel_ids)
+        entry = self.registry.register(session.peer_id, msg.channel_ids, msg.addrs, observed, reported=msg.observed)
+        if before is None or new_channel or (before.addrs, before.observed) != (entry.addrs, entry.observed):
+            self._push_joined(session.peer_id)
         return Observed(addr=observed) if observed else None  # the node learns its public mapping
+
+    def _push_joined(self, node: str) -> None:
+        """Tell the connected nodes sharing a channel id with ``node`` about it at once, so the one
+        that should dial (or punch: the smaller id, protocol.md §5b) does not wait for its next poll."""
+        connected = {n for n, s in self.host.sessions.items() if not s.closed.is_set()}
+        for recipient, entries in self.registry.entries(node, connected).items():
+            session = self.host.sessions.get(recipient)
+            if session is not None:
+                self.host.start_soon(send_quietly, session, PeersJoined(peers=entries[:MAX_PEERS_ANSWERED]))
 
     async def _peers(self, session: PeerSession, msg: PeersRequest) -> Message:
         return PeersResponse(req=msg.req, peers=self.registry.peers(msg.channel_ids, session.peer_id,

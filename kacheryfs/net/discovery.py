@@ -1,8 +1,11 @@
 """Discovery clients: the sources that tell a node which channel peers exist. Each hands what it
 finds to the dialer (``maybe_dial``); a new source (a DHT, say) is one more service here.
 
-- bootstrap (``--bootstrap``): register our channel ids and addresses, poll for the channel's
-  peers, reconnect with exponential backoff; a bootstrap we registered with may relay to us.
+- bootstrap (``--bootstrap``): register our channel ids and addresses, ask for the channel's
+  peers, then hear at once of each node that registers later (``PeersJoined``, pushed by the
+  bootstrap); ask again every BOOTSTRAP_REFRESH_SECONDS (peers we gave up on for a while, pushes
+  lost with a session); reconnect with exponential backoff. A bootstrap we registered with may relay
+  to us.
 - same machine, no server: a shared rendezvous directory (local_discovery.py).
 - LAN, no server: multicast beacons (lan_discovery.py).
 """
@@ -17,7 +20,7 @@ from typing import Awaitable, Callable
 import trio
 
 from ..errors import KacheryError
-from ..protocol.messages import PeersRequest, PeersResponse, Register
+from ..protocol.messages import PeersJoined, PeersRequest, PeersResponse, Register
 from . import lan_discovery
 from . import local_discovery as ld
 from .dialing import MAX_BACKOFF
@@ -25,7 +28,8 @@ from .interfaces import DiscoveryHost
 
 log = logging.getLogger(__name__)
 
-PEER_POLL_SECONDS = 1.0
+PEER_POLL_SECONDS = 1.0  # the rendezvous directory of nodes on one machine
+BOOTSTRAP_REFRESH_SECONDS = 10.0  # new peers are pushed at once; this only catches up
 BOOTSTRAP_REQUEST_TIMEOUT = 10.0
 FIRST_BACKOFF = 0.5
 
@@ -39,6 +43,8 @@ class Discovery:
         self.bootstraps = bootstraps
         self.discovery_dir = discovery_dir
         self.lan = lan
+        self._bootstrap_sessions: set = set()  # only these may push peers to us
+        node.register(PeersJoined, self._peers_joined)
 
     def services(self) -> list[Service]:
         """The loops to run, once the node listens (they publish its addresses)."""
@@ -60,6 +66,7 @@ class Discovery:
                 backoff = FIRST_BACKOFF
                 log.info("registered with bootstrap %s:%d", host, port)
                 node.trust_relay(session)
+                self._bootstrap_sessions.add(session)
                 while not session.closed.is_set():
                     await session.send(Register(channel_ids=sorted(node.channel_keys),
                                                 addrs=node.local_addrs(session), observed=node.observed_addrs()))
@@ -68,12 +75,22 @@ class Discovery:
                                                   BOOTSTRAP_REQUEST_TIMEOUT)
                     for peer in reply.peers if isinstance(reply, PeersResponse) else []:
                         node.maybe_dial(peer, via=session)
-                    with trio.move_on_after(PEER_POLL_SECONDS):
+                    with trio.move_on_after(BOOTSTRAP_REFRESH_SECONDS):
                         await session.closed.wait()
             except (OSError, KacheryError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.info("bootstrap %s:%d unreachable (%r); retrying in %.1fs", host, port, exc, backoff)
+            finally:
+                self._bootstrap_sessions = {s for s in self._bootstrap_sessions if not s.closed.is_set()}
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _peers_joined(self, session, msg: PeersJoined) -> None:
+        """A bootstrap we registered with tells us of a node that just registered in our channels."""
+        if session not in self._bootstrap_sessions:
+            return
+        for peer in msg.peers:
+            if isinstance(peer, dict):
+                self.node.maybe_dial(peer, via=session)
 
     async def local_loop(self) -> None:
         node, path = self.node, self.discovery_dir

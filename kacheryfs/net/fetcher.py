@@ -4,14 +4,17 @@ whole, or read lazily through a shared download per object."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import trio
 
-from ..errors import KacheryError, StorageFull
+from ..errors import KacheryError, ObjectNotFound, StorageFull, from_os_error
+from ..store import clone
 from .interfaces import FetcherHost
+from .pipeline import Sink
 from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
 log = logging.getLogger(__name__)
@@ -21,7 +24,7 @@ class RemoteReader:
     """A handle's view of a lazily fetched object: reads wait only for the chunks they cover;
     sequential reading widens a read-ahead window up to bulk download."""
 
-    MAX_AHEAD = 64  # chunks
+    MAX_AHEAD = 256  # chunks: ~1 s of a bulk download, so a sequential reader never waits on a window
 
     def __init__(self, fetcher: "NetworkFetcher", sha1: str, running: "_RunningDownload"):
         self.fetcher = fetcher
@@ -32,6 +35,7 @@ class RemoteReader:
         self._next_offset = -1
         self._ahead = 0
         self._streak = 0  # bytes read sequentially so far
+        self._wanted_until = 0  # chunks before this were asked for by this reader's read-ahead
 
     @property
     def installed(self) -> bool:
@@ -50,9 +54,12 @@ class RemoteReader:
             covered = download.manifest.chunks_covering(offset, size)
             first = (covered[-1] + 1) if len(covered) else offset // download.manifest.chunk_size
             last = min(first + self._ahead, len(download.manifest.chunk_sha1s))
-            download.want(range(first, last))
+            if last > self._wanted_until:  # only the new end of the window: a read per 128 KiB-1 MiB
+                download.want(range(max(first, self._wanted_until), last))  # need not re-walk 256 chunks
+                self._wanted_until = last
         else:
             self._ahead = 0  # random access stays lazy
+            self._wanted_until = 0
         self._next_offset = offset + size
         try:
             return await download.read(offset, size)
@@ -132,15 +139,25 @@ class NetworkFetcher:
         """The object's record if it is here (the index, off the trio thread)."""
         return await trio.to_thread.run_sync(self.node.store.info, sha1)
 
-    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None) -> None:
-        """The whole object, verified, into the store."""
+    async def fetch(self, sha1: str, manifest_sha1: str | None = None, progress=None,
+                    dest_fd: int | None = None) -> None:
+        """The whole object, verified, into the store; with ``dest_fd`` (an empty file opened by the
+        user, ``load --dest``) into that file too, each byte written once where the filesystem
+        allows (store/clone.py): reflinked from the installed object, or else streamed from each
+        verified chunk's buffer while the store's copy is written (never copied afterwards)."""
+        if dest_fd is not None:
+            store = self.node.store
+            clone.check_dest(dest_fd, [store.object_path(sha1), store.partial_dir / f"{sha1}.part"])
         running = await self._acquire(sha1, manifest_sha1)
         if running is None:
             if progress is not None:
                 size = (await self._held(sha1)).size
                 progress(size, size)
+            if dest_fd is not None:
+                await self._copy_out(sha1, dest_fd)
             return
         download = running.download
+        sink = None
         if progress is not None:
             download.progress.append(progress)
         try:
@@ -150,12 +167,43 @@ class NetworkFetcher:
                 if running.refs == 1 and download.partial.present_bytes() == 0:
                     download.partial.abort()  # nothing in it, nobody else reading: leave no trace
                 raise
+            if dest_fd is not None and not await trio.to_thread.run_sync(
+                    clone.can_reflink, self.node.store.tmp_dir, dest_fd):
+                sink = Sink(dest_fd)
+                await download.pipeline.add_sink(sink)
             download.want(range(len(download.manifest.chunk_sha1s)))
             await download.wait_complete()
+            if sink is not None and sink.error is not None:
+                raise sink.error
+            if dest_fd is not None and sink is None:
+                await self._copy_out(sha1, dest_fd)
         finally:
+            if sink is not None:
+                download.pipeline.remove_sink(sink)
             if progress is not None:
                 download.progress.remove(progress)
             self.release(sha1, running)
+
+    async def _copy_out(self, sha1: str, dest_fd: int) -> None:
+        """A held object into the user's file: its chunks checked first (bit rot; free for what this
+        daemon verified on arrival), then reflinked or copied in the kernel."""
+        store = self.node.store
+
+        def copy() -> None:
+            record = store.require(sha1)
+            store.integrity.verify(sha1, 0, max(record.size, 1), record=record)
+            try:
+                fd = os.open(store.object_path(sha1), os.O_RDONLY)
+            except FileNotFoundError:
+                raise ObjectNotFound(f"{sha1} (evicted while it was being copied out: load it again)") from None
+            try:
+                clone.copy_into(fd, dest_fd, record.size)
+            except OSError as exc:
+                raise from_os_error(exc, "writing the destination file") from None
+            finally:
+                os.close(fd)
+
+        await trio.to_thread.run_sync(copy)
 
     async def _check_room(self, download) -> None:
         """A whole fetch that cannot fit, even after evicting every cached copy, fails at once

@@ -54,6 +54,9 @@ class SessionHost:
         self.listen_local: tuple[str, int] | None = None  # the bound listener, to dial from (punching)
         self.sessions: dict[str, PeerSession] = {}  # peer id -> its primary session
         self.max_inbound: int | None = None  # sessions beyond which a new inbound peer is turned away
+        # Takes an inbound connection that is the other end of a hole punch under way (True: taken,
+        # and held until its session ends, since the listener closes the stream when we return).
+        self.claim_inbound: Callable[[trio.SocketStream, str], Awaitable[bool]] | None = None
         self.dispatch = Dispatch()
         self._opened: list[Opened] = []
         self._closed: list[Closed] = []
@@ -151,6 +154,8 @@ class SessionHost:
             ip, port = stream.socket.getpeername()[:2]
         except OSError:
             ip, port = "?", 0
+        if self.claim_inbound is not None and await self.claim_inbound(stream, format_addr(ip, port)):
+            return  # the other end of a hole punch, caught by our listener (net/punch.py)
         ticket = self.admission.admit(ip)
         if isinstance(ticket, str):
             self.rejected["refused"] += 1

@@ -57,7 +57,7 @@ class Dials(Protocol):
     def maybe_dial(self, hint: PeerHint, via: "PeerSession | None" = None) -> None: ...
 
 
-class DiscoveryHost(Dials, Protocol):
+class DiscoveryHost(Dials, Routes, Protocol):
     """What the discovery clients need (net/discovery.py)."""
 
     @property

@@ -37,6 +37,7 @@ from .interfaces import PeerHint
 from ..protocol.messages import Observed, PunchIncoming, PunchSync
 from .dialing import DIAL_ERRORS, DialTarget
 from .punch import PunchClient, PunchError
+from ..protocol.punch import RETRY_DELAYS
 from .relay_client import RelayClient
 from .serving import NodeCounters, Server
 from .session import PeerSession
@@ -71,18 +72,19 @@ class Node(HostedNode):
         # peers that dial us because a find of theirs widened to us.
         self.host.max_inbound = 2 * max_peers + 8
         self.swarm = Swarm(self, self, enabled=swarming)
-        self.server = Server(self, store, self.counters, self._read_range, serve_rate_limit, swarm=self.swarm,
-                             read_partial=self._read_partial)
+        self.server = Server(self, store, self.counters, self._read_into, serve_rate_limit, swarm=self.swarm,
+                             read_partial_into=self._read_partial_into)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
                              more_peers=self._more_peers)
         self.relay_client = RelayClient(self.host)
-        self.punch = PunchClient(lambda: self.host.listen_local, self._punched)
+        self.punch = PunchClient(lambda: self.host.listen_local, self._punched, self.host.start_soon)
+        self.host.claim_inbound = self.punch.claim_inbound
         self.dialer = Dialer(self.host, self.observed_addrs, self.behind_nat, max_peers)
         self.dht = dht  # net.dht.DhtNode (not started) or None
         self.dht_discovery = None
         self._dht_lookups: set[str] = set()  # objects being looked up in the DHT now
         self.dialer.ways.append(self._relay_then_punch)
-        self.host.register(Observed, self._observed)
+        self.host.register(Observed, self._observed, inline=True)  # known before the PeersResponse after it (dial tie-break)
         self.host.register(PunchIncoming, self._punch_incoming)
         self.host.register(PunchSync, self._punch_sync, inline=True)
         self.host.watch_sessions(closed=self._session_closed)
@@ -253,14 +255,36 @@ class Node(HostedNode):
 
     async def _relay_then_punch(self, target: DialTarget) -> bool:
         """A way of dialing: a relayed session at once (bytes can flow), then a hole punch in the
-        background; a punched session replaces the relayed one (host.py)."""
+        background, retried while the session stays relayed; a punched session replaces the relayed
+        one (host.py)."""
         relayed = await self.relay_client.dial(target)
         if target.via is not None and target.addrs and target.observed and self.punch.can_punch(target.via):
             if relayed:
-                self.host.start_soon(self._try_punch, target)
+                self.host.start_soon(self._punch_until_direct, target)
             else:
                 return await self._try_punch(target)
         return relayed
+
+    async def _punch_until_direct(self, target: DialTarget) -> None:
+        """Punch; after a failure ask again after each of RETRY_DELAYS, as long as the peer's
+        session is still the relayed one and the bootstrap is there (then the relay stays)."""
+        relayed = self.host.sessions.get(target.node)
+        for delay in (0.0, *RETRY_DELAYS):
+            if delay:
+                self.punch.stats["retries"] += 1
+                log.info("hole punch to %s: trying again in %.0f s (the relay carries the session meanwhile)",
+                         target.node[:12], delay)
+                with trio.move_on_after(delay):
+                    await relayed.closed.wait()
+            current = self.host.sessions.get(target.node)
+            if (relayed is None or relayed.direction != "relayed" or relayed.closed.is_set() or current is not relayed
+                    or target.via.closed.is_set()
+                    or not self.punch.can_punch(target.via)):
+                return  # upgraded (perhaps by the peer's punch), gone, or no bootstrap to coordinate
+            if await self._try_punch(target):
+                return
+        log.info("no hole punch to %s after %d tries: the session stays relayed", target.node[:12],
+                 1 + len(RETRY_DELAYS))
 
     async def _try_punch(self, target: DialTarget) -> bool:
         try:
@@ -292,15 +316,16 @@ class Node(HostedNode):
     def note_download(self, summary: dict) -> None:
         self.counters.downloads.append(summary)
 
-    def _read_range(self, sha1: str, offset: int, length: int) -> bytes:
-        """The bytes this node serves (blocking), each chunk checked against its hash the first time
-        (store/integrity.py). Tests override it to play a lying peer."""
-        return self.store.integrity.read_range(sha1, offset, length)
+    def _read_into(self, sha1: str, offset: int, view, record) -> int:
+        """The bytes this node serves, read into the frame they are sent from (blocking), each
+        chunk checked against its hash the first time (store/integrity.py). Tests override it to
+        play a lying peer."""
+        return self.store.integrity.read_into(sha1, offset, view, record)
 
-    def _read_partial(self, partial, offset: int, length: int) -> bytes:
+    def _read_partial_into(self, partial, offset: int, view) -> int:
         """Bytes of an object still downloading here (blocking); raises for a chunk not verified here.
         Tests override it to play a peer that lies about a partial object."""
-        return partial.read(offset, length)
+        return partial.read_into(offset, view)
 
     def status(self) -> dict:
         return {

@@ -36,13 +36,32 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+CONNECT_HOLD = 100.0  # a connect from the listening port is kept trying this long (all retries)
+
+
+class _PendingConnect:
+    """One connect from the listening port to a peer's address, kept running across the attempts
+    and retries of punches to it. Closing it after an attempt and opening a new one would change
+    the SYN's sequence number, and a NAT that saw the old SYN (its mapping lives ~2 min) then finds
+    the answer to the new one out of window and drops it: every later attempt would fail."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.stream: trio.SocketStream | None = None
+        self.taken = False
+
+
 class PunchClient:
-    def __init__(self, local: Callable[[], "tuple[str, int] | None"], on_stream: OnStream):
+    def __init__(self, local: Callable[[], "tuple[str, int] | None"], on_stream: OnStream,
+                 start_soon: Callable[..., None]):
         self.local = local  # the listening address to dial from (None: not listening, cannot punch)
         self.on_stream = on_stream
+        self.start_soon = start_soon  # runs the connects that outlive one attempt (the node's nursery)
+        self._connects: dict[tuple[tuple[str, int], str], _PendingConnect] = {}
         self.observed: dict[int, str] = {}  # id(bootstrap session) -> the address it sees us at
-        self.stats = {"attempted": 0, "punched": 0, "failed": 0, "answered": 0, "last_seconds": None}
+        self.stats = {"attempted": 0, "punched": 0, "failed": 0, "answered": 0, "retries": 0, "last_seconds": None}
         self._responders: dict[tuple[int, int], trio.MemorySendChannel] = {}
+        self._awaiting: dict[str, trio.MemorySendChannel] = {}  # address being punched -> its dial
 
     # ---- what the bootstrap tells us ---------------------------------------------------------
     def on_observed(self, bootstrap: PeerSession, msg: Observed) -> None:
@@ -147,41 +166,121 @@ class PunchClient:
                 pass  # a flood of syncs: the state machine would ignore them anyway
 
     # ---- dialling ----------------------------------------------------------------------------
+    async def claim_inbound(self, stream: trio.SocketStream, remote: str) -> bool:
+        """An inbound connection from an address we are punching to is the punch's connection: the
+        peer's SYN met a NAT mapping left open by an earlier attempt and reached our listener
+        before our own dial existed (so our connect would fail with EADDRNOTAVAIL: that one TCP
+        connection already exists). Hand it to the dial under way; hold it while its session lives."""
+        send = self._awaiting.get(remote)
+        if send is None:
+            return False
+        done: list[PeerSession | None] = []
+        finished = trio.Event()
+        try:
+            send.send_nowait((stream, remote, done, finished))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        await finished.wait()
+        if done and done[0] is not None:
+            await done[0].closed.wait()
+        return True
+
     async def _dial(self, dial: Dial, peer: str, initiator: bool) -> PeerSession | None:
         """Dial every address at once from the listening port after ``dial.delay``; the first TCP
-        connection that completes is handed to on_stream. None if none did."""
+        connection that completes, or that comes in from one of those addresses meanwhile
+        (claim_inbound), is handed to on_stream. None if none did."""
         local = self.local()
         if local is None:
             return None
-        await trio.sleep(dial.delay)
+        send, receive = trio.open_memory_channel(len(dial.addrs) + 1)
+        for addr in dial.addrs:
+            self._awaiting[addr] = send
         winner: list[tuple[trio.SocketStream, str]] = []
+        claimed: list[tuple[list, trio.Event]] = []  # the inbound connection that won, if one did
+        try:
+            async def one(addr: str, cancel: trio.CancelScope) -> None:
+                await trio.sleep(dial.delay)
+                pending = self._connect(local, addr, peer, dial.attempt)
+                with trio.move_on_after(DIAL_TIMEOUT):
+                    await pending.done.wait()
+                if pending.stream is None or pending.taken or winner:
+                    return  # still trying (left for the next attempt), failed, or another won
+                pending.taken = True
+                winner.append((pending.stream, addr))
+                cancel.cancel()
 
-        async def one(addr: str, cancel: trio.CancelScope) -> None:
+            async def inbound(cancel: trio.CancelScope) -> None:
+                stream, addr, done, finished = await receive.receive()
+                if winner:
+                    finished.set()  # our dial won: the listener closes this one
+                    return
+                claimed.append((done, finished))
+                log.debug("punch to %s: its connection came in at our listener from %s", peer[:12], addr)
+                winner.append((stream, addr))
+                cancel.cancel()
+
+            with trio.move_on_after(dial.delay + DIAL_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(inbound, nursery.cancel_scope)
+                    for addr in dial.addrs:
+                        nursery.start_soon(one, addr, nursery.cancel_scope)
+        finally:
+            for addr in dial.addrs:
+                if self._awaiting.get(addr) is send:
+                    del self._awaiting[addr]
+            send.close()
+            while True:  # connections handed over too late: the listener closes them
+                try:
+                    _stream, _addr, _done, finished = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                finished.set()
+        session = None
+        try:
+            if winner:
+                stream, addr = winner[0]
+                host, port = split_addr(addr)
+                try:
+                    session = await self.on_stream(stream, format_addr(host, port), peer, initiator)
+                except DIAL_ERRORS as exc:
+                    log.info("punched connection to %s failed its handshake: %r", peer[:12], exc)
+        finally:
+            for done, finished in claimed:  # the listener's task holds that stream while the session lives
+                done.append(session)
+                finished.set()
+        return session
+
+
+    def _connect(self, local: tuple[str, int], addr: str, peer: str, attempt: int) -> _PendingConnect:
+        """The connect to ``addr`` under way, or a new one (in the node's nursery, so that it
+        outlives this attempt)."""
+        key = (local, addr)
+        pending = self._connects.get(key)
+        if pending is not None and not (pending.done.is_set() and (pending.stream is None or pending.taken)):
+            return pending
+        pending = self._connects[key] = _PendingConnect()
+
+        async def run() -> None:
             try:
                 host, port = split_addr(addr)
-                with trio.fail_after(DIAL_TIMEOUT):
-                    stream = await connect_from(local, host, port)
+                with trio.fail_after(CONNECT_HOLD):
+                    pending.stream = await connect_from(local, host, port)
             except (*DIAL_ERRORS, ValueError) as exc:
-                log.debug("punch to %s at %s (attempt %d): %r", peer[:12], addr, dial.attempt, exc)
-                return
-            if winner:
-                await trio.aclose_forcefully(stream)
-                return
-            winner.append((stream, addr))
-            cancel.cancel()
+                log.debug("punch to %s at %s (attempt %d): %r", peer[:12], addr, attempt, exc)
+            finally:
+                pending.done.set()
+            try:
+                with trio.move_on_after(2 * DIAL_TIMEOUT):  # a connection nobody takes is closed
+                    while not pending.taken:
+                        await trio.sleep(0.05)
+            finally:
+                if not pending.taken and pending.stream is not None:
+                    await trio.aclose_forcefully(pending.stream)
+                if self._connects.get(key) is pending:
+                    del self._connects[key]
 
-        async with trio.open_nursery() as nursery:
-            for addr in dial.addrs:
-                nursery.start_soon(one, addr, nursery.cancel_scope)
-        if not winner:
-            return None
-        stream, addr = winner[0]
-        host, port = split_addr(addr)
-        try:
-            return await self.on_stream(stream, format_addr(host, port), peer, initiator)
-        except DIAL_ERRORS as exc:
-            log.info("punched connection to %s failed its handshake: %r", peer[:12], exc)
-            return None
+        self.start_soon(run)
+        return pending
 
 
 async def _send_quietly(session: PeerSession, msg) -> None:

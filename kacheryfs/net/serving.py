@@ -10,6 +10,13 @@ one of the peer's proved channels. Bytes served and refusals are counted per pee
 An object still being downloaded here is served too (net/swarm.py): on the channels it is coming
 through, chunk by verified chunk; a find is answered with the chunks held (``have``), and a request
 touching a chunk not held yet is refused. A ``Cancel`` drops a chunk request not yet being sent.
+
+The bulk path: a chunk request costs one worker-thread hop, which reads the bytes from the page cache
+straight into the frame they are encrypted (in place) and sent from (protocol.PreparedFrame), and
+checks them (store/integrity.py, the first time). The decision "this peer may have this object" is
+kept per session and object for ``SERVABLE_TTL`` seconds, so a bulk transfer makes one index query
+per second, not two per chunk; eviction or quarantine meanwhile makes the read fail (answered
+not-found), and a cached copy's channels only ever grow while it is held.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Callable
 import trio
 
 from ..errors import KacheryError
+from ..protocol.connection import PreparedFrame
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
@@ -32,6 +40,7 @@ from .upload_queue import SMALL, UploadQueue
 log = logging.getLogger(__name__)
 
 READ_THREADS = 4  # worker threads reading chunks and the index at once
+SERVABLE_TTL = 1.0  # seconds a "this peer may have this object" decision is reused
 ONE_READ_OBJECTS = 4096  # objects remembered as served whole in one request (manifests, small objects)
 
 
@@ -46,14 +55,15 @@ class NodeCounters:
 
 class Server:
     def __init__(self, routes: Routes, store: LocalStore, counters: NodeCounters,
-                 read_range: Callable[[str, int, int], bytes], rate_limit: float | None = None, swarm=None,
-                 read_partial: Callable[[object, int, int], bytes] | None = None):
+                 read_into: Callable[[str, int, memoryview, ObjectRecord], int], rate_limit: float | None = None,
+                 swarm=None, read_partial_into: Callable[[object, int, memoryview], int] | None = None):
         self.store = store
         self.counters = counters
-        self.read_range = read_range  # blocking; runs in a worker thread
+        self.read_into = read_into  # blocking; runs in a worker thread
         self.rate_limit = rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self.swarm = swarm  # net.swarm.Swarm: objects being downloaded here, or None
-        self.read_partial = read_partial or (lambda partial, offset, length: partial.read(offset, length))
+        self.read_partial_into = read_partial_into or (lambda partial, offset, view: partial.read_into(offset, view))
+        self._servable: dict[tuple[int, str], tuple[PeerSession, float, ObjectRecord]] = {}
         # With the rate cap, one upload at a time, as through a slow uplink; the waiting requests
         # take their turns in net/upload_queue.py's order (small ones, then the chunk uploaded the
         # fewest times: super-seeding). A cancelled request gives its turn up.
@@ -87,20 +97,47 @@ class Server:
             self.store.touch(sha1)  # serving keeps a cached copy warm
         return record
 
-    def _read_servable(self, session: PeerSession, msg: ChunkRequest):
-        """The bytes, None if this peer may not have the object, or the error for a chunk of a
-        partial object not verified here (blocking: the index, the disk)."""
-        if self.servable(session, msg.sha1) is not None:
-            return self.read_range(msg.sha1, msg.offset, msg.length)
+    def _servable_cached(self, session: PeerSession, sha1: str) -> ObjectRecord | None:
+        """``servable``, remembered per session and object for SERVABLE_TTL (blocking on a miss)."""
+        key = (id(session), sha1)
+        now = time.monotonic()
+        hit = self._servable.get(key)
+        if hit is not None and hit[0] is session and hit[1] > now:
+            return hit[2]
+        record = self.servable(session, sha1)
+        if record is not None:
+            if len(self._servable) > 4096:
+                self._servable = {k: v for k, v in self._servable.items() if v[1] > now}
+            self._servable[key] = (session, now + SERVABLE_TTL, record)
+        return record
+
+    def _frame_for(self, session: PeerSession, msg: ChunkRequest):
+        """The reply's frame with the bytes in it, None if this peer may not have the object, or the
+        error for a chunk of a partial object not verified here (blocking: the index, the disk)."""
+        record = self._servable_cached(session, msg.sha1)
+        if record is not None:
+            return self._read_frame(msg, record)
         download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
         if download is None:
             return None
+        frame = PreparedFrame(ChunkData(req=msg.req), min(msg.length, max(0, download.manifest.size - msg.offset)))
         try:
-            return self.read_partial(download.partial, msg.offset, msg.length)  # refuses unverified chunks
+            frame.shrink(self.read_partial_into(download.partial, msg.offset, frame.payload))  # refuses unverified chunks
+            return frame
         except KacheryError as exc:
-            if self.store.info(msg.sha1) is not None:  # completed and installed meanwhile
-                return self.read_range(msg.sha1, msg.offset, msg.length)
+            record = self.store.info(msg.sha1)
+            if record is not None:  # completed and installed meanwhile
+                return self._read_frame(msg, record)
             return exc
+
+    def _read_frame(self, msg: ChunkRequest, record: ObjectRecord) -> PreparedFrame:
+        frame = PreparedFrame(ChunkData(req=msg.req), min(msg.length, max(0, record.size - msg.offset)))
+        try:
+            frame.shrink(self.read_into(msg.sha1, msg.offset, frame.payload, record))
+        except BaseException:
+            frame.take()
+            raise
+        return frame
 
     async def _find(self, session: PeerSession, msg: FindRequest) -> Message:
         record = await trio.to_thread.run_sync(self._found, session, msg.sha1, limiter=self._limiter)
@@ -128,10 +165,11 @@ class Server:
             try:
                 if self.rate_limit:
                     data = (await self._capped_read(session, msg))[-1]
-                else:  # one worker-thread hop per chunk: the index check and the read together
-                    data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
+                else:  # one worker-thread hop per request: the index check (cached) and the read together
+                    data = await trio.to_thread.run_sync(self._frame_for, session, msg, limiter=self._limiter)
             except (KacheryError, OSError) as exc:  # rotten here (quarantined), or evicted meanwhile
                 log.warning("could not serve %s to %s: %s", msg.sha1[:12], session.peer_id[:12], exc)
+                self._servable.pop((id(session), msg.sha1), None)
                 return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
             finally:
                 del self._waiting[key]
@@ -151,28 +189,28 @@ class Server:
         with trio.CancelScope() as scope:
             self._waiting[key] = scope
             try:
-                await session.send(ChunkData(req=msg.req, payload=data))
+                await session.send(data)  # the frame the bytes were read into
             finally:
                 del self._waiting[key]
         if scope.cancelled_caught:
             self.counters.cancelled[session.peer_id] += 1
             return None
-        self.counters.served_bytes[session.peer_id] += len(data)
-        log.debug("sent %d bytes of %s to %s", len(data), msg.sha1[:12], session.peer_id[:12])
+        self.counters.served_bytes[session.peer_id] += len(data.payload)
+        log.debug("sent %d bytes of %s to %s", len(data.payload), msg.sha1[:12], session.peer_id[:12])
         return None
 
     async def _capped_read(self, session: PeerSession, msg: ChunkRequest) -> list:
         """Wait for this request's turn, read, and hold the turn for as long as sending what was read
         takes at the capped rate (what is sent is charged, not what was asked: a manifest is asked
         for as a whole chunk's worth; a refusal costs nothing). Returns the capped_uploads record,
-        the data (as _read_servable gives it) last."""
+        the data (as _frame_for gives it) last."""
         arrived = time.monotonic()
         key = SMALL if msg.sha1 in self._one_read else (msg.sha1, msg.offset)
         await self._take_turn(key)
         try:
             began = time.monotonic()
-            data = await trio.to_thread.run_sync(self._read_servable, session, msg, limiter=self._limiter)
-            sent = 0 if data is None or isinstance(data, KacheryError) else len(data)
+            data = await trio.to_thread.run_sync(self._frame_for, session, msg, limiter=self._limiter)
+            sent = 0 if data is None or isinstance(data, KacheryError) else len(data.payload)
             if sent:
                 await trio.sleep(sent / self.rate_limit)
                 if msg.offset == 0 and sent < msg.length:  # the whole object in one request

@@ -75,6 +75,8 @@ class PeerSession:
         self._req_ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel] = {}
         self.closed = trio.Event()
+        # Only the receive loop reads, so it may read the socket under the stream directly.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     def __repr__(self) -> str:
         return f"<peer {self.peer_id[:12]} {self.direction} {self.remote}>"
@@ -136,18 +138,29 @@ class PeerSession:
             raise RequestFailed(f"{reply.code}: {reply.message}")
         return reply
 
+    async def _receive(self) -> int:
+        """Feed the connection what the transport has (0 bytes: it ended). Over TCP the bytes go
+        straight from the socket into the connection's buffer (a chunk lands in the buffer it is
+        decrypted, verified and written from); other streams (relay circuits) hand over bytes."""
+        try:
+            if self._socket is not None:
+                with self.conn.get_buffer() as buffer:
+                    received = await self._socket.recv_into(buffer)
+                self.conn.buffer_updated(received)
+                return received
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        self.conn.receive_data(data)
+        return len(data)
+
     async def receive_loop(self, on_message) -> None:
         """Until the peer goes: replies go to their waiting request, the rest to ``on_message``."""
         try:
             while True:
                 event = self.conn.next_event()
                 if event is None:
-                    try:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        data = b""
-                    self.stats.received(len(data))
-                    self.conn.receive_data(data)
+                    self.stats.received(await self._receive())
                     continue
                 if isinstance(event, ConnectionClosed):
                     return

@@ -26,6 +26,7 @@ from ..store import CHUNK_SIZE, LocalStore, Manifest, StoredObject
 from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
+from .pipeline import ChunkPipeline
 from .scheduler import ChunkScheduler
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 20.0
 MAX_SMALL_OBJECT = 64 << 20
 PROVIDER_REFRESH_SECONDS = 2.0
-CHUNKS_PER_REQUEST = 1  # consecutive chunks per ChunkRequest; 2 and 4 measured no better on loopback (noisy)
+CHUNKS_PER_REQUEST = 4  # consecutive chunks per ChunkRequest: one request, hop and frame per 4 MiB in bulk
 
 
 def _runs(chunks: list[int], longest: int) -> list[list[int]]:
@@ -187,7 +188,8 @@ class Download:
         self._local_failure: KacheryError | None = None  # our disk failed, not a peer: give up
         self._changed = trio.Event()
         self.settled = trio.Event()  # run() has ended: result or error is final
-        self._limiter = trio.CapacityLimiter(4)  # threads verifying and writing chunks
+        self.pipeline = ChunkPipeline(partial)  # verifies and writes chunks, off the trio thread
+        self._limiter = trio.CapacityLimiter(2)  # threads reading for lazy readers
         self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
         self._refreshing = False
         self.started = time.monotonic()
@@ -269,7 +271,11 @@ class Download:
         """Note where it came from, check the whole file, move it into the store (blocking). Channels
         first: an installed cached copy is servable at once, never briefly refused."""
         self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
-        return self.partial.finish()
+        obj = self.partial.finish()
+        # Every chunk passed its SHA-1 and the whole file its own, from the bytes written: reads of
+        # it in this run need not check them again (store/integrity.py).
+        self.node.store.integrity.mark_verified(obj.sha1, obj.size)
+        return obj
 
     async def _get_run(self, peer: str, run: list[int]) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
@@ -293,11 +299,17 @@ class Download:
                 return
             view = memoryview(data)
             self.timeline.setdefault("first_chunk", time.monotonic())
+            queued = {}  # every chunk of the reply goes to the lanes at once; their results in order
+            for index in run:
+                if not self.partial.has_chunk(index):
+                    a, b = self.manifest.chunk_range(index)
+                    chunk = view[a - start:b - start]
+                    queued[index] = (chunk, self.pipeline.submit(index, chunk))
             for index in run:
                 a, b = self.manifest.chunk_range(index)
-                fresh = not self.partial.has_chunk(index)
+                fresh = index in queued
                 if fresh:
-                    await self._write_chunk(index, view[a - start:b - start])
+                    await self._write_chunk(index, *queued[index])
                 self.chunks_from[peer] = self.chunks_from.get(peer, 0) + 1
                 for other in self.scheduler.on_chunk_ok(peer, index, b - a, trio.current_time()):
                     self._cancel(other, index)  # an endgame duplicate that lost the race
@@ -338,11 +350,12 @@ class Download:
         if scope is not None:
             scope.cancel()
 
-    async def _write_chunk(self, index: int, data) -> None:
-        """Verify and store a chunk; on a full disk, evict least recently used cached copies (never
-        files stored here) to fit what is still wanted of this download, and retry."""
+    async def _write_chunk(self, index: int, data, queued=None) -> None:
+        """Verify and store a chunk (``queued``: already submitted to the pipeline); on a full disk,
+        evict least recently used cached copies (never files stored here) to fit what is still
+        wanted of this download, and retry."""
         try:
-            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+            await self.pipeline.result(queued if queued is not None else self.pipeline.submit(index, data))
         except StorageFull:
             chunk = self.manifest.chunk_size
             still = sum(1 for c in self.scheduler.needed if not self.partial.has_chunk(c)) * chunk
@@ -352,7 +365,7 @@ class Download:
                 raise
             log.info("disk full while fetching %s: evicted %d cached copies to make room",
                      self.manifest.sha1[:12], evicted)
-            await trio.to_thread.run_sync(self.partial.write_chunk, index, data, limiter=self._limiter)
+            await self.pipeline.store(index, data)
 
     def _follow_upgrade(self, peer: str) -> None:
         """The peer's session was replaced (a hole punch upgraded a relayed one): new requests go
@@ -421,6 +434,7 @@ class Download:
             refreshed = trio.current_time()
             idle_since = None
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.pipeline.run)
                 while not self.partial.is_complete():
                     now = trio.current_time()
                     if idle_since is not None:
@@ -456,8 +470,14 @@ class Download:
                         idle_since = trio.current_time()  # waiting for a Have, a provider, a reader
                     with trio.move_on_after(1.0):
                         await self._changed.wait()
+                last_chunk = time.monotonic()
+                hashed_at_last = self.partial.hashed_chunks()
+                if failure is None:  # the hash stage holds the last chunks' bytes: let it finish
+                    with trio.move_on_after(REQUEST_TIMEOUT):
+                        await self.pipeline.hashed.wait()
                 nursery.cancel_scope.cancel()  # endgame duplicates still in flight
-            self.timeline["complete"] = time.monotonic()
+            hashed = time.monotonic()
+            self.timeline["complete"] = hashed
             if isinstance(failure, StorageFull):
                 # Full even after evicting cached copies: give the space back rather than keep a
                 # partial that cannot complete (it would keep the disk full for everything else).
@@ -467,15 +487,18 @@ class Download:
             if failure is not None:
                 raise failure
             self.result = await trio.to_thread.run_sync(self._install)
-            self.timeline["installed"] = time.monotonic()
-            elapsed = time.monotonic() - self.started
+            installed = time.monotonic()
+            self.timeline["installed"] = installed
+            elapsed = installed - self.started
             stats = self.scheduler.stats
             self.node.note_download(self.summary())
             log.info("fetched %s: %d bytes in %.2fs (%.0f MB/s) from %d peers (chunks from each: %s; "
-                     "%d requests moved, %d endgame duplicates)", self.manifest.sha1[:12],
+                     "%d requests moved, %d endgame duplicates; after the last chunk: whole-file hash "
+                     "%.2fs from chunk %d of %d, install %.2fs)", self.manifest.sha1[:12],
                      self.manifest.size, elapsed, self.manifest.size / max(elapsed, 1e-6) / 1e6, len(self.by_peer),
                      " ".join(f"{p[:6]}:{n}" for p, n in sorted(self.chunks_from.items(), key=lambda i: -i[1])),
-                     stats.moves, stats.duplicates)
+                     stats.moves, stats.duplicates, hashed - last_chunk, hashed_at_last, self.partial.num_chunks,
+                     installed - hashed)
         except KacheryError as exc:
             self.error = exc  # waiters raise it; run itself returns, so nurseries see no error group
         except Exception as exc:  # a bug must fail this download, not take the daemon down

@@ -61,7 +61,7 @@ def decode_message(data: bytes) -> Message:
     if 5 + size > len(data):
         raise RemoteProtocolError("message header length exceeds the frame")
     try:
-        header = json.loads(data[5:5 + size])
+        header = json.loads(bytes(data[5:5 + size]))  # (data may be a memoryview of a frame)
     except (ValueError, UnicodeDecodeError):
         raise RemoteProtocolError("message header is not JSON") from None
     if not isinstance(header, dict):
@@ -466,6 +466,17 @@ class PunchSync(_Validating):
             raise ValueError("bad punch id or attempt")
 
 
+@message(46)
+class PeersJoined(_Validating):
+    """From a bootstrap, pushed at once: nodes that registered (or changed their addresses) in a
+    channel id the receiver registered in; entries as in PeersResponse (protocol.md §5c)."""
+    peers: list
+
+    def validate(self) -> None:
+        if len(self.peers) > 512:
+            raise ValueError("too many peers")
+
+
 MAX_CHUNK_REQUEST = 4 << 20
 
 __all__ = [
@@ -475,4 +486,5 @@ __all__ = [
     "RelayOpen", "RelayOpened", "RelayIncoming", "RelayData", "RelayClose",
     "FeedQuery", "FeedInfo", "FeedSubscribe", "FeedSubscribed", "FeedEntries", "Have", "Cancel", "ChunkSet",
     "Observed", "PunchRequest", "PunchIncoming", "PunchReply", "PunchReady", "PunchSync",
+    "PeersJoined",
 ]

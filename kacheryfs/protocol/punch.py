@@ -14,7 +14,9 @@ port*, so the address the bootstrap observes for them is the NAT mapping of that
 
 The connection that results is one TCP connection both sides "dialled"; A runs the handshake as
 initiator, B as responder, each expecting the other's node id. A failed attempt is retried with a
-fresh sync, at most ``attempts`` times in all; then the punch has failed and the relay stays.
+fresh sync, at most ``attempts`` times in all; then the punch has failed. The node asks for a new
+punch after each of RETRY_DELAYS while the peer's session is relayed (a NAT mapping or firewall
+state may have changed, a SYN may have been lost); after the last the relay stays.
 
 ``InitiatorPunch`` / ``ResponderPunch`` say what to do (``SendSync``, ``Dial``) and how it ended
 (``Punched``, ``PunchFailed``); ``PunchBroker`` is the bootstrap's side: it forwards a punch only
@@ -31,6 +33,7 @@ PUNCH_ATTEMPTS = 3
 DIAL_TIMEOUT = 2.5  # per attempt: covers the 1 s SYN retransmission of a SYN that met a closed NAT
 PUNCH_TTL = 20.0  # the broker forgets a punch this long after it was requested
 RTT_CAP = 2.0  # a round trip through the relay longer than this is treated as this (bounded wait)
+RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)  # seconds before each new punch after a failed one (~1 min)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ class PunchBroker:
             self._refuse("address-not-observed", f"{bad[0]} is not an address this bootstrap observed for you")
         if sum(1 for p in self.pending.values() if p.requester == requester) >= self.max_pending_per_node:
             self._refuse("busy", "too many punches pending")
+        for pid in [pid for pid, p in self.pending.items() if (p.requester, p.target) == (requester, target)]:
+            del self.pending[pid]  # a retry supersedes the requester's earlier punch to that target
         punch = PendingPunch(next(self._ids), req, requester, target, tuple(addrs), now)
         self.pending[punch.punch] = punch
         return punch

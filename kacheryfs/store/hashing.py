@@ -23,21 +23,34 @@ class Digest:
 
 
 class ContentHasher:
-    """Feed bytes in order with ``update``; ``digest`` gives the whole and per-chunk SHA-1s."""
+    """Feed bytes in order with ``update``; ``digest`` gives the whole and per-chunk SHA-1s.
+
+    The two SHA-1 passes are independent *lanes*: ``update_whole`` (the whole-file SHA-1) and
+    ``update_chunks`` (each chunk's SHA-1 and xxh3) may run at the same time in two threads (hashlib
+    and xxhash release the GIL), each lane fed the same bytes in order; ``update`` feeds both."""
 
     def __init__(self, chunk_size: int = CHUNK_SIZE):
         self.chunk_size = chunk_size
         self._whole = hashlib.sha1()
+        self._whole_size = 0
         self._chunk = hashlib.sha1()
         self._sum = xxhash.xxh3_128()
         self._chunk_fill = 0
         self._chunks: list[str] = []
         self._sums: list[bytes] = []
-        self.size = 0
+        self.size = 0  # bytes through the chunk lane
 
     def update(self, data) -> None:
+        self.update_whole(data)
+        self.update_chunks(data)
+
+    def update_whole(self, data) -> None:
         view = memoryview(data).cast("B")
         self._whole.update(view)
+        self._whole_size += len(view)
+
+    def update_chunks(self, data) -> None:
+        view = memoryview(data).cast("B")
         self.size += len(view)
         while len(view):
             room = self.chunk_size - self._chunk_fill
@@ -54,6 +67,8 @@ class ContentHasher:
                 self._chunk_fill = 0
 
     def digest(self) -> Digest:
+        if self._whole_size != self.size:
+            raise ValueError(f"hash lanes disagree: {self._whole_size} bytes whole, {self.size} chunked")
         chunks, sums = list(self._chunks), list(self._sums)
         if self._chunk_fill or not chunks:
             chunks.append(self._chunk.hexdigest())

@@ -94,6 +94,12 @@ class Integrity:
             for c in chunks:
                 bits[c >> 3] |= 1 << (c & 7)
 
+    def mark_verified(self, sha1: str, size: int) -> None:
+        """Every chunk of this object was just hashed by this process from the bytes it wrote (a
+        download it verified on arrival, a write it hashed as it streamed): no need to check them
+        again on their first read in this run."""
+        self._mark(sha1, size, range(_num_chunks(size)))
+
     def forget(self, sha1: str) -> None:
         with self._lock:
             self._verified.pop(sha1, None)
@@ -159,10 +165,11 @@ class Integrity:
                     if hashes is None:
                         hashes = self._chunk_hashes(record)
                         if hashes is None:
-                            # the whole object, from its file: ``source`` may hold only the range
-                            # asked for (a chunk just read), and hashing past it condemned good copies
-                            with _Reader(self.store.object_path(sha1)) as whole:
-                                self._verify_whole(record, whole)
+                            if read.source is None:
+                                self._verify_whole(record, read)
+                            else:  # the buffer holds only the range asked for: hash the file
+                                with _Reader(self.store.object_path(sha1)) as whole:
+                                    self._verify_whole(record, whole)
                             return
                     if hashlib.sha1(data).hexdigest() != hashes[c]:
                         raise RottenObject(record, f"chunk {c} does not match its hash")
@@ -256,6 +263,34 @@ class Integrity:
         if start == offset and end - start <= length:
             return data
         return data[offset - start:offset - start + length]
+
+    def read_into(self, sha1: str, offset: int, view, record: ObjectRecord | None = None) -> int:
+        """``read_range`` into a caller's buffer (the frame a chunk is sent from): up to
+        ``len(view)`` bytes from ``offset``, every chunk under them verified; returns the count.
+        With ``record`` (from the caller's cache) no index query is made."""
+        record = record or self.store.index.get_object(sha1)
+        if record is None:
+            raise ObjectNotFound(sha1)
+        n = max(0, min(len(view), record.size - offset))
+        if n == 0:
+            return 0
+        todo = self.unverified(sha1, record.size, offset, n)
+        if todo and (offset % CHUNK_SIZE or ((offset + n) % CHUNK_SIZE and offset + n != record.size)):
+            data = self.read_range(sha1, offset, n)  # unaligned: whole chunks are read and checked
+            view[:len(data)] = data
+            return len(data)
+        try:
+            fd = os.open(self.store.object_path(sha1), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(sha1) from None
+        try:
+            got = os.preadv(fd, [view[:n]], offset)
+            inode = os.fstat(fd).st_ino if todo else None
+        finally:
+            os.close(fd)
+        if todo:
+            self.verify(sha1, offset, n, _Shifted(view[:got], offset), inode, record)
+        return got
 
     # ---- quarantine ----------------------------------------------------------------------------------
     def _quarantine(self, record: ObjectRecord, inode: int | None, why: str) -> None:

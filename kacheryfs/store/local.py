@@ -7,6 +7,7 @@ Files larger than one chunk also get a manifest object (see manifest.py).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import mmap
@@ -59,6 +60,32 @@ class ListedObject:
         return not (self.stored or self.pinned)
 
 
+def _load_sync_file_range():
+    try:
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing [offset, offset + length) of ``fd`` to disk now, without
+    waiting for it (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). Dirty pages otherwise wait
+    for the dirty thresholds (gigabytes here) or 30 s, so a large write would reach the disk only
+    at its fsync, all at once, instead of while it streams. Best effort: a no-op where unsupported."""
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -82,6 +109,12 @@ class ObjectWriter:
 
     Bytes written in order are hashed as they arrive (one pass). Any out-of-order write or
     truncate marks the running hash stale and ``commit`` re-reads the file instead.
+
+    ``pwrite`` writes and hashes in the caller's thread. A pipelined writer (fs/write_pipeline.py)
+    splits that: ``claim`` each block in order (cheap: decides whether it extends the running hash
+    and sets ``size``), then, in worker threads and in any interleaving, ``write_block`` it and, if
+    claimed for hashing, feed it to ``hash_whole`` and ``hash_chunks`` (each lane in order); all of
+    them must have finished before ``truncate``, ``mark_modified`` or ``commit``.
     """
 
     def __init__(self, store: "LocalStore", pinned: bool = True):
@@ -90,6 +123,7 @@ class ObjectWriter:
         self.path = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.part"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._hasher: ContentHasher | None = ContentHasher()
+        self._hash_end = 0  # bytes [0, _hash_end) are (or are being) hashed, in order
         self.size = 0
         self.closed = False
 
@@ -104,19 +138,57 @@ class ObjectWriter:
             raise from_os_error(exc, "writing") from None
         if written != len(data):  # a short write: treat the file as unhashed from here on
             self._hasher = None
-        elif self._hasher is not None and offset == self._hasher.size:
+        elif self._hasher is not None and offset == self._hash_end:
             self._hasher.update(data)
+            self._hash_end += written
         else:
             self._hasher = None
         self.size = max(self.size, offset + written)
         return written
+
+    def claim(self, offset: int, length: int) -> bool:
+        """Book a block that will be written with ``write_block``; True if it extends the running
+        hash (then both hash lanes must be fed it). Call in the order the blocks were written."""
+        self.size = max(self.size, offset + length)
+        if self._hasher is not None and offset == self._hash_end:
+            self._hash_end += length
+            return True
+        self._hasher = None
+        return False
+
+    def write_block(self, offset: int, data) -> None:
+        """All of ``data`` at ``offset`` (a short write is continued; no room is an error)."""
+        view = memoryview(data).cast("B")
+        try:
+            while len(view):
+                written = os.pwrite(self.fd, view, offset)
+                if written == 0:
+                    raise StorageFull("no room left for the temp file")
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise from_os_error(exc, "writing") from None
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Start writing [offset, offset + length) to disk now, without waiting (sync_file_range),
+        so the fsync at commit waits only for the tail: the disk works while bytes still arrive."""
+        start_writeback(self.fd, offset, length)
+
+    def hash_whole(self, data) -> None:
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.update_whole(data)
+
+    def hash_chunks(self, data) -> None:
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.update_chunks(data)
 
     def truncate(self, size: int) -> None:
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:
             raise from_os_error(exc, "truncating") from None
-        if self._hasher is None or size != self._hasher.size:
+        if self._hasher is None or size != self._hash_end:
             self._hasher = None
         self.size = size
 
@@ -130,7 +202,7 @@ class ObjectWriter:
 
     # finishing
     def _digest(self) -> Digest:
-        if self._hasher is not None and self._hasher.size == self.size:
+        if self._hasher is not None and self._hash_end == self.size:
             return self._hasher.digest()
         hasher = ContentHasher()
         offset = 0
@@ -199,6 +271,9 @@ class LocalStore:
             raise from_os_error(exc, f"opening storage directory {self.root}") from None
         self._touched: dict[str, float] = {}  # sha1 -> last access not yet written to the index
         self._touched_lock = threading.Lock()
+        # Objects between their rename into place and their index row (this process): not adopted
+        # by ``info`` meanwhile, which would make a downloaded copy look stored here, manifest-less.
+        self._installing: set[str] = set()
 
     def close(self) -> None:
         try:
@@ -221,7 +296,7 @@ class LocalStore:
             return record
         # An object that reached the disk before a crash but not the index: adopt it.
         path = self.object_path(sha1)
-        if is_sha1_hex(sha1) and path.exists():
+        if is_sha1_hex(sha1) and sha1 not in self._installing and path.exists():
             self.index.add_object(sha1, path.stat().st_size, None, True)
             return self.index.get_object(sha1)
         return None
@@ -283,20 +358,26 @@ class LocalStore:
 
     def _install(self, temp_path: Path, digest: Digest, pinned: bool) -> StoredObject:
         dest = self.object_path(digest.sha1)
-        if dest.exists():
-            os.unlink(temp_path)  # same content is already here
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(temp_path, 0o444)  # objects are immutable
-            os.rename(temp_path, dest)
-            _fsync_dir(dest.parent)
-        manifest_sha1 = None
-        if digest.size > digest.chunk_size:
-            manifest = Manifest.from_digest(digest)
-            manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
-        if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
-            self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
-        self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
+        with self._touched_lock:
+            self._installing.add(digest.sha1)
+        try:
+            if dest.exists():
+                os.unlink(temp_path)  # same content is already here
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(temp_path, 0o444)  # objects are immutable
+                os.rename(temp_path, dest)
+                _fsync_dir(dest.parent)
+            manifest_sha1 = None
+            if digest.size > digest.chunk_size:
+                manifest = Manifest.from_digest(digest)
+                manifest_sha1 = self.put_bytes(manifest.to_bytes(), pinned=pinned).sha1
+            if digest.chunk_sums and digest.chunk_size == CHUNK_SIZE:
+                self.index.put_chunk_sums(digest.sha1, digest.chunk_sums)
+            self.index.add_object(digest.sha1, digest.size, manifest_sha1, pinned)
+        finally:
+            with self._touched_lock:
+                self._installing.discard(digest.sha1)
         return StoredObject(digest.sha1, digest.size, manifest_sha1)
 
     def install_verified(self, path: Path, digest: Digest, pinned: bool) -> StoredObject:

@@ -18,7 +18,13 @@ keep: without it a resume would have to hash the whole file, holes included.
 
 Whole-file SHA-1: a running hash advances over the contiguous prefix of present chunks as they
 arrive (reading back chunks that arrived early, from the page cache), so ``finish`` normally has
-nothing left to hash and an in-order download never reads its bytes back at all.
+nothing left to hash and an in-order download never reads its bytes back at all. ``store_chunks``
+(verify + write, from several threads at once) and ``advance_hash`` (the in-order hash, from one)
+are separate so a download can run them as separate stages on both cores (net/pipeline.py);
+``write_chunk`` does both for one chunk.
+
+Writes start their own writeback (``sync_file_range``), so the disk works while the download runs
+and the fsync before install finds little left to write.
 
 Only one PartialObject per object at a time, across processes: the .part file is flock'ed.
 """
@@ -33,7 +39,7 @@ from pathlib import Path
 
 from ..errors import ChunkNotPresent, CorruptChunk, CorruptObject, KacheryError, StoreFailed, from_os_error
 from .hashing import Digest, chunk_sum
-from .local import LocalStore, StoredObject
+from .local import LocalStore, StoredObject, start_writeback
 from .manifest import Manifest
 from .uri import is_sha1_hex
 
@@ -82,10 +88,15 @@ class PartialObject:
         self._present_count = 0
         self._present_bytes = 0
         self._closed = False
-        # _lock guards the bitmap, the counters and the fds (no I/O on a closed, maybe reused, fd).
-        # _hash_lock serializes the running whole-file hash, so hashing never blocks readers.
+        # _lock guards the bitmap, the counters and the fds' lifetime; no I/O runs under it (readers
+        # on the trio thread take it). I/O runs inside _io(), which keeps the fds open meanwhile (no
+        # write to a closed, maybe reused, fd number); close waits for those to end.
+        # _hash_lock serializes the running whole-file hash; _bitmap_lock orders bitmap writes.
         self._lock = threading.Lock()
+        self._io_done = threading.Condition(self._lock)
+        self._io_users = 0
         self._hash_lock = threading.Lock()
+        self._bitmap_lock = threading.Lock()
         self._hasher = hashlib.sha1()
         self._hashed_chunks = 0
         self._sums: list[bytes | None] = [None] * self.num_chunks  # xxh3 of each verified chunk
@@ -187,49 +198,133 @@ class PartialObject:
 
     # --- writing
 
+    class _IO:
+        """While inside, the fds stay open (close waits); raises StoreFailed if already closed."""
+
+        __slots__ = ("partial",)
+
+        def __init__(self, partial: "PartialObject"):
+            self.partial = partial
+
+        def __enter__(self) -> None:
+            p = self.partial
+            with p._lock:
+                p._check_open()
+                p._io_users += 1
+
+        def __exit__(self, *exc) -> None:
+            p = self.partial
+            with p._lock:
+                p._io_users -= 1
+                if p._io_users == 0:
+                    p._io_done.notify_all()
+
+    def _io(self) -> "_IO":
+        return PartialObject._IO(self)
+
     def write_chunk(self, i: int, data) -> None:
         """Verify chunk ``i`` against the manifest, then store it; bad bytes raise CorruptChunk."""
+        self.store_chunk(i, data)
+        self.advance_hash({i: data})
+
+    def store_chunks(self, chunks) -> list[KacheryError | None]:
+        """Verify and store several ``(index, bytes)``; for each, None or the error (CorruptChunk,
+        StorageFull, ...). The whole-file hash is left to ``advance_hash``. Blocking; any number of
+        threads may call it at once."""
+        results: list[KacheryError | None] = []
+        for i, data in chunks:
+            try:
+                self.store_chunk(i, data)
+                results.append(None)
+            except KacheryError as exc:
+                results.append(exc)
+        return results
+
+    def store_chunk(self, i: int, data) -> bool:
+        """Verify chunk ``i`` against the manifest and write it (no whole-file hashing); False if it
+        was here already. Bad bytes raise CorruptChunk and nothing is written."""
         self._check_index(i)
         start, end = self.manifest.chunk_range(i)
         if len(data) != end - start:
             raise CorruptChunk(f"chunk {i} of {self.sha1} is {len(data)} bytes, expected {end - start}")
-        # Hashed outside the lock: verification is the costly part and may run on several cores.
+        # Hashed outside every lock: verification is the costly part and runs on several cores.
         if hashlib.sha1(data).hexdigest() != self.manifest.chunk_sha1s[i]:
             raise CorruptChunk(f"chunk {i} of {self.sha1}")
         checksum = chunk_sum(data)
         with self._lock:
             self._check_open()
             if self._has(i):
-                return  # a duplicate (endgame, or a late reply): the bytes are already here
+                return False  # a duplicate (endgame, or a late reply): the bytes are already here
+        with self._io():
             try:
                 _pwrite_all(self._fd, data, start)
-                self._bits[i >> 3] |= 1 << (i & 7)
-                _pwrite_all(self._bitmap_fd, self._bits[i >> 3:(i >> 3) + 1], self._bits_offset + (i >> 3))
+                start_writeback(self._fd, start, end - start)
             except OSError as exc:
-                self._bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
                 raise from_os_error(exc, f"writing chunk {i} of {self.sha1}") from None
-            self._present_count += 1
-            self._present_bytes += end - start
-            self._sums[i] = checksum
-        self._advance_hash(i, data)
+            with self._lock:
+                if self._has(i):
+                    return False  # the same chunk, written meanwhile by another thread
+                self._bits[i >> 3] |= 1 << (i & 7)
+                self._present_count += 1
+                self._present_bytes += end - start
+                self._sums[i] = checksum
+            with self._bitmap_lock:  # the byte as it is now: a later write never undoes a bit
+                try:
+                    _pwrite_all(self._bitmap_fd, self._bits[i >> 3:(i >> 3) + 1], self._bits_offset + (i >> 3))
+                except OSError:
+                    pass  # the bitmap is a hint: a lost bit costs a re-download after a restart
+        return True
 
-    def _advance_hash(self, just_written: int = -1, data=None) -> None:
-        """Feed the running whole-file hash every present chunk that extends its prefix."""
+    def hashed_chunks(self) -> int:
+        """Chunks at the start of the object fed to the whole-file hash so far."""
+        return self._hashed_chunks
+
+    def advance_hash(self, blocks=None, limit: int | None = None) -> int:
+        """Feed the running whole-file hash every present chunk that extends its prefix (up to chunk
+        ``limit``, exclusive), taking a chunk's bytes from ``blocks`` (index -> bytes just written)
+        when there, else reading it back. Returns the number of chunks hashed so far. Blocking; one
+        thread at a time hashes."""
+        blocks = blocks or {}
+        stop = self.num_chunks if limit is None else min(limit, self.num_chunks)
         with self._hash_lock:
             while True:
                 with self._lock:
                     k = self._hashed_chunks
-                    if self._closed or k >= self.num_chunks or not self._has(k):
-                        return
-                    if k == just_written:
-                        block = data  # in-order arrival: no read-back
-                    else:
-                        start, end = self.manifest.chunk_range(k)
-                        block = _pread_exact(self._fd, end - start, start)
+                    if self._closed or k >= stop or not self._has(k):
+                        return k
+                block = blocks.get(k)
+                if block is None:
+                    start, end = self.manifest.chunk_range(k)
+                    try:
+                        with self._io():
+                            block = _pread_exact(self._fd, end - start, start)
+                    except StoreFailed:
+                        return k  # closed meanwhile
                 self._hasher.update(block)
                 self._hashed_chunks = k + 1
 
     # --- reading
+
+    def read_into(self, offset: int, view) -> int:
+        """``read`` into a caller's buffer: ``len(view)`` bytes (clipped to the object) from
+        ``offset``; every covered chunk must be present. Returns the count."""
+        size = max(0, min(len(view), self.size - offset))
+        covered = self.manifest.chunks_covering(offset, size)
+        with self._lock:
+            self._check_open()
+            missing = [c for c in covered if not self._has(c)]
+        if missing:
+            raise ChunkNotPresent(f"chunks {missing[:8]} of {self.sha1}")
+        if size == 0:
+            return 0
+        with self._io():
+            try:
+                got = os.preadv(self._fd, [view[:size]], offset)
+            except OSError as exc:
+                raise from_os_error(exc, f"reading partial {self.sha1}") from None
+        if got != size:
+            raise StoreFailed(f"partial file shorter than expected at offset {offset}")
+        return got
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes at [offset, offset + size) clipped to the object; every covered chunk must be present."""
@@ -239,15 +334,27 @@ class PartialObject:
         with self._lock:
             self._check_open()
             missing = [c for c in covered if not self._has(c)]
-            if missing:
-                raise ChunkNotPresent(f"chunks {missing[:8]} of {self.sha1}")
-            end = min(offset + size, self.size)
-            if end <= offset:
-                return b""
+        if missing:
+            raise ChunkNotPresent(f"chunks {missing[:8]} of {self.sha1}")
+        end = min(offset + size, self.size)
+        if end <= offset:
+            return b""
+        with self._io():
             try:
                 return _pread_exact(self._fd, end - offset, offset)
             except OSError as exc:
                 raise from_os_error(exc, f"reading partial {self.sha1}") from None
+
+    def copy_range_to(self, fd: int, offset: int, length: int) -> None:
+        """Copy [offset, offset + length) of the partial file into ``fd`` at the same offset, in
+        the kernel (``copy_file_range``); the caller checked the range is present."""
+        with self._io():
+            done = 0
+            while done < length:
+                n = os.copy_file_range(self._fd, fd, length - done, offset + done, offset + done)
+                if n == 0:
+                    raise StoreFailed(f"partial file shorter than expected at offset {offset + done}")
+                done += n
 
     # --- finishing
 
@@ -261,7 +368,7 @@ class PartialObject:
             self._check_open()
             if self._present_count != self.num_chunks:
                 raise ChunkNotPresent(f"{self.num_chunks - self._present_count} chunks of {self.sha1} missing")
-        self._advance_hash()
+        self.advance_hash()
         with self._hash_lock:
             hashed_all = self._hashed_chunks == self.num_chunks
             whole = self._hasher.hexdigest()
@@ -273,10 +380,15 @@ class PartialObject:
             raise CorruptObject(f"downloaded {self.sha1} hashes to {whole}; partial discarded")
         sums = b"" if any(x is None for x in self._sums) else b"".join(self._sums)
         digest = Digest(self.sha1, self.size, self.manifest.chunk_sha1s, self.manifest.chunk_size, sums)
+        try:
+            with self._io():  # not under _lock: readers on the trio thread must not wait for the disk
+                os.fsync(self._fd)
+        except OSError as exc:
+            self.abort()
+            raise from_os_error(exc, f"installing {self.sha1}") from None
         with self._lock:
             self._check_open()
             try:
-                os.fsync(self._fd)
                 # Installed while still holding the flock, so no other process reopens the .part meanwhile.
                 obj = self.store.install_verified(self.part_path, digest, pinned)
                 os.unlink(self.bitmap_path)
@@ -300,6 +412,8 @@ class PartialObject:
             self._close_locked(remove=False)
 
     def _close_locked(self, remove: bool) -> None:
+        while self._io_users:  # reads and writes in other threads end first (they are short)
+            self._io_done.wait()
         if remove:  # unlink before closing: the flock is still ours
             for path in (self.part_path, self.bitmap_path):
                 try:
