@@ -30,6 +30,16 @@ async def tree(store, nursery):
     return tree
 
 
+def break_writes(writer) -> None:
+    """Every later write of ``writer`` fails (EBADF): its descriptors (the page-cache one and the
+    O_DIRECT one) are swapped for real descriptors that refuse writes."""
+    for name in ("fd", "_direct_fd"):
+        fd = getattr(writer, name)
+        if fd >= 0:
+            os.close(fd)
+            setattr(writer, name, os.open(os.devnull, os.O_RDONLY))
+
+
 def committed_bytes(tree, name: str) -> bytes:
     record = tree.store.get_name(name)
     return tree.store.read_bytes(record.sha1)
@@ -112,8 +122,7 @@ async def test_truncate_and_o_trunc_apply_after_the_queued_writes(tree):
 async def test_a_lane_error_reaches_the_next_write_and_close_and_nothing_is_committed(store, nursery):
     writer = store.writer()
     pipeline = WritePipeline(writer, nursery, limit=2 * MiB)
-    os.close(writer.fd)  # the temp file's descriptor is gone: every pwrite fails (EBADF)
-    writer.fd = os.open(os.devnull, os.O_RDONLY)  # a real descriptor that refuses writes
+    break_writes(writer)  # every pwrite fails (EBADF)
     await pipeline.submit(0, random_bytes(MiB, seed=7))  # answered: queued
     with pytest.raises(KacheryError):
         for off in range(MiB, 64 * MiB, MiB):  # the error stops the writer within the queue bound
@@ -129,8 +138,7 @@ async def test_a_failed_write_fails_close_and_leaves_no_name(tree, store):
     fh, attr = tree.create(STORE_DIR_INO, "bad.bin", os.O_WRONLY | os.O_CREAT)
     await tree.write(fh, 0, random_bytes(MiB, seed=9))
     draft = tree.drafts.get(attr.ino)
-    os.close(draft.writer.fd)
-    draft.writer.fd = os.open(os.devnull, os.O_RDONLY)
+    break_writes(draft.writer)
     with pytest.raises(KacheryError):
         for off in range(MiB, 80 * MiB, MiB):
             await tree.write(fh, off, random_bytes(MiB, seed=10))
@@ -189,3 +197,113 @@ def test_mount_two_writers_append_and_crash_before_commit(make_mount, tmp_path):
         assert m2.path("sha1", sha1).stat().st_size == 6 * MiB + 8
     finally:
         m2.stop()
+
+
+# ---- stripes and O_DIRECT ------------------------------------------------------------------------
+def test_stripe_pieces_cover_every_byte_once_each_byte_always_in_the_same_lane():
+    from kacheryfs.fs.write_pipeline import stripe_pieces
+
+    stripe = 4 * MiB
+    for offset, length in [(0, MiB), (3 * MiB + 5, 2 * MiB), (0, 9 * MiB), (8 * MiB - 1, 2), (7, 0)]:
+        pieces = list(stripe_pieces(offset, length, stripe, 2))
+        if length == 0:
+            assert pieces == []
+            continue
+        assert [p[1] for p in pieces] == [offset] + [p[2] for p in pieces[:-1]]  # contiguous, in order
+        assert pieces[-1][2] == offset + length
+        for lane, start, end in pieces:
+            assert start // stripe == (end - 1) // stripe  # within one stripe
+            assert lane == (start // stripe) % 2
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_write_pieces_direct_and_page_cache_give_the_same_bytes(store, direct, monkeypatch):
+    """Aligned runs go with O_DIRECT, unaligned starts and tails through the page cache (or all of
+    it when O_DIRECT is refused); what is read back and committed is what was written."""
+    if not direct:
+        monkeypatch.setattr("kacheryfs.store.local.open_direct", lambda path: -1)
+    writer = store.writer()
+    writer.use_direct()
+    assert (writer._direct_fd >= 0) == direct
+    expected = bytearray(10 * MiB + 123)
+    pieces = [(0, random_bytes(MiB, seed=20)), (MiB, random_bytes(MiB, seed=21)),  # gathered: one write
+              (2 * MiB + 100, random_bytes(MiB, seed=22)),  # unaligned start: page cache
+              (5 * MiB, random_bytes(5 * MiB + 123, seed=23)),  # aligned run with an unaligned tail
+              (MiB - 7, random_bytes(20, seed=24))]  # overwrites across a direct write's end, later
+    for offset, data in pieces:
+        writer.claim(offset, len(data))
+        expected[offset:offset + len(data)] = data
+    writer.write_pieces(pieces[:4])
+    writer.write_pieces(pieces[4:])
+    assert writer.pread(0, len(expected)) == bytes(expected)
+    obj = writer.commit()
+    assert obj.sha1 == hashlib.sha1(expected).hexdigest()
+    assert store.read_bytes(obj.sha1) == bytes(expected)
+
+
+def test_mount_overlapping_writes_across_stripes_land_in_order(make_mount):
+    """Writes that cross the write lanes' stripe boundaries and overwrite each other (a write-only
+    handle: every write goes through the pipeline) end as the last write of each byte left it."""
+    m = make_mount().start()
+    try:
+        path = m.path("store", "overlap.bin")
+        expected = bytearray(12 * MiB)
+        writes = [(0, 12 * MiB, 30), (4 * MiB - 3, MiB, 31), (4 * MiB, MiB, 32), (3 * MiB, 2 * MiB + 9, 33),
+                  (8 * MiB - 4096, 8192, 34), (8 * MiB - 1, 3, 35), (5, 4 * MiB, 36)]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            for offset, length, seed in writes:
+                data = random_bytes(length, seed=seed)
+                for at in range(0, length, MiB):  # as the kernel splits them: <= 1 MiB requests
+                    assert os.pwrite(fd, data[at:at + MiB], offset + at) == len(data[at:at + MiB])
+                expected[offset:offset + length] = data
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == bytes(expected)
+        uri = os.getxattr(path, "user.kachery.uri").decode()
+        assert hashlib.sha1(expected).hexdigest() in uri
+    finally:
+        m.stop()
+
+
+def test_mount_storage_full_in_the_middle_fails_a_write_or_close_and_commits_nothing(make_mount, tmp_path):
+    """A real ENOSPC in the middle of a pipelined write (storage on a small tmpfs the test mounts,
+    which takes O_DIRECT): the writer's write() or close() fails, nothing is named or stored, the
+    temp file is gone, and the mount goes on working."""
+    storage = tmp_path / "small"
+    storage.mkdir()
+    tag = f"kfs-test-{os.getpid()}"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", tag, str(storage)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        m = make_mount(storage=storage / "store").start()
+        try:
+            script = textwrap.dedent(f"""
+                import os, sys
+                fd = os.open({str(m.path("store", "big.bin"))!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                failed = None
+                for i in range(64):
+                    try:
+                        os.write(fd, os.urandom(1 << 20))
+                    except OSError as exc:
+                        failed = f"write {{i}}: {{exc.errno}}"
+                        break
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    failed = failed or f"close: {{exc.errno}}"
+                print(failed)
+            """)
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+            assert out.stdout.strip() not in ("", "None"), out.stdout + out.stderr
+            assert "big.bin" not in os.listdir(m.path("store"))
+            assert list((storage / "store" / "tmp").iterdir()) == []
+            small = random_bytes(MiB, seed=40)  # room again: the mount still stores
+            m.path("store", "small.bin").write_bytes(small)
+            assert m.path("store", "small.bin").read_bytes() == small
+        finally:
+            m.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(storage)], capture_output=True)

@@ -53,17 +53,33 @@ def pwrite_direct(fd: int, view: memoryview, offset: int) -> bool:
         bounce = whole[:len(view)]
         try:
             bounce[:] = view
-            done = 0
-            while done < len(view):
-                try:
-                    written = os.pwrite(fd, bounce[done:], offset + done)
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and done == 0:
-                        return False
-                    raise
-                if written <= 0 or written % DIRECT_ALIGN:
-                    raise OSError(errno.EIO, f"short O_DIRECT write ({written} bytes)")
-                done += written
+            return write_aligned(fd, bounce, offset)
         finally:
             bounce.release()
+
+
+def gather(views: list, size: int) -> memoryview:
+    """``views`` (``size`` bytes in all) copied back to back into the calling thread's bounce buffer:
+    one aligned buffer for one O_DIRECT write. Release the view before the next call."""
+    bounce = memoryview(_bounce_buffer(size))[:size]
+    at = 0
+    for view in views:
+        bounce[at:at + len(view)] = view
+        at += len(view)
+    return bounce
+
+
+def write_aligned(fd: int, bounce: memoryview, offset: int) -> bool:
+    """The O_DIRECT write of an aligned buffer (see ``pwrite_direct``)."""
+    done = 0
+    while done < len(bounce):
+        try:
+            written = os.pwrite(fd, bounce[done:], offset + done)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and done == 0:
+                return False
+            raise
+        if written <= 0 or written % DIRECT_ALIGN:
+            raise OSError(errno.EIO, f"short O_DIRECT write ({written} bytes)")
+        done += written
     return True

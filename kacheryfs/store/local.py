@@ -22,6 +22,7 @@ from pathlib import Path
 import xxhash
 
 from ..errors import IsADirectory, KacheryError, NoSuchFile, ObjectNotFound, StorageFull, StoreFailed, from_os_error
+from .direct import aligned_length, gather, open_direct, write_aligned
 from .directory import Directory, FileEntry, build_directory
 from .hashing import CHUNK_SIZE, ContentHasher, Digest
 from .index import Index, NameRecord, ObjectRecord
@@ -112,9 +113,14 @@ class ObjectWriter:
 
     ``pwrite`` writes and hashes in the caller's thread. A pipelined writer (fs/write_pipeline.py)
     splits that: ``claim`` each block in order (cheap: decides whether it extends the running hash
-    and sets ``size``), then, in worker threads and in any interleaving, ``write_block`` it and, if
-    claimed for hashing, feed it to ``hash_whole`` and ``hash_chunks`` (each lane in order); all of
-    them must have finished before ``truncate``, ``mark_modified`` or ``commit``.
+    and sets ``size``), then, in worker threads and in any interleaving, ``write_pieces`` it (each
+    byte range always by the same thread, in order) and, if claimed for hashing, feed it to
+    ``hash_whole`` and ``hash_chunks`` (each lane in order); all of them must have finished before
+    ``truncate``, ``mark_modified`` or ``commit``.
+
+    ``write_pieces`` goes with O_DIRECT where the filesystem allows it (store/direct.py): no fresh
+    page cache to fill (~2 CPU-s per GiB in these VMs) and nothing left for the commit's fsync but
+    the device flush. The object is then not in the page cache when it is first read.
     """
 
     def __init__(self, store: "LocalStore", pinned: bool = True):
@@ -122,6 +128,8 @@ class ObjectWriter:
         self.pinned = pinned
         self.path = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.part"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._direct_fd = -1  # see use_direct
+        self._direct = False  # O_DIRECT writes allowed (until the filesystem refuses one)
         self._hasher: ContentHasher | None = ContentHasher()
         self._hash_end = 0  # bytes [0, _hash_end) are (or are being) hashed, in order
         self.size = 0
@@ -157,7 +165,8 @@ class ObjectWriter:
         return False
 
     def write_block(self, offset: int, data) -> None:
-        """All of ``data`` at ``offset`` (a short write is continued; no room is an error)."""
+        """All of ``data`` at ``offset`` through the page cache (a short write is continued; no room
+        is an error)."""
         view = memoryview(data).cast("B")
         try:
             while len(view):
@@ -167,6 +176,49 @@ class ObjectWriter:
                 view, offset = view[written:], offset + written
         except OSError as exc:
             raise from_os_error(exc, "writing") from None
+
+    def write_pieces(self, pieces: list[tuple[int, object]], coalesce: int = 8 << 20) -> None:
+        """Write ``(offset, data)`` pieces in order. Contiguous pieces are gathered (up to
+        ``coalesce`` bytes) into one aligned buffer and written with O_DIRECT; an unaligned start
+        or tail, or a filesystem without O_DIRECT, goes through the page cache (writeback started)."""
+        i = 0
+        while i < len(pieces):
+            offset = pieces[i][0]
+            views, size = [], 0
+            while i < len(pieces) and pieces[i][0] == offset + size and (not views or size < coalesce):
+                view = memoryview(pieces[i][1]).cast("B")
+                views.append(view)
+                size += len(view)
+                i += 1
+            self._write_span(offset, views, size)
+
+    def use_direct(self) -> None:
+        """Let ``write_pieces`` use O_DIRECT (opens its descriptor; call before any write_pieces)."""
+        if self._direct_fd < 0 and not self.closed:
+            self._direct_fd = open_direct(self.path)
+            self._direct = self._direct_fd >= 0
+
+    def _write_span(self, offset: int, views: list[memoryview], size: int) -> None:
+        aligned = aligned_length(offset, size) if self._direct else 0
+        if aligned == 0:
+            for view in views:
+                self.write_block(offset, view)
+                offset += len(view)
+            self.start_writeback(offset - size, size)
+            return
+        bounce = gather(views, size)
+        try:
+            try:
+                direct = write_aligned(self._direct_fd, bounce[:aligned], offset)
+            except OSError as exc:
+                raise from_os_error(exc, "writing") from None
+            if not direct:  # refused: the page cache from now on (the fd closes with the writer)
+                aligned, self._direct = 0, False
+            if aligned < size:
+                self.write_block(offset + aligned, bounce[aligned:])
+                self.start_writeback(offset + aligned, size - aligned)
+        finally:
+            bounce.release()
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Start writing [offset, offset + length) to disk now, without waiting (sync_file_range),
@@ -222,6 +274,7 @@ class ObjectWriter:
             self.size = os.fstat(self.fd).st_size
             digest = self._digest()
             os.fsync(self.fd)
+            self._close_direct()
             os.close(self.fd)
             self.closed = True
             return self._store._install(self.path, digest, self.pinned)
@@ -232,9 +285,16 @@ class ObjectWriter:
             self.abort()
             raise from_os_error(exc, "committing") from None
 
+    def _close_direct(self) -> None:
+        self._direct = False
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = -1
+
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
+            self._close_direct()
             try:
                 os.close(self.fd)
             except OSError:
