@@ -1,12 +1,19 @@
-"""``store/`` writes answered once their bytes are queued, written and hashed in two lanes.
+"""``store/`` writes answered once their bytes are queued, then written and hashed in four lanes.
 
 In the kernel's write-through mode a writer's ``write()`` waits for our reply, so a handler that
 writes and hashes before replying makes ``cp`` wait for every byte's pwrite and both SHA-1 passes in
-series. Here ``submit`` only books the block (``ObjectWriter.claim``, in order) and queues it; two
-lane tasks, each in a worker thread, take it: one ``write_block``s it into the temp file, feeds it
-to the chunk SHA-1s and xxh3 sums and starts its writeback (``start_writeback``); the other feeds
-the whole-file SHA-1. So ``cp``'s next write, the pwrite and both hashes run at once on the two
-cores (hashlib, xxhash and pwrite release the GIL).
+series. Here ``submit`` only books the block (``ObjectWriter.claim``, in order) and queues it; four
+lane tasks, each hopping to a worker thread, take it:
+
+- two *write lanes*: the file is cut into STRIPE_BYTES stripes and lane k writes the stripes
+  i with i % WRITE_LANES == k (a block crossing a boundary is split), so each byte offset is always
+  written by the same lane, in the order the writes came, while two disk writes are in flight.
+  ``ObjectWriter.write_pieces`` gathers them into one O_DIRECT write where it can;
+- the chunk SHA-1s and xxh3 sums; the whole-file SHA-1 (hashlib, xxhash and pwrite release the GIL,
+  so the lanes and ``cp`` share the two cores).
+
+A lane hops to a thread once MIN_BATCH_BYTES is queued for it, or as soon as anyone waits for the
+queue (``_flush``: a drain, a full queue, close): a hop costs the trio thread ~0.1 ms.
 
 What is queued is bounded (``limit`` bytes; ``submit`` waits for room). Every reader of the temp
 file (``drain``) waits for the lanes first: a read, truncate, mmap write-back or commit sees every
