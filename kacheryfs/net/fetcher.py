@@ -145,9 +145,10 @@ class NetworkFetcher:
         user, ``load --dest``) into that file too, each byte written once where the filesystem
         allows (store/clone.py): reflinked from the installed object, or else streamed from each
         verified chunk's buffer while the store's copy is written (never copied afterwards)."""
-        if dest_fd is not None:
-            store = self.node.store
-            clone.check_dest(dest_fd, [store.object_path(sha1), store.partial_dir / f"{sha1}.part"])
+        if dest_fd is not None:  # every call on the user's file off the trio thread: it may be on a
+            store = self.node.store  # slow filesystem, or another node's FUSE mount
+            await trio.to_thread.run_sync(
+                clone.check_dest, dest_fd, [store.object_path(sha1), store.partial_dir / f"{sha1}.part"])
         running = await self._acquire(sha1, manifest_sha1)
         if running is None:
             if progress is not None:
@@ -169,7 +170,7 @@ class NetworkFetcher:
                 raise
             if dest_fd is not None and not await trio.to_thread.run_sync(
                     clone.can_reflink, self.node.store.tmp_dir, dest_fd):
-                sink = Sink(dest_fd)
+                sink = await trio.to_thread.run_sync(Sink, dest_fd)  # (opens it again, O_DIRECT)
                 await download.pipeline.add_sink(sink)
             download.want(range(len(download.manifest.chunk_sha1s)))
             await download.wait_complete()

@@ -19,6 +19,7 @@ Bytes reach a reader (or a peer, or a sink) only after they have passed the SHA-
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from typing import Callable
@@ -32,6 +33,8 @@ from ..store.partial import PartialObject
 
 LANES = 2  # verify + write hops at once (two cores)
 BATCH = 4  # chunks per hop: ~4 MiB of hashing and writing per ~0.1 ms of hop overhead
+# copy_file_range cannot copy between these two files (another filesystem, or one without it)
+_NO_COPY_RANGE = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 HASH_AHEAD = 32  # written chunks kept in memory for the whole-file hash, beyond its position
 
 
@@ -179,11 +182,22 @@ class ChunkPipeline:
 
     def _copy_present(self, sink: Sink) -> None:
         partial = self.partial
+        in_kernel = True  # copy_file_range, until it refuses (dest on another filesystem: EXDEV)
         for index in range(partial.num_chunks):
             if partial.has_chunk(index):
                 start, end = partial.manifest.chunk_range(index)
                 try:
-                    partial.copy_range_to(sink.fd, start, end - start)
+                    if in_kernel:
+                        try:
+                            partial.copy_range_to(sink.fd, start, end - start)
+                            continue
+                        except OSError as exc:
+                            if exc.errno not in _NO_COPY_RANGE:
+                                raise
+                            in_kernel = False
+                    sink.write(start, partial.read(start, end - start))  # (its errors: sink.error)
+                    if sink.error is not None:
+                        return
                 except OSError as exc:
                     sink.error = from_os_error(exc, "writing the destination file")
                     return
