@@ -203,6 +203,9 @@ class ApiServer:
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
+        if request["_fds"]:  # closed before the answer (on a FUSE mount: committed on the last close)
+            await trio.to_thread.run_sync(_close_all, request["_fds"])
+            request["_fds"].clear()
         answer = {"ok": True, "path": str(self.node.store.object_path(uri.sha1))}
         if dest_fd is not None:
             answer["dest"] = True

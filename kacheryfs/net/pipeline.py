@@ -49,6 +49,15 @@ class _Slot:
         self.error: KacheryError | None = None
 
 
+def close_all(fds: list[int]) -> None:
+    """Close descriptors, ignoring errors (they are ours to close, whatever state they are in)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class Sink:
     """A file that receives every verified chunk of the object at its offset (``load --dest``):
     the bytes are written from the buffer they arrived in, while the store's copy is written.
@@ -71,6 +80,10 @@ class Sink:
         self.direct = self.direct_fd >= 0
         self.error: KacheryError | None = None
         self.on_error = on_error
+        # How its descriptors are closed (the fetcher's: in a worker thread, as a close on a FUSE
+        # mount waits for that mount's daemon to flush); by default, right away.
+        self.closer: Callable[[list[int]], None] = close_all
+        self.closed = trio.Event()  # set by the closer once they are closed
         self._holders = 0
         self._closing = False
 
@@ -83,17 +96,19 @@ class Sink:
             self._close_now()
 
     def close(self) -> None:
-        """No more writes: the descriptors close once the last thread using them is done."""
+        """No more writes: the descriptors close once the last thread using them is done (the
+        default closer closes them at once and sets ``closed``; another one sets it itself)."""
         self._closing = True
         if self._holders == 0:
             self._close_now()
 
     def _close_now(self) -> None:
-        for name in ("fd", "direct_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
+        fds = [fd for fd in (self.fd, self.direct_fd) if fd >= 0]
+        self.fd = self.direct_fd = -1
+        if fds:
+            self.closer(fds)
+        else:
+            self.closed.set()
 
     def write(self, offset: int, data) -> None:
         if self.error is not None:
