@@ -120,5 +120,5 @@ def _own_mount_of(dest: Path, config: Config) -> Path | None:
         return None
     if not _inside(parent, mountpoint / "store"):
         raise BadDestination(f"{dest} is inside the kacheryfs mount {mountpoint}, where only store/ takes "
-                             "new files (sha1/ and feeds/ are read-only)")
+                             "new files (sha1/, sha1dir/ and feeds/ are read-only)")
     return mountpoint
