@@ -235,6 +235,11 @@ class ChunkScheduler:
         state = self._peers.get(peer)
         return state is not None and state.holds(chunk)
 
+    def progress(self, peer: str) -> tuple[int, float | None]:
+        """(requests in flight at ``peer``, when it last delivered a chunk: None if never)."""
+        state = self._peers.get(peer)
+        return (0, None) if state is None else (len(state.in_flight), state.last_ok)
+
     def drop_peer(self, peer: str, reason: str) -> None:
         """The peer sent bad bytes: forget it for this file and never ask it again."""
         self.remove_peer(peer)

@@ -144,7 +144,7 @@ class Server:
         if record is None:
             download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
             if download is not None:
-                self.swarm.interested(msg.sha1, session)
+                self.swarm.watching(msg.sha1, session)
                 return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=download.manifest.size,
                                     manifest_sha1=download.manifest_sha1, have=download.have().encode())
             if not session.channel_ids:
