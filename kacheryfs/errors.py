@@ -205,6 +205,10 @@ class RequestFailed(KacheryError):
     """The peer could not answer"""
 
 
+class PeerBusy(RequestFailed):
+    """The peer declined: it has sent this chunk to enough others, ask one of them"""
+
+
 class FetchFailed(KacheryError):
     """Could not fetch the file from any peer"""
 

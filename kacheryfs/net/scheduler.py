@@ -436,6 +436,17 @@ class ChunkScheduler:
         self._failed_at.setdefault(chunk, set()).add(peer)
         self._release(chunk, peer)
 
+    def on_chunk_declined(self, peer: str, chunk: int, now: float) -> None:
+        """The peer said it is busy with this chunk (it sent it to enough others): re-queue it for
+        the other peers holding it first; the peer's window stays (it is not slow or broken), and
+        it gets the chunk again once every holder has failed or declined it."""
+        state = self._peers.get(peer)
+        if state is None or chunk not in state.in_flight:
+            return
+        del state.in_flight[chunk]
+        self._failed_at.setdefault(chunk, set()).add(peer)
+        self._release(chunk, peer)
+
     def expired(self, now: float) -> list[tuple[str, int]]:
         """Requests older than ``request_timeout`` are re-queued for other peers; each late peer's
         window halves (once per call, as one loss event). Returns (peer, chunk) pairs to log."""

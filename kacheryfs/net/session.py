@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import PeerGone, ProtocolError, RequestFailed
+from ..errors import PeerBusy, PeerGone, ProtocolError, RequestFailed
 from ..protocol import Connection, HandshakeComplete, MessageReceived
 from ..protocol.connection import ConnectionClosed
 from ..protocol.messages import ErrorResponse, Message
@@ -135,6 +135,8 @@ class PeerSession:
         finally:
             self._pending.pop(msg.req, None)
         if isinstance(reply, ErrorResponse):
+            if reply.code == "busy":
+                raise PeerBusy(reply.message)
             raise RequestFailed(f"{reply.code}: {reply.message}")
         return reply
 

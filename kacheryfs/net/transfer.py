@@ -18,8 +18,8 @@ from typing import Callable
 import trio
 
 from ..errors import (
-    CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed, StorageFull,
-    StoreFailed,
+    CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerBusy, PeerGone, RequestFailed,
+    StorageFull, StoreFailed,
 )
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
@@ -420,6 +420,10 @@ class Download:
         except (StorageFull, StoreFailed) as exc:  # our disk, not the peer: no use asking others
             if self._local_failure is None:
                 self._local_failure = exc
+        except PeerBusy:  # the peer sent these chunks to enough others: ask them first
+            self.failures["busy"] = self.failures.get("busy", 0) + len(pending)
+            for index in pending:
+                self.scheduler.on_chunk_declined(peer, index, trio.current_time())
         except PeerGone:
             current = self.node.session_for(peer)
             if current is not None and current is not provider.session:
