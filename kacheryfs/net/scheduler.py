@@ -353,6 +353,7 @@ class ChunkScheduler:
              and now - other_state.in_flight[chunk] >= (STEAL_MIN_AGE if other_state.rate else STEAL_SILENT_AGE)
              and len(self._holders[chunk]) == 1
              and state.holds(chunk) and peer not in self._failed_at.get(chunk, ())),
+            key=lambda c: (c[0], c[2]),  # (peers ids need not be comparable with each other)
         )
         moved: list[int] = []
         for neg_eta, other, chunk in candidates[:room]:
