@@ -381,7 +381,9 @@ class SwarmSim:
         else:
             node.known = {p: (None if have is None else set(have)) for p, have in providers}
             _drop, add = plan({}, self._candidates(node), self.now, limit=cfg.max_active, rng=self.rng)
-            s.add_peers({p: node.known[p] for p in add})
+            share = max(s.min_initial_window, s.initial_window // max(1, len(node.known)))  # (as Download)
+            for p in add:
+                s.add_peer(p, node.known[p], window=share)
             node.joined = {p: self.now for p in add}
             self.at(self.now + cfg.replan_seconds, self._replan, node)
         self.max_providers = max(self.max_providers, len(s.peers))

@@ -196,7 +196,12 @@ class Download:
         for peer in chosen:
             self._joined[peer] = now
             self.ever_active.add(peer)
-        self.scheduler.add_peers({peer: self._have_arg(self.by_peer[peer]) for peer in chosen})
+        # The initial window budget is shared as among every provider known, not only those asked
+        # first: in a crowd's start only the seeder is useful, and 49 leechers queuing the whole
+        # object there at once would only be cancelled again as leechers gain chunks.
+        share = max(self.scheduler.min_initial_window, self.scheduler.initial_window // max(1, len(self.by_peer)))
+        for peer in chosen:
+            self.scheduler.add_peer(peer, self._have_arg(self.by_peer[peer]), window=share)
         self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
