@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from kacheryfs.net.provider_set import BENCH_SECONDS, ActiveView, CandidateView, plan
 from kacheryfs.net.scheduler import ChunkScheduler
+from kacheryfs.net.transfer import endgame_chunks
 from kacheryfs.net.upload_queue import SMALL, UploadQueue
 
 MiB = 1 << 20
@@ -372,7 +373,8 @@ class SwarmSim:
         node.has_manifest = True
         cfg = self.cfg
         kwargs = dict(initial_window=32, min_initial_window=2, slack_chunks=2, slack_seconds=0.1,
-                      request_timeout=cfg.request_timeout, seed=cfg.seed * 1000 + node.name)
+                      request_timeout=cfg.request_timeout, seed=cfg.seed * 1000 + node.name,
+                      endgame_chunks=endgame_chunks(cfg.chunks))
         kwargs.update(cfg.scheduler)
         s = node.sched = ChunkScheduler(cfg.chunks, range(cfg.chunks), **kwargs)
         node.started = True

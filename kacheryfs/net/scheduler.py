@@ -116,7 +116,8 @@ class SchedulerStats:
 class ChunkScheduler:
     def __init__(self, num_chunks: int, needed: Iterable[int], *, initial_window: int = 4,
                  max_window: int = 64, request_timeout: float = 10.0, slack_chunks: float = _SLACK_CHUNKS,
-                 slack_seconds: float = 0.0, min_initial_window: int = 1, seed: int | None = None):
+                 slack_seconds: float = 0.0, min_initial_window: int = 1, seed: int | None = None,
+                 endgame_chunks: int = ENDGAME_CHUNKS):
         if not 1 <= min_initial_window <= initial_window <= max_window:
             raise ValueError("need 1 <= min_initial_window <= initial_window <= max_window")
         self.num_chunks = num_chunks
@@ -133,6 +134,7 @@ class ChunkScheduler:
         # at a slow (or shared) provider, whose queued requests could later come from others.
         self.slack_seconds = slack_seconds
         self.min_initial_window = min_initial_window
+        self.endgame_chunks = endgame_chunks
         self._random = random.Random(seed)
         self._rank: list[int] | None = None  # random tie-break order, made when a partial peer comes
         self._holding: list[int] | None = None  # chunk -> partial peers holding it (full ones hold all)
@@ -318,7 +320,7 @@ class ChunkScheduler:
             picked += moved
         # 4. endgame: nothing left to queue and only a few chunks to go, so race the chunks other
         # peers will deliver last (a duplicate costs the other peer's upload: kept for the very end)
-        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS:
+        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= self.endgame_chunks:
             candidates = sorted(
                 ((-self._eta(other_state, rank), chunk)
                  for other, other_state in self._peers.items() if other != peer

@@ -29,7 +29,7 @@ from .finding import Provider
 from .interfaces import TransferHost
 from .pipeline import ChunkPipeline
 from .provider_set import BENCH_SECONDS, MAX_ACTIVE, ActiveView, CandidateView, plan
-from .scheduler import ChunkScheduler
+from .scheduler import ENDGAME_CHUNKS, ChunkScheduler
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ REQUEST_TIMEOUT = 20.0
 MAX_SMALL_OBJECT = 64 << 20
 PROVIDER_REFRESH_SECONDS = 2.0
 REPLAN_SECONDS = 0.5  # how often the active provider set is reviewed (net/provider_set.py)
+
+
+def endgame_chunks(num_chunks: int) -> int:
+    """Chunks left when the endgame may duplicate requests: a quarter of the object, 2 to 8. With 8
+    for any size, half of a 16 MiB object was raced: in a 50-node crowd, starved of CPU (noisy
+    rates), a leecher duplicated 6 of its 16 chunks and 1.3-1.6x the needed bytes were sent. (An
+    eighth, 2 of 16, made the simulated crowd's tail 7% longer: tests/swarm_sim.py; a quarter
+    finished as 8 did.)"""
+    return max(2, min(ENDGAME_CHUNKS, num_chunks // 4))
 CHUNKS_PER_REQUEST = 4  # consecutive chunks per ChunkRequest: one request, hop and frame per 4 MiB in bulk
 
 
@@ -185,11 +194,13 @@ class Download:
         # A deep window on a fast link (slack_seconds of data at the measured rate), a shallow one at
         # a slow or crowded provider; the initial 32 chunks are shared among the first providers.
         self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, min_initial_window=2,
-                                        slack_chunks=2, slack_seconds=0.1)
+                                        slack_chunks=2, slack_seconds=0.1,
+                                        endgame_chunks=endgame_chunks(len(manifest.chunk_sha1s)))
         self.max_active = MAX_ACTIVE
         self._joined: dict[str, float] = {}  # active peer -> when it joined the set
         self._benched: dict[str, float] = {}  # peer -> not taken back into the set before then
         self.ever_active: set[str] = set()
+        self.replaced = 0  # active providers replaced (stalled, or holding nothing needed)
         self._random = random.Random()
         now = trio.current_time()
         _drop, chosen = plan({}, self._candidate_views(now), now, limit=self.max_active, rng=self._random)
@@ -327,6 +338,7 @@ class Download:
         for peer in drop:
             self._leave(peer)
             self._benched[peer] = now + BENCH_SECONDS
+            self.replaced += 1
         for peer in add:
             self._join(peer, now)
 
@@ -520,7 +532,8 @@ class Download:
                 "timeline": dict(self.timeline), "chunks_from": dict(self.chunks_from),
                 "failures": dict(self.failures), "idle_s": round(self.idle_seconds, 4),
                 "requests": stats.requests, "moves": stats.moves, "duplicates": stats.duplicates,
-                "providers": len(self.ever_active), "known_providers": len(self.by_peer)}
+                "providers": len(self.ever_active), "known_providers": len(self.by_peer),
+                "replaced": self.replaced}
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
