@@ -52,7 +52,7 @@ class SimConfig:
     seed: int = 0
     kill: tuple[int, float] | None = None  # (leecher index, time): it stops serving and fetching
     max_active: int | None = 8  # providers a download asks at once (net/provider_set.py); None: all it knows
-    replan_seconds: float = 0.5
+    replan_seconds: float = 0.25  # transfer.REPLAN_SECONDS
     enough_copies: int | None = 2  # the seeder declines a chunk sent this often while others wait
     watch_interval: float | None = 0.5  # find askers hear of new chunks this often (None: as traders do)
 
@@ -548,11 +548,13 @@ class SwarmSim:
             if sender in node.joined:
                 return
         have = node.known[sender]
-        if (len(node.joined) < self.cfg.max_active and sender not in s.dropped
-                and node.benched.get(sender, -1e9) <= self.now and (have is None or self._useful(node, have))):
-            s.add_peer(sender, have, window=s.share_of_initial_window())
-            node.joined[sender] = self.now
-            self.max_providers = max(self.max_providers, len(s.peers))
+        if (sender not in s.dropped and node.benched.get(sender, -1e9) <= self.now
+                and (have is None or self._useful(node, have))):
+            if len(node.joined) < self.cfg.max_active:
+                s.add_peer(sender, have, window=s.share_of_initial_window())
+                node.joined[sender] = self.now
+                self.max_providers = max(self.max_providers, len(s.peers))
+
 
     def _replan(self, node: _Node):
         if node.dead or node.done_at is not None:
@@ -572,7 +574,8 @@ class SwarmSim:
         drop, add = plan(active, self._candidates(node), self.now, limit=self.cfg.max_active, rng=self.rng)
         for p in drop:
             del node.joined[p]
-            node.benched[p] = self.now + BENCH_SECONDS
+            if active[p].in_flight:
+                node.benched[p] = self.now + BENCH_SECONDS
             for chunk in s.remove_peer(p):
                 self._cancel(node, p, chunk)
         for p in add:

@@ -56,9 +56,11 @@ def test_a_bounded_provider_set_costs_fewer_messages_and_no_time(spread):
 def test_the_seeder_declines_a_third_copy_only_while_others_wait_and_everyone_finishes():
     """Leechers that upload slowly (as when their CPU is starved) keep asking the seeder for chunks
     others hold: it declines the third copy of a chunk once per requester, and all finish."""
-    declining = simulate(leechers=20, chunks=16, seed=3, leecher_rate=6e6, start_spread=2.0)
-    serving = simulate(leechers=20, chunks=16, seed=3, leecher_rate=6e6, start_spread=2.0, enough_copies=None)
-    assert declining.verified_twice == 0 and len(declining.done_at) == 20
-    assert declining.declined > 0
-    assert declining.seeder_share < 0.75 * serving.seeder_share  # (simulated: 1.9 against 3.3 copies)
-    assert declining.completion <= serving.completion + 0.05
+    declining = [simulate(leechers=20, chunks=16, seed=s, leecher_rate=6e6, start_spread=2.0) for s in range(6)]
+    serving = [simulate(leechers=20, chunks=16, seed=s, leecher_rate=6e6, start_spread=2.0, enough_copies=None)
+               for s in range(6)]
+    assert all(r.verified_twice == 0 and len(r.done_at) == 20 for r in declining)
+    assert all(r.declined > 0 for r in declining)
+    # (simulated: 1.8 against 2.2 copies from the seeder, 2.1 against 2.3 uploads' time, on average)
+    assert sum(r.seeder_share for r in declining) < 0.9 * sum(r.seeder_share for r in serving)
+    assert sum(r.completion for r in declining) <= sum(r.completion for r in serving) + 0.05 * 6
