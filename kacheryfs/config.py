@@ -275,29 +275,23 @@ def _max_peers(flag: int | None, env) -> int:
     return value
 
 
-def _positive_float(text: str | None, name: str) -> float | None:
-    if not text:
-        return None
+def _positive(text: str, name: str, kind: type, what: str):
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number") from None
+        raise ConfigError(f"{name}={text!r} is not {what}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
     return value
+
+
+def _positive_float(text: str | None, name: str) -> float | None:
+    return _positive(text, name, float, "a number") if text else None
 
 
 def _positive_int(env, name: str, default: int) -> int:
     text = env.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive")
-    return value
+    return _positive(text, name, int, "a whole number") if text else default
 
 
 def _pair_secret_files(channels: tuple[str, ...], specs: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:

@@ -257,3 +257,27 @@ async def test_reply_waiting_to_be_sent_is_dropped_by_a_cancel(cluster):
                                              length=CHUNK_SIZE), 10)
     assert bytes(got.payload) == data[CHUNK_SIZE:]
     assert seeder.counters.served_bytes[asker.node_id] == CHUNK_SIZE
+
+
+async def test_requests_given_up_on_are_cancelled_at_a_busy_seeder(cluster, monkeypatch):
+    """A request the downloader stopped waiting for (its reply would be dropped) is cancelled at the
+    provider. Without it a capped seeder facing a crowd sent abandoned requests in the time of live
+    ones: at N = 50 (48 MB at 2 MB/s) each of the last chunks went out 82 times and nobody got it."""
+    import kacheryfs.net.transfer as transfer
+
+    monkeypatch.setattr(transfer, "REQUEST_TIMEOUT", 1.5)  # the first requests' replies come later
+    seeder = await cluster.node("seeder", chans("x"))
+    seeder.serve_rate_limit = 8 * MB  # 0.52 s a 4-chunk request: the 3rd of 6 is already too late
+    data = random_bytes(24 * CHUNK_SIZE, seed=27)
+    obj = seeder.store.put_bytes(data)
+    leecher = await cluster.node("leecher", chans("x"))
+    await mesh([seeder, leecher])
+    with trio.fail_after(60):
+        await NetworkFetcher(leecher).fetch(obj.sha1)
+    assert leecher.store.read_bytes(obj.sha1) == data
+    summary = leecher.status()["downloads"][-1]
+    assert summary["failures"].get("TooSlowError", 0) > 0, summary  # the case this test is about
+    assert seeder.counters.cancelled[leecher.node_id] > 0
+    served = sum(seeder.counters.served_bytes.values())
+    # without the Cancel every abandoned request was sent anyway (1.7 copies here)
+    assert served < 1.35 * len(data), served / len(data)

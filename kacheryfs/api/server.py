@@ -233,15 +233,15 @@ class ApiServer:
         ref = str(ref)
         feed_id = parse_feed_uri(ref).feed_id if ref.startswith("feed://") else ref
         if not is_feed_id(feed_id):
-            found = sync.feeds.find_by_label(ref)
+            found = await trio.to_thread.run_sync(sync.feeds.find_by_label, ref)
             if found is None:
                 raise UnknownFeed(f"{ref!r} is neither a feed id nor a label of a local feed")
             feed_id = found
-        if feed_id not in sync.feeds.feed_ids():
+        if not await trio.to_thread.run_sync(sync.feeds.has_feed, feed_id):
             if not discover or not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
             await sync.wait_for_backlog(feed_id)
-        elif not sync.feeds.owns(feed_id):
+        elif not await trio.to_thread.run_sync(sync.feeds.owns, feed_id):
             sync.follow(feed_id)  # keep a replica live while someone reads it
         return feed_id
 
@@ -274,7 +274,9 @@ class ApiServer:
         if wait > 0 and not follow:
             await sync.wait_for_more(feed_id, subfeed, position, wait)
         while True:
-            for entry in sync.feeds.get_entries(feed_id, subfeed, start=position, limit=1000):
+            batch = await trio.to_thread.run_sync(
+                lambda: sync.feeds.get_entries(feed_id, subfeed, start=position, limit=1000))
+            for entry in batch:
                 await reply({"index": entry.index, "message": entry.value})
                 position = entry.index + 1
             if not follow:
@@ -284,8 +286,11 @@ class ApiServer:
 
     async def _feed_ls(self, request: dict, reply: Reply) -> None:
         feeds = self._sync().feeds
-        ids = [await self._resolve_feed(request["feed"])] if request.get("feed") else feeds.feed_ids()
-        await reply({"ok": True, "feeds": [
-            {"feed_id": f, "label": feeds.label_of(f), "owned": feeds.owns(f),
-             "subfeeds": {name: feeds.num_messages(f, name) for name in feeds.subfeeds(f)}}
-            for f in ids]})
+        ids = [await self._resolve_feed(request["feed"])] if request.get("feed") else None
+
+        def listing() -> list[dict]:  # SQLite: in a worker thread
+            return [{"feed_id": f, "label": feeds.label_of(f), "owned": feeds.owns(f),
+                     "subfeeds": {name: feeds.num_messages(f, name) for name in feeds.subfeeds(f)}}
+                    for f in (feeds.feed_ids() if ids is None else ids)]
+
+        await reply({"ok": True, "feeds": await trio.to_thread.run_sync(listing)})

@@ -191,6 +191,9 @@ class FeedStore:
     def feed_ids(self) -> list[str]:
         return [r[0] for r in self._run("SELECT feed_id FROM feeds ORDER BY feed_id")]
 
+    def has_feed(self, feed_id: str) -> bool:
+        return bool(self._run("SELECT 1 FROM feeds WHERE feed_id=?", (feed_id,)))
+
     def label_of(self, feed_id: str) -> str | None:
         rows = self._run("SELECT label FROM feeds WHERE feed_id=?", (feed_id,))
         return rows[0][0] if rows else None

@@ -257,19 +257,23 @@ class GatewayApp:
             raise HttpError(404, "this node keeps no feeds")
         if not is_feed_id(feed_id):
             raise HttpError(400, f"not a feed id: {feed_id[:80]!r}")
-        if feed_id not in sync.feeds.feed_ids():
+        if not await trio.to_thread.run_sync(sync.feeds.has_feed, feed_id):
             if not await sync.discover(feed_id):
                 raise UnknownFeed(f"{feed_id} is not known here nor held by any channel peer")
             await sync.wait_for_backlog(feed_id)
-        elif not sync.feeds.owns(feed_id):
+        elif not await trio.to_thread.run_sync(sync.feeds.owns, feed_id):
             sync.follow(feed_id)  # keep the replica live while someone reads it
         return feed_id
 
     async def _feed_info(self, request: Request, feed_id: str) -> None:
         feed_id = await self._resolve_feed(feed_id)
         feeds = self.feed_sync.feeds
-        body = json.dumps({"feed_id": feed_id, "owned": feeds.owns(feed_id),
-                           "subfeeds": {n: feeds.num_messages(feed_id, n) for n in feeds.subfeeds(feed_id)}}).encode()
+
+        def info() -> dict:  # SQLite queries: in a worker thread, off the event loop
+            return {"feed_id": feed_id, "owned": feeds.owns(feed_id),
+                    "subfeeds": {n: feeds.num_messages(feed_id, n) for n in feeds.subfeeds(feed_id)}}
+
+        body = json.dumps(await trio.to_thread.run_sync(info)).encode()
         await request.start(200, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                   (b"cache-control", b"no-cache")])
         await request.body(b"" if request.method == "HEAD" else body)
@@ -285,9 +289,10 @@ class GatewayApp:
         feed_id = await self._resolve_feed(feed_id)
         feeds = self.feed_sync.feeds
         if not follow:
-            if subfeed not in feeds.subfeeds(feed_id):
+            if subfeed not in await trio.to_thread.run_sync(feeds.subfeeds, feed_id):
                 raise HttpError(404, f"feed {feed_id[:12]}... has no subfeed {subfeed[:80]!r}")
-            lines = [e.message + b"\n" for e in feeds.get_entries(feed_id, subfeed, start=start)]
+            entries = await trio.to_thread.run_sync(lambda: feeds.get_entries(feed_id, subfeed, start=start))
+            lines = [e.message + b"\n" for e in entries]
             body = b"".join(lines)
             await request.start(200, [(b"content-type", b"application/jsonl; charset=utf-8"),
                                       (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-cache")])
@@ -301,7 +306,8 @@ class GatewayApp:
         await request.body(b"retry: 1000\n\n", more=True)
         position = start
         while not self.stopping.is_set():
-            entries = feeds.get_entries(feed_id, subfeed, start=position, limit=1000)
+            entries = await trio.to_thread.run_sync(
+                lambda: feeds.get_entries(feed_id, subfeed, start=position, limit=1000))
             if entries:
                 out = b"".join(b"id: %d\ndata: %s\n\n" % (e.index, e.message) for e in entries)
                 position = entries[-1].index + 1

@@ -105,7 +105,7 @@ class FeedSync:
         targets = [s for s in self.subscribers.get(where, ()) if s is not origin and not s.closed.is_set()]
         if not targets:
             return
-        entries = self.feeds.get_entries(*where, start=start)
+        entries = await trio.to_thread.run_sync(lambda: self.feeds.get_entries(*where, start=start))
         for batch_start in range(0, len(entries), BATCH):
             msg = FeedEntries(feed_id=where[0], subfeed=where[1],
                               payload=pack_entries(entries[batch_start:batch_start + BATCH]))
@@ -199,10 +199,15 @@ class FeedSync:
 
     # ---- messages from peers ---------------------------------------------------------------------
     async def _query(self, session: PeerSession, msg: FeedQuery) -> Message:
-        if not await self._may_serve(session, msg.feed_id) or msg.feed_id not in self.feeds.feed_ids():
+        def counts() -> dict[str, int] | None:  # SQLite: in a worker thread
+            if not self.may_serve(session, msg.feed_id) or not self.feeds.has_feed(msg.feed_id):
+                return None
+            return {name: self.feeds.num_messages(msg.feed_id, name) for name in self.feeds.subfeeds(msg.feed_id)}
+
+        found = await trio.to_thread.run_sync(counts)
+        if found is None:
             return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=False)
-        counts = {name: self.feeds.num_messages(msg.feed_id, name) for name in self.feeds.subfeeds(msg.feed_id)}
-        return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=True, subfeeds=counts)
+        return FeedInfo(req=msg.req, feed_id=msg.feed_id, found=True, subfeeds=found)
 
     async def _subscribe_request(self, session: PeerSession, msg: FeedSubscribe) -> Message:
         if not await self._may_serve(session, msg.feed_id):
@@ -210,8 +215,10 @@ class FeedSync:
             return ErrorResponse(req=msg.req, code="not-found", message="no such feed here")
         where = (msg.feed_id, msg.subfeed)
         sent = msg.start
-        while True:  # the backlog, then register with no await in between: nothing is missed
-            batch = self.feeds.get_entries(*where, start=sent, limit=BATCH)
+        while True:  # the backlog (read in a worker thread), then register with no await in between
+            batch = await trio.to_thread.run_sync(lambda: self.feeds.get_entries(*where, start=sent, limit=BATCH))
+            if not batch:  # confirmed here, on the trio thread, so no append slips in before registering
+                batch = self.feeds.get_entries(*where, start=sent, limit=BATCH)
             if not batch:
                 self.subscribers[where].add(session)
                 break
@@ -244,5 +251,5 @@ class FeedSync:
             await self._publish(where, before, origin=session)
 
     def require_known(self, feed_id: str) -> None:
-        if feed_id not in self.feeds.feed_ids():
+        if not self.feeds.has_feed(feed_id):
             raise UnknownFeed(feed_id)

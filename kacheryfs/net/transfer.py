@@ -9,6 +9,8 @@ verification is dropped for this file and logged.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import logging
 import random
@@ -460,6 +462,12 @@ class Download:
             self.failures[why] = self.failures.get(why, 0) + len(pending)
             for index in pending:
                 self.scheduler.on_chunk_failed(peer, index, trio.current_time())
+            if isinstance(exc, trio.TooSlowError):
+                # We stopped waiting; a reply would now be dropped here. Without a Cancel, a busy
+                # provider (a capped seeder facing a crowd) would still send it later, in the time of
+                # requests that are still wanted: past a point it served only abandoned requests.
+                with contextlib.suppress(PeerGone):
+                    await provider.session.send(Cancel(req=req))
         finally:
             for index in run:
                 if self._requests.get((peer, index)) is scope:
