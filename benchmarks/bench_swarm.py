@@ -337,6 +337,7 @@ def anatomy(t0: float, t_end: float, size: int, rate: float, seeder: dict, leech
             parts.setdefault("failed_requests", []).append(sum(summary["failures"].values()))
             parts.setdefault("providers", []).append(summary["providers"])
             parts.setdefault("replaced", []).append(summary.get("replaced", 0))
+            parts.setdefault("late_replies", []).append(summary.get("late_replies", 0))
     out["leecher_median"] = {k: _median(v) for k, v in parts.items()}
     out["leecher_max"] = {k: max(v) for k, v in parts.items()}
     return out

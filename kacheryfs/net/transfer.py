@@ -36,6 +36,7 @@ from .scheduler import ENDGAME_CHUNKS, ChunkScheduler
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 20.0
+LATE_REPLY_SECONDS = 2.0  # a cancelled request's reply is still taken if it arrives this soon
 MAX_SMALL_OBJECT = 64 << 20
 PROVIDER_REFRESH_SECONDS = 2.0
 # How often the active provider set is reviewed (net/provider_set.py). Measured: with 0.5 s a
@@ -206,6 +207,7 @@ class Download:
         self._benched: dict[str, float] = {}  # peer -> not taken back into the set before then
         self.ever_active: set[str] = set()
         self.replaced = 0  # active providers replaced (stalled, or holding nothing needed)
+        self.late_replies = 0  # replies to cancelled requests that came anyway and were used
         self._random = random.Random()
         now = trio.current_time()
         _drop, chosen = plan({}, self._candidate_views(now), now, limit=self.max_active, rng=self._random)
@@ -414,8 +416,18 @@ class Download:
                 try:
                     await provider.session.send(Cancel(req=req))
                 except PeerGone:
-                    pass
-                return
+                    return
+                if all(self.scheduler.is_verified(index) for index in run):
+                    return  # (an endgame duplicate that lost: nothing it could bring)
+                # The reply may be on its way already (the peer was sending it when the Cancel
+                # came: it goes out whole). If it comes soon, the chunks still missing here are
+                # kept rather than dropped, and their requests elsewhere cancelled in turn.
+                late = await provider.session.late_reply(req, LATE_REPLY_SECONDS)
+                if not isinstance(late, ChunkData):
+                    return
+                data = late.payload
+                self.node.note_fetched(len(data))
+                self.late_replies += 1
             view = memoryview(data)
             self.timeline.setdefault("first_chunk", time.monotonic())
             queued = {}  # every chunk of the reply goes to the lanes at once; their results in order
@@ -547,7 +559,7 @@ class Download:
                 "failures": dict(self.failures), "idle_s": round(self.idle_seconds, 4),
                 "requests": stats.requests, "moves": stats.moves, "duplicates": stats.duplicates,
                 "providers": len(self.ever_active), "known_providers": len(self.by_peer),
-                "replaced": self.replaced}
+                "replaced": self.replaced, "late_replies": self.late_replies}
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
