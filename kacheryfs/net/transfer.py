@@ -52,6 +52,8 @@ def endgame_chunks(num_chunks: int) -> int:
     eighth, 2 of 16, made the simulated crowd's tail 7% longer: tests/swarm_sim.py; a quarter
     finished as 8 did.)"""
     return max(2, min(ENDGAME_CHUNKS, num_chunks // 4))
+
+
 CHUNKS_PER_REQUEST = 4  # consecutive chunks per ChunkRequest: one request, hop and frame per 4 MiB in bulk
 
 
@@ -530,9 +532,11 @@ class Download:
             self._refreshing = False
 
     async def _refresh(self, starving: bool) -> None:
-        if starving:
+        if starving:  # the partial providers asked, and a few candidates (what we know of them may be old)
+            candidates = [p for p in self.by_peer if p not in self._joined]
+            self._random.shuffle(candidates)
             async with trio.open_nursery() as nursery:
-                for peer in list(self._joined):
+                for peer in list(self._joined) + candidates[:self.max_active]:
                     provider = self.by_peer[peer]
                     if provider.have is not None and not provider.session.closed.is_set():
                         nursery.start_soon(self._ask_holdings, provider.session)
