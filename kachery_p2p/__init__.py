@@ -68,13 +68,16 @@ def store_pkl(x: Any, basename: str | None = None) -> str:
 
 def load_file(uri: str, dest: str | None = None, p2p: bool = True, from_node: str | None = None,
               from_channel: str | None = None, *, progress: bool | None = None) -> str | None:
-    """The local path of the file (or ``dest``, a copy); None if neither this node nor a channel
-    peer has it. A path that is not a URI is taken as a local file, as in kachery-p2p."""
+    """The local path of the file (or ``dest``, a copy of the caller's own: written once where
+    possible, as ``kacheryfs load --dest``); None if neither this node nor a channel peer has it.
+    A path that is not a URI is taken as a local file, as in kachery-p2p."""
     if not str(uri).startswith(("sha1://", "sha1dir://")) and os.path.isfile(uri):
         path = str(uri)
     else:
         try:
             parsed = parse_uri(_api.resolve_file_uri(uri) if is_dir_uri(uri) else uri)
+            if dest is not None and (p2p or _api._store().info(parsed.sha1) is not None):
+                return _api.load_file(str(parsed), dest=dest, progress=progress)
             if p2p:
                 path = _api.load_file(str(parsed), progress=progress)
             else:

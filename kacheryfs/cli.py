@@ -16,10 +16,10 @@ from .cli_cache import cli_config, config_option, storage_option
 from .cli_status import swarm_lines  # noqa: F401 (status lines of downloads, for tests)
 from .cli_cache import human as _human
 from .config import DEFAULT_CACHE_SIZE, DEFAULT_FIND_TIMEOUT, DEFAULT_LISTEN, Config
-from .errors import BadDestination, CorruptObject, IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
+from .errors import CorruptObject, IsADirectory, KacheryError, NoDaemon, NoSuchFile, ObjectNotFound, UnmountError
 from .progress import ByteProgress
 from .store import (
-    CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, clone, format_dir_uri, format_uri, is_dir_uri, parse_uri,
+    CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_uri,
 )
 
 
@@ -268,67 +268,9 @@ def load(uri, dest, storage_dir, config_dir):
     if dest is None:
         click.echo(str(_local_path(uri, storage_dir, config_dir)[0]))
         return
-    try:
-        _load_into(uri, Path(dest), storage_dir, config_dir)
-    except OSError as exc:
-        raise KacheryError(f"could not write {dest}: {exc.strerror}") from None
-    click.echo(dest)
+    from .api.dest import load_into
 
-
-def _load_into(uri: str, dest: Path, storage_dir, config_dir) -> None:
-    """``load --dest``: a separate file (the store's copy never changes through it), each byte
-    written once where possible. Held here: its chunks checked, then reflinked or copied in the
-    kernel. Fetched: the daemon fills the file as it fetches (store/clone.py, net/pipeline.py).
-    A failure removes the half-written file."""
-    from .api.client import daemon_load_into
-    from .api.objects import resolve_file_uri
-
-    config = _config(storage_dir, config_dir)
-    parsed = parse_uri(resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir))
-    local = LocalStore(config.storage_dir)
-    try:
-        if dest.resolve().is_relative_to(local.root.resolve()):
-            raise BadDestination(f"{dest} is inside the store {local.root}")
-        created = not dest.exists()
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o666)  # not O_TRUNC before the checks below
-    except BaseException:
-        local.close()
-        raise
-    try:  # a file of the store (even by a hard link) is refused before anything is truncated
-        clone.check_dest(fd, [local.object_path(parsed.sha1), local.partial_dir / f"{parsed.sha1}.part"],
-                         empty=False)
-        os.ftruncate(fd, 0)
-    except BaseException:
-        os.close(fd)
-        if created:
-            dest.unlink(missing_ok=True)
-        local.close()
-        raise
-    try:
-        record = local.use(parsed.sha1)
-        if record is not None:
-            local.integrity.verify(parsed.sha1, 0, max(record.size, 1), record=record)
-            with open(local.object_path(parsed.sha1), "rb") as src:
-                clone.copy_into(src.fileno(), fd, record.size)
-        else:
-            try:
-                with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
-                    path, filled = daemon_load_into(config.config_dir, str(parsed), fd, progress)
-            except NoDaemon:
-                raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
-                                     "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
-            if not filled:  # an older daemon: copy what it fetched
-                with open(path, "rb") as src:
-                    clone.copy_into(src.fileno(), fd, os.fstat(src.fileno()).st_size)
-    except BaseException:
-        os.close(fd)
-        fd = -1
-        dest.unlink(missing_ok=True)
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        local.close()
+    click.echo(load_into(uri, dest, _config(storage_dir, config_dir)))
 
 
 @cli.command()

@@ -66,7 +66,8 @@ def run(config: Config, mountpoint: str | os.PathLike | None = None, *, debug: b
         from .fs.tree import VirtualTree
 
         tree = VirtualTree(store, fetcher, FeedsView(node.feed_sync))
-        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint), **status()})
+        api = ApiServer(node, fetcher, config.config_dir, lambda: {"mountpoint": str(mountpoint), **status()},
+                        mountpoint=mountpoint)
         with FuseMount(tree, mountpoint, config, debug) as mount:
             trio.run(_serve, node, api, store, config, mount, gateway, fetcher)
     finally:

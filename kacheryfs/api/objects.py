@@ -164,13 +164,23 @@ def resolve_file_uri(uri: str, *, storage_dir=None, config_dir=None, progress: b
     return entry.uri(parse_dir_uri(uri).path.rpartition("/")[2])
 
 
-def load_file(uri: str, *, storage_dir=None, config_dir=None, progress: bool | None = None) -> str:
+def load_file(uri: str, *, dest: str | os.PathLike | None = None, storage_dir=None, config_dir=None,
+              progress: bool | None = None) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
     the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never).
-    ``uri`` may also name a file in a stored directory: ``sha1dir://<hash>/path/in/dir``."""
+    ``uri`` may also name a file in a stored directory: ``sha1dir://<hash>/path/in/dir``.
+
+    With ``dest``: the bytes are written to that file (created, or emptied) instead, and ``dest``
+    is returned: a file of the caller's own, which they may change. Written once where possible
+    (fetched: the daemon fills it as the chunks arrive; held: a reflink or an in-kernel copy), as
+    ``kacheryfs load --dest`` (api/dest.py; BadDestination for the store's own copy and the like)."""
     from ..progress import ByteProgress
     from .client import daemon_load
 
+    if dest is not None:
+        from .dest import load_into
+
+        return load_into(uri, dest, _config(storage_dir, config_dir), progress)
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     store = _store(storage_dir, config_dir)
     if store.info(parsed.sha1) is None:

@@ -13,10 +13,10 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import trio
 
-from ..errors import DaemonAlreadyRunning, KacheryError, UnknownFeed
+from ..errors import BadDestination, DaemonAlreadyRunning, KacheryError, UnknownFeed
 from ..feeds import parse_feed_uri
 from ..feeds.entry import is_feed_id
-from ..store import LocalStore, parse_uri
+from ..store import LocalStore, clone, parse_uri
 from . import messages
 from .messages import MAX_FDS, MAX_REQUEST, socket_path
 
@@ -75,9 +75,21 @@ async def open_api_listener(config_dir: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+def _close_all(fds: list[int]) -> None:
+    """Close descriptors a client passed (in a worker thread: closing a file on a FUSE mount asks
+    its daemon to flush it, and that daemon may be this one, serving FUSE on the trio thread)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class ApiServer:
-    def __init__(self, node: ApiHost, fetcher, config_dir: Path, extra_status=None):
+    def __init__(self, node: ApiHost, fetcher, config_dir: Path, extra_status=None,
+                 mountpoint: str | os.PathLike | None = None):
         self.node = node
+        self.mountpoint = None if mountpoint is None else os.path.realpath(mountpoint)  # (resolved before mounting)
         self.fetcher = fetcher
         self.config_dir = config_dir
         self.extra_status = extra_status or (lambda: {})
@@ -100,11 +112,12 @@ class ApiServer:
             await stream.send_all(messages.encode(obj))
 
         fds: list[int] = []
+        extra: list[int] = []  # descriptors beyond MAX_FDS: closed unused
         try:
             buf = b""
             with trio.fail_after(REQUEST_TIMEOUT):
                 while b"\n" not in buf:
-                    data = await self._receive(stream, fds)
+                    data = await self._receive(stream, fds, extra)
                     if not data or len(buf) > MAX_REQUEST:
                         return
                     buf += data
@@ -124,23 +137,22 @@ class ApiServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         finally:
-            for fd in fds:  # ours from the moment they arrived, used or not
-                os.close(fd)
+            if fds or extra:  # ours from the moment they arrived, used or not
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_close_all, fds + extra)
             await trio.aclose_forcefully(stream)
 
     @staticmethod
-    async def _receive(stream: trio.SocketStream, fds: list[int]) -> bytes:
-        """Bytes of the request, and any descriptors sent with them (at most MAX_FDS kept)."""
+    async def _receive(stream: trio.SocketStream, fds: list[int], extra: list[int]) -> bytes:
+        """Bytes of the request, and any descriptors sent with them (at most MAX_FDS kept; the
+        rest go to ``extra``, to be closed)."""
         data, ancdata, _flags, _addr = await stream.socket.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS))
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 got = array.array("i")
                 got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
                 for fd in got:
-                    if len(fds) < MAX_FDS:
-                        fds.append(fd)
-                    else:
-                        os.close(fd)
+                    (fds if len(fds) < MAX_FDS else extra).append(fd)
         return data
 
     async def _status(self, request: dict, reply: Reply) -> None:
@@ -183,16 +195,31 @@ class ApiServer:
             nursery.start_soon(pump)
             dest_fd = request["_fds"][0] if request.get("dest") and request["_fds"] else None
             try:  # caught here: raised through the nursery it would arrive as an ExceptionGroup
+                if dest_fd is not None:
+                    self._refuse_own_mount(dest_fd)
                 await self.fetcher.fetch(uri.sha1, uri.manifest_sha1, progress, dest_fd=dest_fd)
             except KacheryError as exc:
                 error = exc
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
+        if request["_fds"]:  # closed before the answer (on a FUSE mount: committed on the last close)
+            await trio.to_thread.run_sync(_close_all, request["_fds"])
+            request["_fds"].clear()
         answer = {"ok": True, "path": str(self.node.store.object_path(uri.sha1))}
         if dest_fd is not None:
             answer["dest"] = True
         await reply(answer)
+
+    def _refuse_own_mount(self, dest_fd: int) -> None:
+        """A destination in this daemon's own mount is refused (``load --dest`` copies into store/
+        from the client instead: api/dest.py): writing it from here would make FUSE requests that
+        only this process serves, from the thread that serves them or while it waits."""
+        mount = clone.mount_of(dest_fd)
+        if self.mountpoint is not None and mount is not None and mount[1].startswith("fuse") \
+                and mount[0] == self.mountpoint:
+            raise BadDestination(f"it is inside this daemon's own mount {self.mountpoint}, which the daemon "
+                                 "cannot write through (copy it there from sha1/, or give a path outside the mount)")
 
     async def _cache(self, request: dict, reply: Reply) -> None:
         """Write the daemon's record of recent reads; with "to", evict down to that many bytes."""

@@ -63,6 +63,10 @@ class Dialer:
     def _full(self, widening: bool = False) -> bool:
         return len(self.host.sessions) + len(self._dialing) >= (HARD_MAX_PEERS if widening else self.max_peers)
 
+    def dialing(self) -> bool:
+        """Whether a dial is under way (a peer may be about to join)."""
+        return bool(self._dialing)
+
     def widen(self, count: int) -> int:
         """Dial up to ``count`` remembered peers we are not connected to; returns how many."""
         started = 0

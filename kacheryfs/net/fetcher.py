@@ -3,6 +3,7 @@ whole, or read lazily through a shared download per object."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ import trio
 from ..errors import KacheryError, ObjectNotFound, StorageFull, from_os_error
 from ..store import clone
 from .interfaces import FetcherHost
-from .pipeline import Sink
+from .pipeline import Sink, close_all
 from .transfer import Download, fetch_small_into_store, locate_manifest  # at start, not at the first open
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,10 @@ class NetworkFetcher:
         user, ``load --dest``) into that file too, each byte written once where the filesystem
         allows (store/clone.py): reflinked from the installed object, or else streamed from each
         verified chunk's buffer while the store's copy is written (never copied afterwards)."""
-        if dest_fd is not None:
-            store = self.node.store
-            clone.check_dest(dest_fd, [store.object_path(sha1), store.partial_dir / f"{sha1}.part"])
+        if dest_fd is not None:  # every call on the user's file off the trio thread: it may be on a
+            store = self.node.store  # slow filesystem, or another node's FUSE mount
+            await trio.to_thread.run_sync(
+                clone.check_dest, dest_fd, [store.object_path(sha1), store.partial_dir / f"{sha1}.part"])
         running = await self._acquire(sha1, manifest_sha1)
         if running is None:
             if progress is not None:
@@ -169,7 +171,8 @@ class NetworkFetcher:
                 raise
             if dest_fd is not None and not await trio.to_thread.run_sync(
                     clone.can_reflink, self.node.store.tmp_dir, dest_fd):
-                sink = Sink(dest_fd)
+                sink = await trio.to_thread.run_sync(Sink, dest_fd)  # (opens it again, O_DIRECT)
+                sink.closer = functools.partial(self._close_later, sink)
                 await download.pipeline.add_sink(sink)
             download.want(range(len(download.manifest.chunk_sha1s)))
             await download.wait_complete()
@@ -180,9 +183,26 @@ class NetworkFetcher:
         finally:
             if sink is not None:
                 download.pipeline.remove_sink(sink)
+                if sink.error is None:  # closed before the answer: on a FUSE mount, dest is
+                    await sink.closed.wait()  # committed by its daemon when the last descriptor closes
             if progress is not None:
                 download.progress.remove(progress)
             self.release(sha1, running)
+
+    def _close_later(self, sink: Sink, fds: list[int]) -> None:
+        """Close a sink's descriptors in a worker thread: dest may be on a FUSE mount (another
+        node's), whose daemon answers the flush of every close; the trio thread must not wait."""
+        async def close() -> None:
+            try:
+                await trio.to_thread.run_sync(close_all, fds)
+            finally:
+                sink.closed.set()
+
+        try:
+            self.node.start_soon(close)
+        except RuntimeError:  # shutting down: close them here
+            close_all(fds)
+            sink.closed.set()
 
     async def _copy_out(self, sha1: str, dest_fd: int) -> None:
         """A held object into the user's file: its chunks checked first (bit rot; free for what this

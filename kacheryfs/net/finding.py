@@ -25,6 +25,12 @@ FIND_CACHE_SECONDS = 5.0
 FIND_FANOUT = 8  # peers asked at once
 FIND_STEP = 0.2  # seconds before the next batch, if the last has not all answered
 WIDEN_SECONDS = 0.5  # while nobody has it, ask for more peers this often
+# "Not found" before the timeout: every channel peer has said no, no peer came or went for
+# FIND_QUIET seconds (two rounds of widening), nothing that could bring one is under way (a dial, a
+# DHT lookup: ``searching``), and the node has been up FIND_STARTUP seconds (its first peers are
+# still being met before that). A lone node's open() of an unknown hash: ENOENT in ~1 s, not 3.
+FIND_QUIET = 1.0
+FIND_STARTUP = 5.0
 CACHE_PRUNE_AT = 256  # entries: past this, expired ones are dropped when the next answer is cached
 
 
@@ -45,9 +51,11 @@ def prefer_direct(providers: list[Provider]) -> list[Provider]:
 
 class Finder:
     def __init__(self, routes: Routes, peers: Peers, *, in_a_channel: bool, timeout: float = DEFAULT_FIND_TIMEOUT,
-                 more_peers: Callable[[str], None] | None = None):
+                 more_peers: Callable[[str], None] | None = None, searching: Callable[[str], bool] | None = None):
         self.peers = peers
         self.more_peers = more_peers
+        self.searching = searching  # (sha1) -> whether a dial or lookup that may bring a holder is under way
+        self.started = time.monotonic()  # (a node is built before trio runs)
         self.in_a_channel = in_a_channel  # in no channel there is nobody to ask
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[Provider]]] = {}
@@ -89,10 +97,12 @@ class Finder:
             async with trio.open_nursery() as nursery:
                 async def ask_in_batches():
                     nonlocal batch_done
+                    quiet_since = None  # every peer asked has said no, and no peer came or went since
                     while True:
                         fresh = [s for s in self.peers.channel_peers() if s.peer_id not in asked]
                         random.shuffle(fresh)  # spread the finds of a crowd over the channel
                         if fresh:
+                            quiet_since = None
                             batch_done = trio.Event()
                             for session in fresh[:FIND_FANOUT]:
                                 asked.add(session.peer_id)
@@ -103,10 +113,16 @@ class Finder:
                         if answered < len(asked):
                             await batch_done.wait()
                             continue
+                        now = trio.current_time()
+                        quiet_since = now if quiet_since is None else quiet_since
+                        if not found and self._nobody_else(sha1, quiet_since, now):
+                            nursery.cancel_scope.cancel()  # not found
+                            return
                         if self.more_peers is not None:
                             self.more_peers(sha1)  # every peer asked said no: look further, again and again
                         with trio.move_on_after(WIDEN_SECONDS):
                             await self.peers.wait_peers_changed()  # peers that connect meanwhile are asked too
+                            quiet_since = None
 
                 nursery.start_soon(ask_in_batches)
                 await first.wait()
@@ -121,6 +137,11 @@ class Finder:
                 self._cache = {k: v for k, v in self._cache.items() if now - v[0] < FIND_CACHE_SECONDS}
             self._cache[sha1] = (now, found)
         return found
+
+    def _nobody_else(self, sha1: str, quiet_since: float, now: float) -> bool:
+        """Whether to stop looking before the timeout (FIND_QUIET)."""
+        return (now - quiet_since >= FIND_QUIET and time.monotonic() - self.started >= FIND_STARTUP
+                and not (self.searching is not None and self.searching(sha1)))
 
     async def announce(self, sha1: str, size: int, manifest_sha1: str | None) -> None:
         for session in self.peers.channel_peers():

@@ -75,7 +75,7 @@ class Node(HostedNode):
         self.server = Server(self, store, self.counters, self._read_into, serve_rate_limit, swarm=self.swarm,
                              read_partial_into=self._read_partial_into)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
-                             more_peers=self._more_peers)
+                             more_peers=self._more_peers, searching=self._still_searching)
         self.relay_client = RelayClient(self.host)
         self.punch = PunchClient(lambda: self.host.listen_local, self._punched, self.host.start_soon)
         self.host.claim_inbound = self.punch.claim_inbound
@@ -128,6 +128,10 @@ class Node(HostedNode):
         if self.dht_discovery is not None and sha1 not in self._dht_lookups:
             self._dht_lookups.add(sha1)
             self.host.start_soon(self._dht_providers, sha1)
+
+    def _still_searching(self, sha1: str) -> bool:
+        """A dial, or a DHT lookup of ``sha1``, is under way: a find waits for what it brings."""
+        return self.dialer.dialing() or sha1 in self._dht_lookups
 
     async def _dht_providers(self, sha1: str) -> None:
         try:

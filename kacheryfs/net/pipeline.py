@@ -19,6 +19,7 @@ Bytes reach a reader (or a peer, or a sink) only after they have passed the SHA-
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from typing import Callable
@@ -32,6 +33,8 @@ from ..store.partial import PartialObject
 
 LANES = 2  # verify + write hops at once (two cores)
 BATCH = 4  # chunks per hop: ~4 MiB of hashing and writing per ~0.1 ms of hop overhead
+# copy_file_range cannot copy between these two files (another filesystem, or one without it)
+_NO_COPY_RANGE = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 HASH_AHEAD = 32  # written chunks kept in memory for the whole-file hash, beyond its position
 
 
@@ -44,6 +47,15 @@ class _Slot:
         self.done = trio.Event()
         self.fresh = False
         self.error: KacheryError | None = None
+
+
+def close_all(fds: list[int]) -> None:
+    """Close descriptors, ignoring errors (they are ours to close, whatever state they are in)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class Sink:
@@ -68,6 +80,10 @@ class Sink:
         self.direct = self.direct_fd >= 0
         self.error: KacheryError | None = None
         self.on_error = on_error
+        # How its descriptors are closed (the fetcher's: in a worker thread, as a close on a FUSE
+        # mount waits for that mount's daemon to flush); by default, right away.
+        self.closer: Callable[[list[int]], None] = close_all
+        self.closed = trio.Event()  # set by the closer once they are closed
         self._holders = 0
         self._closing = False
 
@@ -80,17 +96,19 @@ class Sink:
             self._close_now()
 
     def close(self) -> None:
-        """No more writes: the descriptors close once the last thread using them is done."""
+        """No more writes: the descriptors close once the last thread using them is done (the
+        default closer closes them at once and sets ``closed``; another one sets it itself)."""
         self._closing = True
         if self._holders == 0:
             self._close_now()
 
     def _close_now(self) -> None:
-        for name in ("fd", "direct_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
+        fds = [fd for fd in (self.fd, self.direct_fd) if fd >= 0]
+        self.fd = self.direct_fd = -1
+        if fds:
+            self.closer(fds)
+        else:
+            self.closed.set()
 
     def write(self, offset: int, data) -> None:
         if self.error is not None:
@@ -179,11 +197,22 @@ class ChunkPipeline:
 
     def _copy_present(self, sink: Sink) -> None:
         partial = self.partial
+        in_kernel = True  # copy_file_range, until it refuses (dest on another filesystem: EXDEV)
         for index in range(partial.num_chunks):
             if partial.has_chunk(index):
                 start, end = partial.manifest.chunk_range(index)
                 try:
-                    partial.copy_range_to(sink.fd, start, end - start)
+                    if in_kernel:
+                        try:
+                            partial.copy_range_to(sink.fd, start, end - start)
+                            continue
+                        except OSError as exc:
+                            if exc.errno not in _NO_COPY_RANGE:
+                                raise
+                            in_kernel = False
+                    sink.write(start, partial.read(start, end - start))  # (its errors: sink.error)
+                    if sink.error is not None:
+                        return
                 except OSError as exc:
                     sink.error = from_os_error(exc, "writing the destination file")
                     return

@@ -48,6 +48,26 @@ def check_dest(fd: int, store_files: list[os.PathLike], empty: bool = True) -> N
         raise BadDestination("not empty")
 
 
+def mount_of(fd: int) -> tuple[str, str] | None:
+    """The mount point and filesystem type of the mount ``fd``'s file is on, from /proc alone: no
+    call on that file's filesystem, which may be a FUSE mount served by the caller (a ``fstat``
+    there would wait for the very thread making it). None where /proc does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            mnt_id = next((line.split()[1] for line in f if line.startswith("mnt_id:")), None)
+        if mnt_id is None:
+            return None
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] == mnt_id and "-" in fields:
+                    point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                    return point, fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return None
+
+
 def reflink(src_fd: int, dst_fd: int) -> bool:
     """Make ``dst_fd``'s file share all of ``src_fd``'s extents; False where unsupported (another
     filesystem, or one without reflinks)."""
