@@ -76,6 +76,13 @@ def test_a_whole_candidate_takes_a_place_in_a_full_set_of_partial_providers():
     assert drop == ["p0"] and add == ["seed"]  # the least useful partial one
 
 
+def test_a_whole_candidate_gets_a_place_even_in_a_set_over_the_limit():
+    """Found by the fuzz test: three useless partial providers, limit 1, a whole candidate."""
+    active = {p: act(0, in_flight=0) for p in ("a", "b", "aa")}
+    drop, add = plan(active, {"seed": cand(0, whole=True)}, 0.0, limit=1, rng=random.Random(0))
+    assert add == ["seed"] and set(drop) == {"a", "b", "aa"}
+
+
 def test_benched_candidates_wait():
     drop, add = plan({"seed": act(16, whole=True)}, {"x": cand(5, benched_until=BENCH_SECONDS)}, 1.0, limit=4)
     assert (drop, add) == ([], [])

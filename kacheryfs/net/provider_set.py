@@ -80,9 +80,9 @@ def plan(active: Mapping[str, ActiveView], candidates: Mapping[str, CandidateVie
     if not whole_active and ready and candidates[ready[0]].whole and room <= 0:
         # the set is full of partial providers and a whole one is known: it takes the place of
         # the least useful partial one not already leaving
-        kept = [p for p in active if p not in drop]
-        if kept:
-            drop.append(min(kept, key=lambda p: (active[p].useful, -active[p].last_progress)))
+        kept = sorted((p for p in active if p not in drop), key=lambda p: (active[p].useful, -active[p].last_progress))
+        while room <= 0 and kept:  # (a set over the limit gives up as many places as it takes)
+            drop.append(kept.pop(0))
             room += 1
     for peer in ready:
         if room <= 0:
