@@ -23,6 +23,10 @@ from each daemon's `status` download summaries). `--start api` starts the crowd 
 from this process instead of N-1 `kacheryfs load` processes: what the crowd costs when each
 node's command runs on its own machine.
 
+`--profile DIR`: py-spy records three leecher daemons and the seeder during the crowd (raw
+collapsed stacks, threads on a CPU only, 100 Hz; adds CPU load: timings of such a run are not
+comparable); summarize with `benchmarks/flame_summary.py DIR/*.txt --rate 100`.
+
 Prints a table; saves benchmarks/results/swarm-<date>.json and swarm-latest.json.
 """
 
@@ -46,6 +50,7 @@ KACHERYFS = str(Path(sys.executable).parent / "kacheryfs")
 MB = 1_000_000
 CHANNEL = "bench"
 KEEP = False  # --keep: leave the nodes' directories (logs) behind
+PROFILE: Path | None = None  # --profile DIR: py-spy records of some daemons during the crowd
 
 
 class Daemon:
@@ -200,12 +205,14 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
             if out["idle_cpu_busy"] < 0.25:
                 break
         out["load_average_before"] = os.getloadavg()[0]
+        spies = start_profiles(daemons[:1] + leechers[:3], f"n{n}-{'swarm' if swarming else 'base'}-{start}")
         cpu0, clis0, daemons0 = cpu_times(), children_cpu(), [d.cpu_seconds() for d in daemons]
         t = time.monotonic()
         if start == "cli":
             times = wait_all([d.load(uri) for d in leechers], t, 900)
         else:
             times = api_loads(leechers, uri, t, 900)
+        stop_profiles(spies)
         one_upload = size / rate
         out["crowd_s"] = times[-1]
         cpu1 = cpu_times()
@@ -262,6 +269,29 @@ def scenario(root: Path, n: int, src: Path, size: int, rate: float, *, swarming:
     return out
 
 
+def start_profiles(daemons: list[Daemon], label: str) -> list[subprocess.Popen]:
+    if PROFILE is None:
+        return []
+    PROFILE.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    procs = [subprocess.Popen([spy, "record", "--pid", str(d.proc.pid), "--format", "raw", "--threads",
+                               "--nonblocking", "-r", "100", "-o", str(PROFILE / f"{label}-{d.dir.name}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in daemons]
+    time.sleep(1.0)
+    return procs
+
+
+def stop_profiles(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _median(values: list[float]) -> float | None:
     values = sorted(values)
     return values[len(values) // 2] if values else None
@@ -306,6 +336,8 @@ def anatomy(t0: float, t_end: float, size: int, rate: float, seeder: dict, leech
             parts.setdefault("duplicates", []).append(summary["duplicates"])
             parts.setdefault("failed_requests", []).append(sum(summary["failures"].values()))
             parts.setdefault("providers", []).append(summary["providers"])
+            parts.setdefault("replaced", []).append(summary.get("replaced", 0))
+            parts.setdefault("late_replies", []).append(summary.get("late_replies", 0))
     out["leecher_median"] = {k: _median(v) for k, v in parts.items()}
     out["leecher_max"] = {k: max(v) for k, v in parts.items()}
     return out
@@ -348,13 +380,15 @@ def main() -> None:
     parser.add_argument("--no-dht", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy record some daemons during the crowd")
     parser.add_argument("--variants", default="swarm,baseline,dht", help="which of swarm,baseline,dht to run")
     parser.add_argument("--start", choices=["cli", "api"], default="cli",
                         help="the crowd starts as `kacheryfs load` processes (cli) or as local API calls "
                              "from this process (api: no process start-up per node)")
     args = parser.parse_args()
-    global KEEP
+    global KEEP, PROFILE
     KEEP = args.keep
+    PROFILE = None if args.profile is None else Path(args.profile)
     size, rate = int(args.size_mb * MB), args.rate_mb * MB
     root = Path(tempfile.mkdtemp(prefix="kacheryfs-bench-swarm-"))
     results = {"size_mb": args.size_mb, "rate_mb_s": args.rate_mb, "one_upload_s": size / rate, "runs": []}

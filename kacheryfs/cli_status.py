@@ -75,7 +75,9 @@ def swarm_lines(node: dict) -> list[str]:
         lines.append(f"dht:      UDP port {node['dht']['port']}, {node['dht']['nodes']} nodes in the routing table")
     for fetch in node.get("swarm", []):
         lines.append(f"fetching: {fetch['sha1']}  {fetch['have']}/{fetch['chunks']} chunks, "
-                     f"{len(fetch['providers'])} providers, {fetch['interested']} peers told of new chunks, "
+                     f"{len(fetch['providers'])} providers "
+                     f"({sum(p['state'] == 'active' for p in fetch['providers'])} asked), "
+                     f"{fetch['interested']} peers told of new chunks, "
                      f"{fetch['moves']} requests moved, {fetch['duplicates']} endgame duplicates")
         for p in sorted(fetch["providers"], key=lambda p: -p["chunks_from"]):
             holds = {"all": "whole", None: "-"}.get(p["holds"], f"{p['holds']} chunks")

@@ -220,16 +220,30 @@ def channel_proof(key: bytes, transcript: bytes, role: bytes, node_public: bytes
     return blake2b(_tagged(CHANNEL_PROOF_DOMAIN, transcript, role, node_public), key=key, size=32)
 
 
-def dht_channel_infohash(key: bytes) -> bytes:
+DHT_EPOCH_SECONDS = 6 * 3600  # DHT keys rotate this often (net/dht_discovery.py, docs/security.md)
+
+
+def dht_epoch(now: float, period: float = DHT_EPOCH_SECONDS) -> int:
+    """The time bucket a DHT key of ``now`` (Unix seconds) belongs to."""
+    return int(now // period)
+
+
+def _epoch_part(epoch: int | None) -> tuple[bytes, ...]:
+    return () if epoch is None else (epoch.to_bytes(8, "big", signed=True),)
+
+
+def dht_channel_infohash(key: bytes, epoch: int | None = None) -> bytes:
     """The 20-byte mainline DHT key (a BEP 5 info-hash) under which a channel's members announce
     themselves: a MAC under the channel key, so only members can compute it (for a private channel
-    that needs the secret), and it is unrelated to the channel id a bootstrap sees."""
-    return blake2b(_tagged(DHT_CHANNEL_DOMAIN), key=key, size=20)
+    that needs the secret), and it is unrelated to the channel id a bootstrap sees. With ``epoch``
+    (dht_epoch), a different key in every time bucket: an observer cannot link a channel's keys
+    across buckets, nor watch one key for ever."""
+    return blake2b(_tagged(DHT_CHANNEL_DOMAIN, *_epoch_part(epoch)), key=key, size=20)
 
 
-def dht_object_infohash(key: bytes, sha1: str) -> bytes:
+def dht_object_infohash(key: bytes, sha1: str, epoch: int | None = None) -> bytes:
     """The DHT key under which providers of one object announce themselves in one channel."""
-    return blake2b(_tagged(DHT_OBJECT_DOMAIN, bytes.fromhex(sha1)), key=key, size=20)
+    return blake2b(_tagged(DHT_OBJECT_DOMAIN, bytes.fromhex(sha1), *_epoch_part(epoch)), key=key, size=20)
 
 
 # ---- frame encryption ------------------------------------------------------------------------

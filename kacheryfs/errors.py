@@ -8,7 +8,6 @@ carries an error's class and errno to the client (api/messages.py), which raises
 from __future__ import annotations
 
 import errno as _errno
-import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -206,6 +205,10 @@ class RequestFailed(KacheryError):
     """The peer could not answer"""
 
 
+class PeerBusy(RequestFailed):
+    """The peer declined: it has sent this chunk to enough others, ask one of them"""
+
+
 class FetchFailed(KacheryError):
     """Could not fetch the file from any peer"""
 
@@ -326,6 +329,8 @@ class NotAnAppend(NotPermitted):
 @contextmanager
 def sqlite_errors(what: str, failure: type[KacheryError]) -> Iterator[None]:
     """SQLite errors become kacheryfs errors: a full disk must read as one, not as a crash."""
+    import sqlite3  # here: a plain `kacheryfs load` (entry.py) never imports SQLite
+
     try:
         yield
     except sqlite3.Error as exc:

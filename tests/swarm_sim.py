@@ -15,7 +15,9 @@ import random
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+from kacheryfs.net.provider_set import BENCH_SECONDS, ActiveView, CandidateView, plan
 from kacheryfs.net.scheduler import ChunkScheduler
+from kacheryfs.net.transfer import endgame_chunks
 from kacheryfs.net.upload_queue import SMALL, UploadQueue
 
 MiB = 1 << 20
@@ -37,8 +39,8 @@ class SimConfig:
     upload_order: str = "rarest"  # net/upload_queue.py
     cancel_expired: bool = True  # a request the scheduler gave up on is cancelled at its peer
     manifest_from_partial_first: bool = True
-    have_interval: float = 0.05
-    max_interested: int = 32
+    have_interval: float = 0.1  # net/swarm.py's HAVE_INTERVAL, MAX_INTERESTED
+    max_interested: int = 16
     max_peers: int = 16  # sessions a node dials; it accepts up to 2 * max_peers + 8
     find_fanout: int = 8
     find_grace: float = 0.015
@@ -49,6 +51,10 @@ class SimConfig:
     scheduler: dict = field(default_factory=dict)  # extra ChunkScheduler keyword arguments
     seed: int = 0
     kill: tuple[int, float] | None = None  # (leecher index, time): it stops serving and fetching
+    max_active: int | None = 8  # providers a download asks at once (net/provider_set.py); None: all it knows
+    replan_seconds: float = 0.25  # transfer.REPLAN_SECONDS
+    enough_copies: int | None = 2  # the seeder declines a chunk sent this often while others wait
+    watch_interval: float | None = 0.5  # find askers hear of new chunks this often (None: as traders do)
 
 
 @dataclass
@@ -62,6 +68,8 @@ class SimResult:
     once_before_twice: bool
     messages: Counter
     verified_twice: int  # chunks a leecher verified more than once (must be 0)
+    max_providers: int  # most providers one leecher's scheduler held at once
+    declined: int  # requests the seeder answered "busy"
     fetched_bytes: int  # all chunk bytes leechers received (duplicates included)
     size: int
 
@@ -112,6 +120,12 @@ class _Node:
         self.refreshing = False
         self.wake_pending = False
         self.manifest_wait = None
+        self.known: dict = {}  # provider -> chunks it holds (None: all), active or not
+        self.joined: dict = {}  # active provider -> when it joined
+        self.benched: dict = {}
+        self.watchers: OrderedDict = OrderedDict()
+        self.watch_pending: set[int] = set()
+        self.watch_sent = -1e9
 
 
 class SwarmSim:
@@ -123,7 +137,10 @@ class SwarmSim:
         self._seq = itertools.count()
         self._req = itertools.count()
         self.messages: Counter = Counter()
+        self.max_providers = 0
+        self.declined = 0
         self.seeder = _Node("S", cfg.seeder_rate, cfg.upload_order)
+        self.seeder.queue.enough_copies = cfg.enough_copies
         self.seeder.whole = True
         self.seeder.has_manifest = True
         self.leechers = [_Node(i, cfg.leecher_rate, cfg.upload_order) for i in range(cfg.leechers)]
@@ -189,7 +206,7 @@ class SwarmSim:
             seeder_last_upload_end=self.seeder_last_end, seeder_copies=self.seeder_copies,
             once_before_twice=once_first, messages=self.messages,
             verified_twice=sum(1 for v in self.verified.values() if v > 1), fetched_bytes=self.fetched_bytes,
-            size=size)
+            size=size, max_providers=self.max_providers, declined=self.declined)
 
     # --- serving (every node): one upload at a time at its rate, in UploadQueue order
 
@@ -219,6 +236,11 @@ class SwarmSim:
         handle, request = popped
         del server.requests[handle]
         request.begun = True
+        if request.chunk != MANIFEST and server.queue.decline(request.chunk, request.requester):
+            self.declined += 1
+            self.send(self._reply, self.nodes[request.requester], server.name, request, "busy", kind="reply")
+            self._serve_next(server)
+            return
         if request.chunk == MANIFEST:
             sent = self.cfg.manifest_bytes
             charged = self.cfg.chunk_bytes if self.cfg.charge_requested else sent
@@ -319,7 +341,10 @@ class SwarmSim:
         if server.whole:
             found = (server.name, None)
         elif server.started and server.sched is not None:
-            self._interest(server, asker)
+            if self.cfg.watch_interval is None:
+                self._interest(server, asker)
+            elif asker not in server.interested:
+                server.watchers[asker] = True
             found = (server.name, set(server.have))
         else:
             server.asked[asker] = self.now
@@ -348,13 +373,24 @@ class SwarmSim:
         node.has_manifest = True
         cfg = self.cfg
         kwargs = dict(initial_window=32, min_initial_window=2, slack_chunks=2, slack_seconds=0.1,
-                      request_timeout=cfg.request_timeout, seed=cfg.seed * 1000 + node.name)
+                      request_timeout=cfg.request_timeout, seed=cfg.seed * 1000 + node.name,
+                      endgame_chunks=endgame_chunks(cfg.chunks))
         kwargs.update(cfg.scheduler)
         s = node.sched = ChunkScheduler(cfg.chunks, range(cfg.chunks), **kwargs)
-        s.add_peers({p: have for p, have in providers})
         node.started = True
+        if cfg.max_active is None:
+            s.add_peers({p: have for p, have in providers})
+        else:
+            node.known = {p: (None if have is None else set(have)) for p, have in providers}
+            _drop, add = plan({}, self._candidates(node), self.now, limit=cfg.max_active, rng=self.rng)
+            share = max(s.min_initial_window, s.initial_window // max(1, len(node.known)))  # (as Download)
+            for p in add:
+                s.add_peer(p, node.known[p], window=share)
+            node.joined = {p: self.now for p in add}
+            self.at(self.now + cfg.replan_seconds, self._replan, node)
+        self.max_providers = max(self.max_providers, len(s.peers))
         for p, have in providers:  # Swarm.add: partial providers are interested in our chunks
-            if have is not None:
+            if have is not None and p in s.peers:
                 self._interest(node, p)
         for p, when in node.asked.items():
             if self.now - when < 30:
@@ -421,6 +457,10 @@ class SwarmSim:
             return  # TooSlowError: the scheduler already gave up on it
         del node.in_flight[(peer, request.chunk)]
         s = node.sched
+        if ok == "busy":
+            s.on_chunk_declined(peer, request.chunk, self.now)
+            self._pump(node)
+            return
         if not ok:
             s.on_chunk_failed(peer, request.chunk, self.now)
             self._pump(node)
@@ -461,11 +501,99 @@ class SwarmSim:
         for peer in list(node.interested):
             self.send(self._have_arrive, self.nodes[peer], node.name, chunks, kind="have")
         node.have_cooldown_until = self.now + self.cfg.have_interval
+        if self.cfg.watch_interval is not None:
+            node.watch_pending |= chunks
+            if node.watchers and self.now - node.watch_sent >= self.cfg.watch_interval:
+                for peer in node.watchers:
+                    if peer not in node.interested:
+                        self.send(self._have_arrive, self.nodes[peer], node.name, set(node.watch_pending), kind="have")
+                node.watch_pending.clear()
+                node.watch_sent = self.now
+            elif node.watch_pending and node.watchers:
+                self.at(node.watch_sent + self.cfg.watch_interval, self._flush_watchers, node)
+
+    def _flush_watchers(self, node: _Node):
+        if node.dead or not node.watch_pending or self.now - node.watch_sent < self.cfg.watch_interval:
+            return
+        for peer in node.watchers:
+            if peer not in node.interested:
+                self.send(self._have_arrive, self.nodes[peer], node.name, set(node.watch_pending), kind="have")
+        node.watch_pending.clear()
+        node.watch_sent = self.now
+
+    # --- the bounded provider set (Download._replan, net/provider_set.py)
+
+    def _useful(self, node: _Node, have) -> int:
+        return self.cfg.chunks - len(node.have) if have is None else len(have - node.have)
+
+    def _candidates(self, node: _Node) -> dict:
+        return {p: CandidateView(have is None, self._useful(node, have), node.benched.get(p, -1e9))
+                for p, have in node.known.items()
+                if p not in node.joined and p not in node.sched.dropped and not self.nodes[p].dead}
+
+    def _learn(self, node: _Node, sender, chunks) -> None:
+        """A find answer or a Have: what ``sender`` holds; it joins if there is room."""
+        s = node.sched
+        if sender in node.known and node.known[sender] is not None:
+            node.known[sender] = None if chunks is None else node.known[sender] | set(chunks)
+        elif sender not in node.known:
+            node.known[sender] = None if chunks is None else set(chunks)
+        if sender in node.joined:
+            if sender not in s.peers:
+                del node.joined[sender]
+            elif chunks is None:
+                s.peer_has_all(sender)
+            else:
+                s.peer_has(sender, chunks)
+            if sender in node.joined:
+                return
+        have = node.known[sender]
+        if (sender not in s.dropped and node.benched.get(sender, -1e9) <= self.now
+                and (have is None or self._useful(node, have))):
+            if len(node.joined) < self.cfg.max_active:
+                s.add_peer(sender, have, window=s.share_of_initial_window())
+                node.joined[sender] = self.now
+                self.max_providers = max(self.max_providers, len(s.peers))
+
+
+    def _replan(self, node: _Node):
+        if node.dead or node.done_at is not None:
+            return
+        self.at(self.now + self.cfg.replan_seconds, self._replan, node)
+        self._replan_now(node)
+
+    def _replan_now(self, node: _Node):
+        s = node.sched
+        for p in [p for p in node.joined if p not in s.peers]:
+            del node.joined[p]
+        active = {}
+        for p, joined in node.joined.items():
+            in_flight, last_ok = s.progress(p)
+            active[p] = ActiveView(node.known[p] is None, self._useful(node, node.known[p]), in_flight,
+                                   joined if last_ok is None else max(last_ok, joined))
+        drop, add = plan(active, self._candidates(node), self.now, limit=self.cfg.max_active, rng=self.rng)
+        for p in drop:
+            del node.joined[p]
+            if active[p].in_flight:
+                node.benched[p] = self.now + BENCH_SECONDS
+            for chunk in s.remove_peer(p):
+                self._cancel(node, p, chunk)
+        for p in add:
+            s.add_peer(p, node.known[p], window=s.share_of_initial_window())
+            node.joined[p] = self.now
+        self.max_providers = max(self.max_providers, len(s.peers))
+        self._pump(node)
 
     def _have_arrive(self, node: _Node, sender, chunks):
         if node.dead or node.sched is None or node.done_at is not None:
             return
         s = node.sched
+        if self.cfg.max_active is not None:
+            self._learn(node, sender, chunks)
+            if sender in node.joined:  # Swarm._have: only traders become interested
+                self._interest(node, sender)
+            self._pump(node)
+            return
         if sender not in s.peers and sender not in s.dropped:
             s.add_peer(sender, None if chunks is None else chunks, window=s.share_of_initial_window())
         elif chunks is None:
@@ -500,6 +628,11 @@ class SwarmSim:
     def _refreshed(self, node: _Node, providers):
         node.find_cache_at = self.now
         s = node.sched
+        if self.cfg.max_active is not None:
+            for peer, have in providers:
+                self._learn(node, peer, have)
+            self._pump(node)
+            return
         for peer, have in providers:
             if peer not in s.peers and peer not in s.dropped:
                 s.add_peer(peer, have, window=s.share_of_initial_window())
@@ -514,6 +647,8 @@ class SwarmSim:
         for other in self.leechers:
             if other.sched is not None and node.name in other.sched.peers:
                 other.sched.remove_peer(node.name)
+                if self.cfg.max_active is not None:
+                    self._replan_now(other)  # (Download.run: a provider left)
                 self._pump(other)
 
 

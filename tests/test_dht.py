@@ -104,3 +104,49 @@ async def test_two_kacheryfs_nodes_meet_through_the_dht_and_fetch(cluster, nurse
     assert a.status()["dht"]["nodes"] > 0
     # the outsider's DHT key differs: it never even learns their addresses
     assert a.node_id not in outsider.sessions and b.node_id not in outsider.sessions
+
+
+def test_keys_rotate_and_adjacent_buckets_overlap():
+    from kacheryfs.crypto import dht_epoch
+
+    key = channel_key("x", b"secret")
+    assert dht_channel_infohash(key, 7) != dht_channel_infohash(key, 8) != dht_channel_infohash(key)
+    assert dht_object_infohash(key, "ab" * 20, 7) != dht_object_infohash(key, "ab" * 20, 8)
+    assert dht_channel_infohash(key, 7) == dht_channel_infohash(channel_key("x", b"secret"), 7)
+    assert dht_epoch(100.0, 50.0) == 2 and dht_epoch(99.9, 50.0) == 1
+    clocks = {t: DhtDiscovery(None, {"x": key}, 1, lambda h, p: None, clock=lambda t=t: t, epoch_seconds=100.0)
+              for t in (199.0, 201.0, 450.0)}
+    # a node late in bucket 1 and one early in bucket 2: the one ahead looks up a key the other
+    # announces, and both announce under one key (an announce returns the peers under its key)
+    assert set(clocks[199.0].announce_epochs()) & set(clocks[201.0].lookup_epochs())
+    assert set(clocks[199.0].announce_epochs()) & set(clocks[201.0].announce_epochs())
+    # ...and a node two buckets on looks up none of the keys the first announces
+    assert not set(clocks[199.0].announce_epochs()) & set(clocks[450.0].lookup_epochs())
+
+
+async def test_rotated_keys_meet_across_a_bucket_boundary_on_the_swarm(nursery):
+    """20 DHT nodes on loopback: A's clock is at the end of a bucket, B's already in the next (a
+    clock error under one bucket): they find each other and an object; C, two buckets later, finds
+    neither (yesterday's keys are not looked up)."""
+    swarm = await start_swarm(nursery, SWARM)
+    await wait_joined(swarm)
+    key = channel_key("rot", b"secret")
+    period = 3600.0
+    clocks = {"a": lambda: 10 * period - 1, "b": lambda: 10 * period + 1, "c": lambda: 12 * period + 1}
+    dialled = {name: set() for name in clocks}
+    discoveries = {}
+    for i, (name, port) in enumerate((("a", 42001), ("b", 42002), ("c", 42003))):
+        dht = await nursery.start(DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[i * 6].port}",)).run)
+        discoveries[name] = await nursery.start(
+            DhtDiscovery(dht, {"rot": key}, port, lambda h, p, name=name: dialled[name].add((h, p)),
+                         clock=clocks[name], epoch_seconds=period).run)
+    with trio.fail_after(30):
+        while ("127.0.0.1", 42001) not in dialled["b"] or ("127.0.0.1", 42002) not in dialled["a"]:
+            await trio.sleep(0.05)
+    sha = "7a" * 20
+    discoveries["a"].announce_object(sha)
+    with trio.fail_after(20):
+        while ("127.0.0.1", 42001) not in await discoveries["b"].find_object(sha, timeout=2):
+            await trio.sleep(0.1)
+    assert ("127.0.0.1", 42001) not in await discoveries["c"].find_object(sha, timeout=2)
+    assert not dialled["c"] & {("127.0.0.1", 42001)}

@@ -275,3 +275,17 @@ def test_flash_crowd_survives_a_leecher_killed_half_way():
 def test_flash_crowd_always_completes(seed, n, have_delay):
     done_at, _ = flash_crowd(n_leechers=n, chunks=12, seed=seed, have_delay=have_delay)
     assert len(done_at) == n
+
+
+def test_a_declined_chunk_goes_to_other_holders_first_and_back_if_none():
+    s = ChunkScheduler(4, range(4), initial_window=8, max_window=8)
+    s.add_peer("seed")
+    s.add_peer("leech", have=[0])
+    asked = s.next_requests("seed", 0.0)
+    assert 0 in asked
+    window = s.window("seed")
+    s.on_chunk_declined("seed", 0, 0.1)
+    assert s.window("seed") == window  # busy is not slow: the window stays
+    assert 0 in s.next_requests("leech", 0.2)  # the peer holding a copy gets it
+    s.on_chunk_failed("leech", 0, 0.3)
+    assert 0 in s.next_requests("seed", 0.4)  # every holder declined or failed: back to the seeder

@@ -281,3 +281,37 @@ async def test_requests_given_up_on_are_cancelled_at_a_busy_seeder(cluster, monk
     served = sum(seeder.counters.served_bytes.values())
     # without the Cancel every abandoned request was sent anyway (1.7 copies here)
     assert served < 1.35 * len(data), served / len(data)
+
+
+async def test_reply_sent_after_its_request_was_given_up_is_still_taken(cluster):
+    """session.late_reply: a reply already on its way when the requester gave up (a moved request,
+    whose Cancel came too late at the provider) reaches a late waiter instead of being dropped;
+    a request the provider dropped gets none."""
+    from kacheryfs.protocol.messages import Cancel, ChunkData, ChunkRequest
+
+    seeder = await cluster.node("seeder", chans("x"))
+    data = random_bytes(2 * CHUNK_SIZE, seed=28)
+    obj = seeder.store.put_bytes(data)
+    asker = await cluster.node("asker", chans("x"))
+    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
+    await wait_for(lambda: asker.node_id in seeder.sessions)
+    toward_asker = seeder.sessions[asker.node_id]
+    req = session.next_req()
+    async with toward_asker._send_lock:  # the reply is read and waits to be sent
+        try:
+            await session.request(ChunkRequest(req=req, sha1=obj.sha1, offset=0, length=CHUNK_SIZE), 0.3)
+            raise AssertionError("the reply could not have come")
+        except trio.TooSlowError:
+            pass
+    with trio.fail_after(10):
+        late = await session.late_reply(req, 5.0)
+    assert isinstance(late, ChunkData) and bytes(late.payload) == data[:CHUNK_SIZE]
+    # a request cancelled in time at the provider: no reply, the late waiter gives up
+    req = session.next_req()
+    async with toward_asker._send_lock:
+        await session.send(ChunkRequest(req=req, sha1=obj.sha1, offset=CHUNK_SIZE, length=CHUNK_SIZE))
+        await wait_for(lambda: (id(toward_asker), req) in seeder.server._waiting)
+        await session.send(Cancel(req=req))
+        await wait_for(lambda: seeder.counters.cancelled[asker.node_id] == 1)
+    with trio.fail_after(10):
+        assert await session.late_reply(req, 0.5) is None

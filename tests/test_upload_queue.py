@@ -114,3 +114,42 @@ def test_every_pushed_request_is_popped_once_or_removed(ops, order):
     rest = [h for h, _ in iter(q.pop, None)]
     assert sorted(rest) == sorted(waiting)
     assert not set(popped) & removed and len(set(popped)) == len(popped)
+
+
+def test_decline_a_well_copied_chunk_once_while_others_wait():
+    q = UploadQueue("rarest", enough_copies=2)
+    q.uploaded("c")
+    q.uploaded("c")
+    q.push("d", "someone else")
+    assert q.decline("c", "leecher-1")  # sent twice, and another request waits: "busy"
+    assert not q.decline("c", "leecher-1")  # asked again by the same requester: served (nobody starves)
+    assert q.decline("c", "leecher-2")
+    assert not q.decline("d", "leecher-2")  # fewer copies
+    assert not q.decline(SMALL, "leecher-3")  # small requests are never declined
+    q.pop()
+    assert not q.decline("c", "leecher-3")  # nobody else waits: serving it costs nobody
+
+
+def test_without_enough_copies_nothing_is_declined():
+    q = UploadQueue("rarest")
+    for _ in range(5):
+        q.uploaded("c")
+    q.push("d")
+    assert not q.decline("c", "x")
+    with pytest.raises(ValueError):
+        UploadQueue("rarest", enough_copies=0)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), max_size=60))
+def test_a_requester_is_declined_at_most_once_per_chunk(asks):
+    """However requests come, a requester asking for the same chunk again is served."""
+    q = UploadQueue("rarest", enough_copies=1)
+    q.push("other")
+    declined = set()
+    for requester, chunk in asks:
+        if q.decline(chunk, requester):
+            assert (requester, chunk) not in declined
+            declined.add((requester, chunk))
+        else:
+            q.uploaded(chunk)

@@ -166,6 +166,10 @@ class DhtNode:
         announce of this node), until the node stops."""
         self._watchers.setdefault(key, []).append(callback)
 
+    def unwatch(self, key: bytes) -> None:
+        """No more callbacks for ``key`` (a rotated-out key)."""
+        self._watchers.pop(key, None)
+
     def lookup(self, key: bytes) -> None:
         """Start a lookup of ``key``; what it finds goes to the watchers and waiters of ``key``."""
         self._live().dht_get_peers(self._lt.sha1_hash(key))

@@ -6,8 +6,14 @@
   announced under per-channel object keys (``crypto.dht_object_infohash``); ``find_object`` looks
   them up when asking connected peers found nothing.
 
-Announcements are repeated (soon after joining, then at growing intervals up to REANNOUNCE_SECONDS)
-since DHT entries expire. Lookups of channel members repeat at growing intervals too (from
+Keys rotate: each is derived from the channel key and a time bucket (``crypto.dht_epoch``, 6 h by
+default), so an observer of the DHT cannot follow one channel's key for ever nor link its keys of
+two buckets. A node announces under the current bucket's keys and the next one's (so peers whose
+clock is already in the next bucket find it), and looks up the current and the previous (so it
+finds peers whose clock is still behind); a clock error under one bucket is tolerated.
+
+Announcements are repeated (soon after joining, then at growing intervals up to REANNOUNCE_SECONDS,
+and at each bucket's start) since DHT entries expire. Lookups of channel members repeat at growing intervals too (from
 LOOKUP_MIN_SECONDS to LOOKUP_MAX_SECONDS); every address any lookup or announce turns up under a
 channel key is handed to ``dial`` at once.
 """
@@ -15,12 +21,13 @@ channel key is handed to ``dial`` at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Callable
 
 import trio
 
-from ..crypto import dht_channel_infohash, dht_object_infohash
+from ..crypto import DHT_EPOCH_SECONDS, dht_channel_infohash, dht_epoch, dht_object_infohash
 from .dht import DhtNode
 
 log = logging.getLogger(__name__)
@@ -37,13 +44,34 @@ class DhtDiscovery:
     address found under a channel key; the node decides whether it is new."""
 
     def __init__(self, dht: DhtNode, channel_keys: dict[str, bytes], port: int | None,
-                 dial: Callable[[str, int], None]):
+                 dial: Callable[[str, int], None], *, clock: Callable[[], float] = time.time,
+                 epoch_seconds: float = DHT_EPOCH_SECONDS):
         self.dht = dht
         self.channel_keys = dict(channel_keys)
         self.port = port
         self.dial = dial
+        self.clock = clock  # Unix seconds (tests give a clock of their own)
+        self.epoch_seconds = epoch_seconds
         self._objects: OrderedDict[str, None] = OrderedDict()  # announced, most recent last
         self._wake_lookup = trio.Event()
+        self._watched: set[bytes] = set()
+
+    def epoch(self) -> int:
+        return dht_epoch(self.clock(), self.epoch_seconds)
+
+    def announce_epochs(self) -> tuple[int, int]:
+        """The buckets announced under: the current one and the next."""
+        e = self.epoch()
+        return e, e + 1
+
+    def lookup_epochs(self) -> tuple[int, int]:
+        """The buckets looked up: the current one and the previous."""
+        e = self.epoch()
+        return e, e - 1
+
+    def _until_next_epoch(self) -> float:
+        now = self.clock()
+        return (dht_epoch(now, self.epoch_seconds) + 1) * self.epoch_seconds - now
 
     def _is_self(self, address: tuple[str, int]) -> bool:
         return address[1] == self.port and address[0] in ("127.0.0.1", "::1", "0.0.0.0", "::")
@@ -58,16 +86,18 @@ class DhtDiscovery:
         if self.port is None:
             return  # accepting no connections: nothing to announce, only to look up
         for key in self.channel_keys.values():
-            self.dht.announce(dht_channel_infohash(key), self.port)
-            for sha1 in self._objects:
-                self.dht.announce(dht_object_infohash(key, sha1), self.port)
+            for epoch in self.announce_epochs():
+                self.dht.announce(dht_channel_infohash(key, epoch), self.port)
+                for sha1 in self._objects:
+                    self.dht.announce(dht_object_infohash(key, sha1, epoch), self.port)
 
     async def _announce_loop(self) -> None:
         await self.dht.joined.wait()
         interval = 1.0
         while True:
             self._announce_all()
-            await trio.sleep(interval)
+            # (and at the next bucket's start: the bucket after it must be announced then)
+            await trio.sleep(min(interval, self._until_next_epoch() + 0.01))
             interval = min(interval * 2, REANNOUNCE_SECONDS)
 
     def _found(self, addresses: set[tuple[str, int]]) -> None:
@@ -75,15 +105,26 @@ class DhtDiscovery:
             if not self._is_self(address):
                 self.dial(*address)
 
+    def _watch_current(self) -> list[bytes]:
+        """Watch the channel keys of the buckets announced or looked up now, and no others;
+        returns the keys to look up."""
+        epochs = set(self.announce_epochs()) | set(self.lookup_epochs())
+        wanted = {dht_channel_infohash(key, e) for key in self.channel_keys.values() for e in epochs}
+        for gone in self._watched - wanted:
+            self.dht.unwatch(gone)
+        for new in wanted - self._watched:  # answers come whenever any lookup or announce sees them
+            self.dht.watch(new, self._found)
+        self._watched = wanted
+        return [dht_channel_infohash(key, e) for key in self.channel_keys.values() for e in self.lookup_epochs()]
+
     async def _lookup_loop(self) -> None:
-        for key in self.channel_keys.values():  # answers come whenever any lookup or announce sees them
-            self.dht.watch(dht_channel_infohash(key), self._found)
+        self._watch_current()
         await self.dht.joined.wait()
         interval = LOOKUP_MIN_SECONDS
         while True:
-            for key in self.channel_keys.values():
-                self.dht.lookup(dht_channel_infohash(key))
-            with trio.move_on_after(interval):
+            for infohash in self._watch_current():
+                self.dht.lookup(infohash)
+            with trio.move_on_after(min(interval, self._until_next_epoch() + 0.01)):
                 await self._wake_lookup.wait()
             self._wake_lookup = trio.Event()
             interval = min(interval * 2, LOOKUP_MAX_SECONDS)
@@ -100,18 +141,20 @@ class DhtDiscovery:
             self._objects.popitem(last=False)
         if self.dht.joined.is_set() and self.port is not None:
             for key in self.channel_keys.values():
-                self.dht.announce(dht_object_infohash(key, sha1), self.port)
+                for epoch in self.announce_epochs():
+                    self.dht.announce(dht_object_infohash(key, sha1, epoch), self.port)
 
     async def find_object(self, sha1: str, timeout: float = LOOKUP_TIMEOUT) -> set[tuple[str, int]]:
         """Addresses of nodes that announced ``sha1`` in one of our channels."""
         found: set[tuple[str, int]] = set()
 
-        async def one(key: bytes) -> None:
-            found.update(await self.dht.get_peers(dht_object_infohash(key, sha1), timeout))
+        async def one(infohash: bytes) -> None:
+            found.update(await self.dht.get_peers(infohash, timeout))
 
         async with trio.open_nursery() as nursery:
             for key in self.channel_keys.values():
-                nursery.start_soon(one, key)
+                for epoch in self.lookup_epochs():
+                    nursery.start_soon(one, dht_object_infohash(key, sha1, epoch))
         return {a for a in found if not self._is_self(a)}
 
 

@@ -344,6 +344,7 @@ class Node(HostedNode):
                                      [self.channel_names.get(c, c) for c in sorted(s.channel_ids)])
                       for s in self.sessions.values()],
             "served_bytes": dict(self.counters.served_bytes),
+            "declined": sum(self.counters.declined.values()),  # chunk requests answered "busy" (net/upload_queue.py)
             "fetched_bytes": self.counters.fetched_bytes,
             "downloads": list(self.counters.downloads),  # the last completed ones: timeline, sources
             **({"uploads": self.server.upload_status()} if self.server.rate_limit else {}),

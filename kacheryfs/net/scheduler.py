@@ -116,7 +116,8 @@ class SchedulerStats:
 class ChunkScheduler:
     def __init__(self, num_chunks: int, needed: Iterable[int], *, initial_window: int = 4,
                  max_window: int = 64, request_timeout: float = 10.0, slack_chunks: float = _SLACK_CHUNKS,
-                 slack_seconds: float = 0.0, min_initial_window: int = 1, seed: int | None = None):
+                 slack_seconds: float = 0.0, min_initial_window: int = 1, seed: int | None = None,
+                 endgame_chunks: int = ENDGAME_CHUNKS):
         if not 1 <= min_initial_window <= initial_window <= max_window:
             raise ValueError("need 1 <= min_initial_window <= initial_window <= max_window")
         self.num_chunks = num_chunks
@@ -133,6 +134,7 @@ class ChunkScheduler:
         # at a slow (or shared) provider, whose queued requests could later come from others.
         self.slack_seconds = slack_seconds
         self.min_initial_window = min_initial_window
+        self.endgame_chunks = endgame_chunks
         self._random = random.Random(seed)
         self._rank: list[int] | None = None  # random tie-break order, made when a partial peer comes
         self._holding: list[int] | None = None  # chunk -> partial peers holding it (full ones hold all)
@@ -235,6 +237,11 @@ class ChunkScheduler:
         state = self._peers.get(peer)
         return state is not None and state.holds(chunk)
 
+    def progress(self, peer: str) -> tuple[int, float | None]:
+        """(requests in flight at ``peer``, when it last delivered a chunk: None if never)."""
+        state = self._peers.get(peer)
+        return (0, None) if state is None else (len(state.in_flight), state.last_ok)
+
     def drop_peer(self, peer: str, reason: str) -> None:
         """The peer sent bad bytes: forget it for this file and never ask it again."""
         self.remove_peer(peer)
@@ -313,7 +320,7 @@ class ChunkScheduler:
             picked += moved
         # 4. endgame: nothing left to queue and only a few chunks to go, so race the chunks other
         # peers will deliver last (a duplicate costs the other peer's upload: kept for the very end)
-        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= ENDGAME_CHUNKS:
+        if not self._queue and len(picked) < free and len(self.needed) - len(self._verified) <= self.endgame_chunks:
             candidates = sorted(
                 ((-self._eta(other_state, rank), chunk)
                  for other, other_state in self._peers.items() if other != peer
@@ -348,6 +355,7 @@ class ChunkScheduler:
              and now - other_state.in_flight[chunk] >= (STEAL_MIN_AGE if other_state.rate else STEAL_SILENT_AGE)
              and len(self._holders[chunk]) == 1
              and state.holds(chunk) and peer not in self._failed_at.get(chunk, ())),
+            key=lambda c: (c[0], c[2]),  # (peers ids need not be comparable with each other)
         )
         moved: list[int] = []
         for neg_eta, other, chunk in candidates[:room]:
@@ -428,6 +436,17 @@ class ChunkScheduler:
         del state.in_flight[chunk]
         state.failures += 1
         self._shrink(state)
+        self._failed_at.setdefault(chunk, set()).add(peer)
+        self._release(chunk, peer)
+
+    def on_chunk_declined(self, peer: str, chunk: int, now: float) -> None:
+        """The peer said it is busy with this chunk (it sent it to enough others): re-queue it for
+        the other peers holding it first; the peer's window stays (it is not slow or broken), and
+        it gets the chunk again once every holder has failed or declined it."""
+        state = self._peers.get(peer)
+        if state is None or chunk not in state.in_flight:
+            return
+        del state.in_flight[chunk]
         self._failed_at.setdefault(chunk, set()).add(peer)
         self._release(chunk, peer)
 

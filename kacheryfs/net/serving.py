@@ -29,7 +29,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import KacheryError
+from ..errors import KacheryError, PeerBusy
 from ..protocol.connection import PreparedFrame
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, ErrorResponse, FindRequest, FindResponse, Message
 from ..store import LocalStore, ObjectRecord
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_THREADS = 4  # worker threads reading chunks and the index at once
 SERVABLE_TTL = 1.0  # seconds a "this peer may have this object" decision is reused
 ONE_READ_OBJECTS = 4096  # objects remembered as served whole in one request (manifests, small objects)
+ENOUGH_COPIES = 2  # a capped node declines ("busy") a chunk it sent this often while others wait (upload_queue.py)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class NodeCounters:
     served_bytes: Counter = field(default_factory=Counter)  # peer id -> bytes of content sent
     refused: Counter = field(default_factory=Counter)  # peer id -> requests refused
     cancelled: Counter = field(default_factory=Counter)  # peer id -> chunk requests it cancelled in time
+    declined: Counter = field(default_factory=Counter)  # peer id -> chunk requests answered "busy"
     fetched_bytes: int = 0  # content bytes received from peers (verified or not)
     downloads: deque = field(default_factory=lambda: deque(maxlen=16))  # summaries of the last completed ones
 
@@ -67,7 +69,7 @@ class Server:
         # With the rate cap, one upload at a time, as through a slow uplink; the waiting requests
         # take their turns in net/upload_queue.py's order (small ones, then the chunk uploaded the
         # fewest times: super-seeding). A cancelled request gives its turn up.
-        self.upload_queue = UploadQueue("rarest")
+        self.upload_queue = UploadQueue("rarest", enough_copies=ENOUGH_COPIES)
         self._uploading = False
         self._one_read: OrderedDict[str, None] = OrderedDict()  # sha1s served whole in one request
         self._limiter = trio.CapacityLimiter(READ_THREADS)
@@ -144,7 +146,7 @@ class Server:
         if record is None:
             download = self.swarm.partial(session, msg.sha1) if self.swarm is not None else None
             if download is not None:
-                self.swarm.interested(msg.sha1, session)
+                self.swarm.watching(msg.sha1, session)
                 return FindResponse(req=msg.req, sha1=msg.sha1, found=True, size=download.manifest.size,
                                     manifest_sha1=download.manifest_sha1, have=download.have().encode())
             if not session.channel_ids:
@@ -180,6 +182,9 @@ class Server:
             self.counters.refused[session.peer_id] += 1
             log.info("refused chunk of %s to %s: not shared with it", msg.sha1[:12], session.peer_id[:12])
             return ErrorResponse(req=msg.req, code="not-found", message="no such object here")
+        if isinstance(data, PeerBusy):  # sent to enough others: the requester asks one of them
+            self.counters.declined[session.peer_id] += 1
+            return ErrorResponse(req=msg.req, code="busy", message=data.detail or "")
         if isinstance(data, KacheryError):  # a chunk of a partial object not held (yet)
             return ErrorResponse(req=msg.req, code="not-found", message=str(data))
         # Sent from here, not returned to the host: replies wait for the session's send lock behind
@@ -210,7 +215,10 @@ class Server:
         await self._take_turn(key)
         try:
             began = time.monotonic()
-            data = await trio.to_thread.run_sync(self._frame_for, session, msg, limiter=self._limiter)
+            if self.upload_queue.decline(key, session.peer_id):
+                data = PeerBusy(f"chunk at {msg.offset} of {msg.sha1[:12]} sent to enough peers")
+            else:
+                data = await trio.to_thread.run_sync(self._frame_for, session, msg, limiter=self._limiter)
             sent = 0 if data is None or isinstance(data, KacheryError) else len(data.payload)
             if sent:
                 await trio.sleep(sent / self.rate_limit)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import PeerGone, ProtocolError, RequestFailed
+from ..errors import PeerBusy, PeerGone, ProtocolError, RequestFailed
 from ..protocol import Connection, HandshakeComplete, MessageReceived
 from ..protocol.connection import ConnectionClosed
 from ..protocol.messages import ErrorResponse, Message
@@ -121,6 +121,24 @@ class PeerSession:
                 raise PeerGone(self.peer_id[:12]) from None
             self.stats.sent(len(data))
 
+    async def late_reply(self, req: int, timeout: float) -> Message | None:
+        """The reply to request ``req`` (given up on, cancelled) if it still comes within
+        ``timeout``, else None: a reply already being sent when the Cancel came arrives anyway."""
+        if self.closed.is_set():
+            return None
+        send, receive = trio.open_memory_channel(1)
+        self._pending[req] = send
+        try:
+            with trio.move_on_after(timeout):
+                try:
+                    return await receive.receive()
+                except trio.EndOfChannel:
+                    return None
+            return None
+        finally:
+            if self._pending.get(req) is send:
+                del self._pending[req]
+
     async def request(self, msg: Message, timeout: float) -> Message:
         """Send a request (its ``req`` must come from next_req) and wait for the matching answer."""
         send, receive = trio.open_memory_channel(1)
@@ -135,6 +153,8 @@ class PeerSession:
         finally:
             self._pending.pop(msg.req, None)
         if isinstance(reply, ErrorResponse):
+            if reply.code == "busy":
+                raise PeerBusy(reply.message)
             raise RequestFailed(f"{reply.code}: {reply.message}")
         return reply
 

@@ -5,11 +5,15 @@ downloading, and tells the peers interested in the object which chunks it gained
 - ``partial(session, sha1)``: the download a peer may be served from: only on the channels the
   object came through (as for a cached copy), and only its verified chunks (the partial file
   refuses to read a chunk it does not hold, so unverified bytes never leave).
-- Interest: a peer that asks us for an object we are downloading (find or chunk request), and every
-  partial provider of it we know of, get ``Have`` messages: new chunks batched every HAVE_INTERVAL,
-  at most MAX_INTERESTED peers per object (the most recent), and a last ``Have`` (all) on completion.
-- ``Have`` from a peer: its chunks join our download of that object (it becomes a provider if it
-  was not one).
+- Interest, in two lanes. Peers we trade chunks with -- those that request chunks of the object
+  from us, and the partial providers in our download's active set (net/provider_set.py) -- get
+  ``Have`` messages of new chunks batched every HAVE_INTERVAL (at most MAX_INTERESTED per object,
+  the most recent). Peers that only asked us a find (they know us as a candidate) get what we
+  gained every WATCH_INTERVAL, so their view of us stays roughly current at a fraction of the
+  messages (at most MAX_WATCHERS). Both get a last ``Have`` (all) on completion. In a 50-node crowd
+  every leecher used to tell 32 peers of every batch, and every Have woke the receiver's scheduler.
+- ``Have`` from a peer: its chunks join what our download knows of it (it becomes a provider, and
+  is asked at once if the active set has room).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from .session import PeerSession
 
 log = logging.getLogger(__name__)
 
-HAVE_INTERVAL = 0.05  # seconds between batches of Have messages
-MAX_INTERESTED = 32  # peers told about one object's new chunks
+HAVE_INTERVAL = 0.1  # seconds between batches of Have messages to the peers we trade with
+MAX_INTERESTED = 16  # such peers told about one object's new chunks
+WATCH_INTERVAL = 0.5  # seconds between Have messages to peers that only asked a find
+MAX_WATCHERS = 32
 ASKED_SECONDS = 30.0  # a peer that asked for an object we did not have yet hears of it if we start
 MAX_ASKED_OBJECTS = 256
 
@@ -39,6 +45,9 @@ class SwarmEntry:
     download: object  # net.transfer.Download
     interested: OrderedDict = field(default_factory=OrderedDict)  # peer id -> session, most recent last
     pending: set = field(default_factory=set)  # chunks verified since the last batch
+    watchers: OrderedDict = field(default_factory=OrderedDict)  # peer id -> session (find askers)
+    watch_pending: set = field(default_factory=set)  # chunks verified since the last watchers' batch
+    watch_sent: float = float("-inf")
 
     @property
     def channel_ids(self) -> frozenset[str]:
@@ -65,8 +74,9 @@ class Swarm:
         sha1 = download.manifest.sha1
         entry = self.entries[sha1] = SwarmEntry(download)
         download.chunk_listeners.append(lambda index: self._verified(entry, index))
-        for provider in download.by_peer.values():
-            if provider.have is not None:  # a peer downloading it too wants our chunks
+        for peer in download.scheduler.peers:  # an active partial provider wants our chunks
+            provider = download.by_peer[peer]
+            if provider.have is not None:
                 self.interested(sha1, provider.session)
         now = trio.current_time()
         for session, when in self._asked.pop(sha1, {}).values():
@@ -88,6 +98,7 @@ class Swarm:
 
     def _verified(self, entry: SwarmEntry, index: int) -> None:
         entry.pending.add(index)
+        entry.watch_pending.add(index)
         self._flush_now.set()
 
     def finish(self, sha1: str) -> None:
@@ -95,8 +106,11 @@ class Swarm:
         entry = self.entries.pop(sha1, None)
         if entry is None:
             return
-        for session in entry.interested.values():
-            self._send_soon(session, Have(sha1=sha1, have=None))
+        told = set()
+        for session in [*entry.interested.values(), *entry.watchers.values()]:
+            if session.peer_id not in told:
+                told.add(session.peer_id)
+                self._send_soon(session, Have(sha1=sha1, have=None))
 
     def drop(self, sha1: str, download) -> None:
         entry = self.entries.get(sha1)
@@ -111,13 +125,19 @@ class Swarm:
         return entry.download
 
     def interested(self, sha1: str, session: PeerSession) -> None:
+        """``session`` trades chunks of ``sha1`` with us: it hears of new chunks every batch."""
         entry = self.entries.get(sha1)
         if entry is None or not session.channel_ids & entry.channel_ids:
             return
-        entry.interested[session.peer_id] = session
-        entry.interested.move_to_end(session.peer_id)
-        while len(entry.interested) > MAX_INTERESTED:
-            entry.interested.popitem(last=False)
+        entry.watchers.pop(session.peer_id, None)
+        _remember(entry.interested, session, MAX_INTERESTED)
+
+    def watching(self, sha1: str, session: PeerSession) -> None:
+        """``session`` asked us a find for ``sha1``: it hears of our chunks now and then."""
+        entry = self.entries.get(sha1)
+        if entry is None or not session.channel_ids & entry.channel_ids or session.peer_id in entry.interested:
+            return
+        _remember(entry.watchers, session, MAX_WATCHERS)
 
     # --- Have, both ways
 
@@ -130,7 +150,8 @@ class Swarm:
             log.info("Have from %s names chunks beyond %s: ignored", session.peer_id[:12], msg.sha1[:12])
             return
         entry.download.peer_has(session, chunks)
-        self.interested(msg.sha1, session)
+        if session.peer_id in entry.download.active_peers:  # we trade with it: it hears of ours
+            self.interested(msg.sha1, session)
 
     def _send_soon(self, session: PeerSession, msg: Have) -> None:
         if session.closed.is_set():
@@ -145,17 +166,31 @@ class Swarm:
         while True:
             await self._flush_now.wait()
             self._flush_now = trio.Event()
+            now = trio.current_time()
+            watch_later = False
             for sha1, entry in list(self.entries.items()):
-                if not entry.pending:
-                    continue
-                msg = Have(sha1=sha1, have=ChunkSet(entry.pending).encode())
-                entry.pending.clear()
-                for peer, session in list(entry.interested.items()):
-                    if session.closed.is_set():
-                        del entry.interested[peer]
+                if entry.pending:
+                    self._send_all(entry.interested, Have(sha1=sha1, have=ChunkSet(entry.pending).encode()))
+                    entry.pending.clear()
+                if entry.watch_pending and entry.watchers:
+                    if now - entry.watch_sent >= WATCH_INTERVAL:
+                        self._send_all(entry.watchers, Have(sha1=sha1, have=ChunkSet(entry.watch_pending).encode()))
+                        entry.watch_pending.clear()
+                        entry.watch_sent = now
                     else:
-                        self._send_soon(session, msg)
+                        watch_later = True
+                elif not entry.watchers:
+                    entry.watch_pending.clear()  # a watcher's find answer carries what we hold then
+            if watch_later:
+                self._flush_now.set()  # the watchers' batch is due later: come back for it
             await trio.sleep(HAVE_INTERVAL)
+
+    def _send_all(self, sessions: OrderedDict, msg: Have) -> None:
+        for peer, session in list(sessions.items()):
+            if session.closed.is_set():
+                del sessions[peer]
+            else:
+                self._send_soon(session, msg)
 
     def status(self) -> list[dict]:
         """The swarm view of each object being fetched: its providers and what came from each."""
@@ -168,15 +203,26 @@ class Swarm:
                 peer_stats = stats.peers.get(peer)
                 providers.append({
                     "node": peer,
-                    "holds": None if peer_stats is None else ("all" if peer_stats.holds is None else peer_stats.holds),
+                    "holds": "all" if provider.have is None else len(provider.have),
                     "chunks_from": download.chunks_from.get(peer, 0),
                     "in_flight": 0 if peer_stats is None else peer_stats.in_flight,
-                    "state": "banned" if peer in stats.dropped else ("gone" if peer_stats is None else "active"),
+                    "state": "banned" if peer in stats.dropped else (
+                        "active" if peer_stats is not None else
+                        "gone" if provider.session.closed.is_set() else "candidate"),
                 })
             out.append({"sha1": sha1, "chunks": len(download.manifest.chunk_sha1s),
                         "have": len(download.have()), "interested": len(entry.interested),
+                        "watchers": len(entry.watchers),
                         "moves": stats.moves, "duplicates": stats.duplicates, "providers": providers})
         return out
 
 
-__all__ = ["Swarm", "HAVE_INTERVAL", "MAX_INTERESTED"]
+def _remember(sessions: OrderedDict, session: PeerSession, limit: int) -> None:
+    """Most recent last; the least recent beyond ``limit`` forgotten."""
+    sessions[session.peer_id] = session
+    sessions.move_to_end(session.peer_id)
+    while len(sessions) > limit:
+        sessions.popitem(last=False)
+
+
+__all__ = ["Swarm", "HAVE_INTERVAL", "MAX_INTERESTED", "WATCH_INTERVAL", "MAX_WATCHERS"]

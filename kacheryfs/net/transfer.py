@@ -13,14 +13,15 @@ import contextlib
 
 import hashlib
 import logging
+import random
 import time
 from typing import Callable
 
 import trio
 
 from ..errors import (
-    CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerGone, RequestFailed, StorageFull,
-    StoreFailed,
+    CorruptChunk, CorruptObject, FetchFailed, KacheryError, ObjectNotFound, PeerBusy, PeerGone, RequestFailed,
+    StorageFull, StoreFailed,
 )
 from ..protocol.chunkset import ChunkSet
 from ..protocol.messages import Cancel, ChunkData, ChunkRequest, FindRequest, FindResponse
@@ -29,13 +30,30 @@ from ..store.partial import PartialObject
 from .finding import Provider
 from .interfaces import TransferHost
 from .pipeline import ChunkPipeline
-from .scheduler import ChunkScheduler
+from .provider_set import BENCH_SECONDS, MAX_ACTIVE, ActiveView, CandidateView, plan
+from .scheduler import ENDGAME_CHUNKS, ChunkScheduler
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 20.0
+LATE_REPLY_SECONDS = 2.0  # a cancelled request's reply is still taken if it arrives this soon
 MAX_SMALL_OBJECT = 64 << 20
 PROVIDER_REFRESH_SECONDS = 2.0
+# How often the active provider set is reviewed (net/provider_set.py). Measured: with 0.5 s a
+# leecher of a 50-node crowd spent ~1 s in all with nothing in flight, its 8 providers holding
+# nothing it needed while candidates that did waited for the review.
+REPLAN_SECONDS = 0.25
+
+
+def endgame_chunks(num_chunks: int) -> int:
+    """Chunks left when the endgame may duplicate requests: a quarter of the object, 2 to 8. With 8
+    for any size, half of a 16 MiB object was raced: in a 50-node crowd, starved of CPU (noisy
+    rates), a leecher duplicated 6 of its 16 chunks and 1.3-1.6x the needed bytes were sent. (An
+    eighth, 2 of 16, made the simulated crowd's tail 7% longer: tests/swarm_sim.py; a quarter
+    finished as 8 did.)"""
+    return max(2, min(ENDGAME_CHUNKS, num_chunks // 4))
+
+
 CHUNKS_PER_REQUEST = 4  # consecutive chunks per ChunkRequest: one request, hop and frame per 4 MiB in bulk
 
 
@@ -177,13 +195,33 @@ class Download:
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
         self.chunk_listeners: list[Callable[[int], None]] = []  # told of each chunk verified and written
+        # Every provider known (what each holds, kept current by finds and Haves); at most
+        # MAX_ACTIVE of them are asked at a time: the scheduler's peers (net/provider_set.py).
         self.by_peer = {p.session.peer_id: p for p in providers}
         self.channel_ids = _channels_of(providers)
         # A deep window on a fast link (slack_seconds of data at the measured rate), a shallow one at
         # a slow or crowded provider; the initial 32 chunks are shared among the first providers.
         self.scheduler = ChunkScheduler(len(manifest.chunk_sha1s), [], initial_window=32, min_initial_window=2,
-                                        slack_chunks=2, slack_seconds=0.1)
-        self.scheduler.add_peers({p.session.peer_id: None if p.have is None else iter(p.have) for p in providers})
+                                        slack_chunks=2, slack_seconds=0.1,
+                                        endgame_chunks=endgame_chunks(len(manifest.chunk_sha1s)))
+        self.max_active = MAX_ACTIVE
+        self._joined: dict[str, float] = {}  # active peer -> when it joined the set
+        self._benched: dict[str, float] = {}  # peer -> not taken back into the set before then
+        self.ever_active: set[str] = set()
+        self.replaced = 0  # active providers replaced (stalled, or holding nothing needed)
+        self.late_replies = 0  # replies to cancelled requests that came anyway and were used
+        self._random = random.Random()
+        now = trio.current_time()
+        _drop, chosen = plan({}, self._candidate_views(now), now, limit=self.max_active, rng=self._random)
+        for peer in chosen:
+            self._joined[peer] = now
+            self.ever_active.add(peer)
+        # The initial window budget is shared as among every provider known, not only those asked
+        # first: in a crowd's start only the seeder is useful, and 49 leechers queuing the whole
+        # object there at once would only be cancelled again as leechers gain chunks.
+        share = max(self.scheduler.min_initial_window, self.scheduler.initial_window // max(1, len(self.by_peer)))
+        for peer in chosen:
+            self.scheduler.add_peer(peer, self._have_arg(self.by_peer[peer]), window=share)
         self.chunks_from: dict[str, int] = {}  # peer -> chunks it delivered (the swarm view in status)
         self.result: StoredObject | None = None
         self.error: KacheryError | None = None
@@ -219,19 +257,102 @@ class Download:
 
     def peer_has(self, session, chunks: ChunkSet | None) -> None:
         """A peer holds ``chunks`` of this object now (None: all of it), from a Have or a find: it
-        becomes a provider if it was not one."""
+        becomes a provider if it was not one (asked at once if the active set has room)."""
         peer = session.peer_id
         known = self.by_peer.get(peer)
         if known is None or known.session.closed.is_set():
+            if known is not None and peer in self._joined:
+                self._leave(peer)  # the old session's requests are gone with it
             self.by_peer[peer] = Provider(session, self.manifest.size, None, chunks)
-            self.scheduler.add_peer(peer, None if chunks is None else iter(chunks),
-                                    window=self.scheduler.share_of_initial_window())
-            self._wake()
+            self._take_if_room(peer)
+            return
+        if known.have is not None:  # (a new Provider: finders' cached answers share the old one)
+            merged = None if chunks is None else known.have | chunks
+            self.by_peer[peer] = Provider(known.session, known.size, known.manifest_sha1, merged)
+        if peer not in self._joined:
+            self._take_if_room(peer)
         elif chunks is None:
             self.scheduler.peer_has_all(peer)
             self._wake()
         elif self.scheduler.peer_has(peer, iter(chunks)):
             self._wake()
+
+    # --- the active provider set (net/provider_set.py)
+
+    @property
+    def active_peers(self):
+        """The providers asked now (at most max_active)."""
+        return self._joined.keys()
+
+    @staticmethod
+    def _have_arg(provider: Provider):
+        return None if provider.have is None else iter(provider.have)
+
+    def _held(self) -> ChunkSet:
+        return ChunkSet.from_bitmap(self.partial.bitmap())
+
+    def _useful(self, provider: Provider, held: ChunkSet) -> int:
+        if provider.have is None:
+            return len(self.manifest.chunk_sha1s) - len(held)
+        return len(provider.have - held)
+
+    def _candidate_views(self, now: float) -> dict[str, CandidateView]:
+        held, banned = self._held(), self.scheduler.dropped
+        return {peer: CandidateView(p.have is None, self._useful(p, held), self._benched.get(peer, float("-inf")))
+                for peer, p in self.by_peer.items()
+                if peer not in self._joined and peer not in banned and not p.session.closed.is_set()}
+
+    def _take_if_room(self, peer: str) -> None:
+        """A provider not in the active set joins it now if there is room (and it is useful)."""
+        provider = self.by_peer[peer]
+        now = trio.current_time()
+        self._sync_joined()
+        if peer in self.scheduler.dropped or self._benched.get(peer, float("-inf")) > now:
+            return
+        if len(self._joined) >= self.max_active:
+            return  # (the next review may swap it in for an active provider holding nothing needed)
+        if provider.have is not None and not self._useful(provider, self._held()):
+            return
+        self._join(peer, now)
+
+    def _join(self, peer: str, now: float) -> None:
+        self._joined[peer] = now
+        self.ever_active.add(peer)
+        self.scheduler.add_peer(peer, self._have_arg(self.by_peer[peer]),
+                                window=self.scheduler.share_of_initial_window())
+        self._wake()
+
+    def _leave(self, peer: str) -> None:
+        """Out of the active set: its requests go back to the queue and are cancelled at it."""
+        self._joined.pop(peer, None)
+        for chunk in self.scheduler.remove_peer(peer):
+            self._cancel(peer, chunk)
+
+    def _sync_joined(self) -> bool:
+        """Forget active peers the scheduler dropped (banned, gone); True if there were any."""
+        current = set(self.scheduler.peers)
+        gone = [peer for peer in self._joined if peer not in current]
+        for peer in gone:
+            del self._joined[peer]
+        return bool(gone)
+
+    def _replan(self, now: float) -> None:
+        """Replace stalled or useless active providers, fill free places (net/provider_set.py)."""
+        self._sync_joined()
+        held = self._held()
+        active = {}
+        for peer, joined in self._joined.items():
+            in_flight, last_ok = self.scheduler.progress(peer)
+            active[peer] = ActiveView(self.by_peer[peer].have is None, self._useful(self.by_peer[peer], held),
+                                      in_flight, joined if last_ok is None else max(last_ok, joined))
+        drop, add = plan(active, self._candidate_views(now), now, limit=self.max_active, rng=self._random)
+        for peer in drop:
+            self._leave(peer)
+            if active[peer].in_flight:  # stalled: not again for a while
+                self._benched[peer] = now + BENCH_SECONDS
+            self.replaced += 1
+        for peer in add:
+            self._join(peer, now)
 
     def want(self, chunks, urgent: bool = False) -> None:
         missing = [c for c in chunks if not self.partial.has_chunk(c)]
@@ -297,8 +418,18 @@ class Download:
                 try:
                     await provider.session.send(Cancel(req=req))
                 except PeerGone:
-                    pass
-                return
+                    return
+                if all(self.scheduler.is_verified(index) for index in run):
+                    return  # (an endgame duplicate that lost: nothing it could bring)
+                # The reply may be on its way already (the peer was sending it when the Cancel
+                # came: it goes out whole). If it comes soon, the chunks still missing here are
+                # kept rather than dropped, and their requests elsewhere cancelled in turn.
+                late = await provider.session.late_reply(req, LATE_REPLY_SECONDS)
+                if not isinstance(late, ChunkData):
+                    return
+                data = late.payload
+                self.node.note_fetched(len(data))
+                self.late_replies += 1
             view = memoryview(data)
             self.timeline.setdefault("first_chunk", time.monotonic())
             queued = {}  # every chunk of the reply goes to the lanes at once; their results in order
@@ -328,6 +459,10 @@ class Download:
         except (StorageFull, StoreFailed) as exc:  # our disk, not the peer: no use asking others
             if self._local_failure is None:
                 self._local_failure = exc
+        except PeerBusy:  # the peer sent these chunks to enough others: ask them first
+            self.failures["busy"] = self.failures.get("busy", 0) + len(pending)
+            for index in pending:
+                self.scheduler.on_chunk_declined(peer, index, trio.current_time())
         except PeerGone:
             current = self.node.session_for(peer)
             if current is not None and current is not provider.session:
@@ -397,9 +532,12 @@ class Download:
             self._refreshing = False
 
     async def _refresh(self, starving: bool) -> None:
-        if starving:
+        if starving:  # the partial providers asked, and a few candidates (what we know of them may be old)
+            candidates = [p for p in self.by_peer if p not in self._joined]
+            self._random.shuffle(candidates)
             async with trio.open_nursery() as nursery:
-                for provider in list(self.by_peer.values()):
+                for peer in list(self._joined) + candidates[:self.max_active]:
+                    provider = self.by_peer[peer]
                     if provider.have is not None and not provider.session.closed.is_set():
                         nursery.start_soon(self._ask_holdings, provider.session)
         try:
@@ -407,14 +545,7 @@ class Download:
         except KacheryError:
             return
         for provider in providers:
-            peer = provider.session.peer_id
-            if peer not in self.by_peer or self.by_peer[peer].session.closed.is_set():
-                self.by_peer[peer] = provider
-                self.scheduler.add_peer(peer, None if provider.have is None else iter(provider.have),
-                                        window=self.scheduler.share_of_initial_window())
-                self._wake()
-            else:
-                self.peer_has(provider.session, provider.have)
+            self.peer_has(provider.session, provider.have)
 
     async def _ask_holdings(self, session) -> None:
         try:
@@ -431,7 +562,8 @@ class Download:
                 "timeline": dict(self.timeline), "chunks_from": dict(self.chunks_from),
                 "failures": dict(self.failures), "idle_s": round(self.idle_seconds, 4),
                 "requests": stats.requests, "moves": stats.moves, "duplicates": stats.duplicates,
-                "providers": len(self.by_peer)}
+                "providers": len(self.ever_active), "known_providers": len(self.by_peer),
+                "replaced": self.replaced, "late_replies": self.late_replies}
 
     async def run(self) -> None:
         """Fetch what is wanted, as it is wanted, until the object is complete; then install it.
@@ -439,7 +571,7 @@ class Download:
         scheduler = self.scheduler
         try:
             failure = None
-            refreshed = trio.current_time()
+            refreshed = replanned = trio.current_time()
             idle_since = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.pipeline.run)
@@ -453,11 +585,18 @@ class Download:
                         nursery.start_soon(self._refresh_providers)
                     for peer, index in scheduler.expired(now):
                         log.info("chunk %d of %s from %s timed out", index, self.manifest.sha1[:12], peer[:12])
+                    left = self._sync_joined()
+                    for peer in scheduler.peers:
+                        if self.by_peer[peer].session.closed.is_set():
+                            self._follow_upgrade(peer)
+                        if self.by_peer[peer].session.closed.is_set():
+                            self._leave(peer)
+                            left = True
+                    if left or now - replanned >= REPLAN_SECONDS:
+                        replanned = now
+                        self._replan(now)
                     for peer in scheduler.peers:
                         self._follow_upgrade(peer)
-                        if self.by_peer[peer].session.closed.is_set():
-                            scheduler.remove_peer(peer)
-                            continue
                         for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
                             nursery.start_soon(self._get_run, peer, run)
                     for peer, index in scheduler.take_cancelled():

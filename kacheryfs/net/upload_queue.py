@@ -8,6 +8,12 @@ node has uploaded the fewest times goes first (ties: the oldest request), so eve
 before any leaves twice; small requests (a manifest, a one-chunk object) go before chunks, since they
 cost little and unblock a download. A request for a chunk uploaded before waits behind fresh ones,
 which gives its requester time to get that chunk from the peer that has it now and cancel here.
+
+``decline``: a chunk this node has already uploaded ``enough_copies`` times is out in the swarm;
+when its request's turn comes while other requests wait, the requester is told "busy" instead
+(once per requester and chunk), so this node's upload goes to the others and the requester asks a
+peer holding a copy. Asked again by the same requester (nobody else could give it the chunk: the
+leechers holding it left, say), it is served: nobody starves.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ SMALL = None  # the key of a request that is no chunk of a large object
 
 
 class UploadQueue:
-    def __init__(self, order: str = "rarest", remember: int = 65536):
+    def __init__(self, order: str = "rarest", remember: int = 65536, enough_copies: int | None = None):
         if order not in ("rarest", "fifo"):
             raise ValueError("order is 'rarest' or 'fifo'")
+        if enough_copies is not None and enough_copies < 1:
+            raise ValueError("enough_copies must be at least 1")
         self.order = order
+        self.enough_copies = enough_copies  # None: never decline
+        self._declined: OrderedDict[tuple, None] = OrderedDict()  # (requester, key) declined once
         self.remember = remember  # chunks whose upload count is kept (least recently uploaded forgotten)
         self._uploads: OrderedDict[Hashable, int] = OrderedDict()  # chunk key -> times uploaded
         self._waiting: dict[Hashable, deque] = {}  # key -> (seq, handle), oldest first
@@ -70,6 +80,17 @@ class UploadQueue:
     def uploads(self, key: Hashable) -> int:
         """Times ``key`` was uploaded; small requests rank before any chunk."""
         return -1 if key is SMALL else self._uploads.get(key, 0)
+
+    def decline(self, key: Hashable, requester: Hashable) -> bool:
+        """Whether the request whose turn it is should be answered "busy" (see the module's doc)."""
+        if key is SMALL or self.enough_copies is None or not self._count:
+            return False  # a small request, or nobody else waits: serving it costs nobody
+        if self._uploads.get(key, 0) < self.enough_copies or (requester, key) in self._declined:
+            return False
+        self._declined[(requester, key)] = None
+        while len(self._declined) > self.remember:
+            self._declined.popitem(last=False)
+        return True
 
     def uploaded(self, key: Hashable) -> None:
         """A request for ``key`` was served (its bytes went out)."""
