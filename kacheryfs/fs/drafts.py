@@ -179,11 +179,16 @@ class Drafts:
     async def commit(self, ino: int, draft: Draft) -> StoredObject | None:
         async with draft.lock:
             if draft.error is not None:
+                await _drop_failed(draft)
                 raise draft.error
             if not draft.dirty:
                 return None
             writer = await self.ensure_writer(draft)
-            await self.settle(draft)
+            try:
+                await self.settle(draft)
+            except KacheryError:
+                await _drop_failed(draft)
+                raise
             pipeline = draft.pipeline
             draft.writer = draft.pipeline = None  # reads meanwhile come from the base: commit closes the temp file
             draft.committing = writer
@@ -259,6 +264,15 @@ class DraftHandle(Handle):
 
     async def release(self) -> None:
         await self.drafts.release(self.ino, self.draft)
+
+
+async def _drop_failed(draft: Draft) -> None:
+    """A draft whose writes failed can never commit: free its temp file now, before close()
+    returns, rather than at the kernel's later RELEASE (on a full disk the space is wanted back)."""
+    writer, pipeline = draft.writer, draft.pipeline
+    draft.writer = draft.pipeline = None
+    if writer is not None:
+        await _discard(writer, pipeline)
 
 
 async def _discard(writer: ObjectWriter, pipeline: WritePipeline | None) -> None:
