@@ -150,3 +150,34 @@ async def test_rotated_keys_meet_across_a_bucket_boundary_on_the_swarm(nursery):
             await trio.sleep(0.1)
     assert ("127.0.0.1", 42001) not in await discoveries["c"].find_object(sha, timeout=2)
     assert not dialled["c"] & {("127.0.0.1", 42001)}
+
+
+async def test_a_full_node_dials_a_holder_the_dht_names_for_a_find(cluster, nursery):
+    """A node at its peer cap whose peers lack an object dials the holder the DHT names for it
+    (as widening dials past the cap), instead of answering "not found"."""
+    from kacheryfs.net.fetcher import NetworkFetcher
+    from kacheryfs.store import CHUNK_SIZE
+
+    from .conftest import random_bytes
+    from .test_net import addr_of, chans, wait_for
+
+    swarm = await start_swarm(nursery, SWARM)
+    await wait_joined(swarm)
+    channel = chans("lab", secret=b"s3cret")
+    other = await cluster.node("other", channel)  # no DHT: met by hand
+    reader = await cluster.node("reader", channel, max_peers=1,
+                                dht=DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[4].port}",)))
+    await reader.connect(*addr_of(other), expected_peer=other.node_id)  # its one peer: full
+    reader.finder.started -= 60  # up for a while: a find may give up after FIND_QUIET
+    holder = await cluster.node("holder", channel, max_peers=0,  # dials nobody itself
+                                dht=DhtNode(("127.0.0.1", 0), (f"127.0.0.1:{swarm[12].port}",)))
+    data = random_bytes(2 * CHUNK_SIZE + 9, seed=33)
+    obj = holder.store.put_bytes(data)
+    await wait_for(lambda: reader.dht.joined.is_set() and holder.dht_discovery is not None
+                   and holder.dht.joined.is_set(), timeout=20)
+    holder.provide(obj.sha1)  # as a node does when it stores or fetches an object
+    await trio.sleep(1.5)  # the holder's announcements are out; the reader, full, dialled nobody
+    assert holder.node_id not in reader.sessions
+    await NetworkFetcher(reader).fetch(obj.sha1)
+    assert reader.store.read_bytes(obj.sha1) == data
+    assert holder.node_id in reader.sessions

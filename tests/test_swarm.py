@@ -315,3 +315,26 @@ async def test_reply_sent_after_its_request_was_given_up_is_still_taken(cluster)
         await wait_for(lambda: seeder.counters.cancelled[asker.node_id] == 1)
     with trio.fail_after(10):
         assert await session.late_reply(req, 0.5) is None
+
+
+async def test_a_find_that_met_only_no_asks_again_when_a_peer_begins_fetching(cluster):
+    """A crowd starting at once: every peer's first answer to a find is "no" (none has begun).
+    L2, connected only to L1, asked L1 before L1 started; when L1 begins fetching from the seeder
+    its Have reaches L2, whose find asks L1 again and fetches through it (L2 never meets the
+    seeder). Before, L2 gave up with "not found" once every peer had said no for a second."""
+    seeder = await cluster.node("seeder", chans("x"))
+    data = random_bytes(6 * CHUNK_SIZE + 5, seed=41)
+    obj = seeder.store.put_bytes(data)
+    l1 = await cluster.node("l1", chans("x"))
+    l2 = await cluster.node("l2", chans("x"))
+    await l1.connect(*addr_of(seeder), expected_peer=seeder.node_id)
+    await l2.connect(*addr_of(l1), expected_peer=l1.node_id)
+    l2.finder.started -= 60  # up for a minute: its find may say "not found" after FIND_QUIET
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(NetworkFetcher(l2).fetch, obj.sha1)
+        await wait_for(lambda: obj.sha1 in l1.swarm._asked)  # L1 said no to L2's find
+        await trio.sleep(0.2)  # L2's find is now waiting, every peer having said no
+        await NetworkFetcher(l1).fetch(obj.sha1)
+    assert l2.store.read_bytes(obj.sha1) == data
+    assert seeder.node_id not in l2.sessions and l2.node_id not in seeder.counters.served_bytes
+    assert sum(l1.counters.served_bytes.values()) >= len(data)

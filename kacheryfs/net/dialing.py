@@ -126,13 +126,15 @@ class Dialer:
             return tuple(a for a in target.addrs if _host(a) != theirs)
         return ()
 
-    def maybe_dial_address(self, host_name: str, port: int) -> None:
+    def maybe_dial_address(self, host_name: str, port: int, widening: bool = False) -> None:
         """Dial an address found with no node id (the DHT), unless it is a peer we have, a dial
-        under way, backing off, or we have enough peers. The handshake says who is there."""
+        under way, backing off, or we have enough peers (``widening``: a find that found nobody
+        looked this provider up, and may go past the cap like ``widen``). The handshake says who
+        is there."""
         addr = f"{host_name}:{port}"
         key = "addr:" + addr
         node = self._by_addr.get(addr)
-        if (node is not None and node in self.host.sessions) or key in self._dialing or self._full():
+        if (node is not None and node in self.host.sessions) or key in self._dialing or self._full(widening):
             return
         if trio.current_time() < self._backoff.get(key, (0.0, 0.0))[0]:
             return

@@ -131,6 +131,8 @@ class NetworkFetcher:
             download = await Download.start(self.node, manifest, providers)
             download.timeline = {**timeline, **download.timeline}
             self.node.swarm.add(download)  # its verified chunks are served while it runs
+            if self.node.swarm.enabled:
+                self.node.provide(sha1)  # in the DHT too, as a BitTorrent leecher announces itself
             scope = await self.node.start(self._run_download, download)
             running = self._downloads[sha1] = _RunningDownload(download, scope)
         running.refs += 1

@@ -59,6 +59,7 @@ class Finder:
         self.in_a_channel = in_a_channel  # in no channel there is nobody to ask
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[Provider]]] = {}
+        self._finding: dict[str, list[Callable[[str], None]]] = {}  # sha1 -> finds under way: re-ask(peer id)
         routes.register(Announce, self._announced)
 
     async def find(self, sha1: str, timeout: float | None = None, *, whole: bool = False) -> list[Provider]:
@@ -77,6 +78,19 @@ class Finder:
         batch_done = trio.Event()  # every peer asked so far has answered
         asked: set[str] = set()
         answered = 0
+        said_no: set[str] = set()
+        waiting = trio.CancelScope()  # the wait for peers to change, between rounds of widening
+
+        def reask(peer_id: str) -> None:
+            """A peer that said no has begun fetching the object (its Have): ask it again now. In a
+            crowd starting at once, everyone's first answer is "no"; without this a node whose
+            peers all answered before their own downloads began would give up."""
+            nonlocal answered
+            if peer_id in said_no:
+                said_no.discard(peer_id)
+                asked.discard(peer_id)
+                answered -= 1
+                waiting.cancel()
 
         async def ask(session: PeerSession) -> None:
             nonlocal answered, batch_done
@@ -92,11 +106,13 @@ class Finder:
                 found.append(Provider(session, reply.size, reply.manifest_sha1, reply.chunks))
                 if not whole or reply.have is None:
                     first.set()
+            else:
+                said_no.add(session.peer_id)
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 async def ask_in_batches():
-                    nonlocal batch_done
+                    nonlocal batch_done, waiting
                     quiet_since = None  # every peer asked has said no, and no peer came or went since
                     while True:
                         fresh = [s for s in self.peers.channel_peers() if s.peer_id not in asked]
@@ -120,16 +136,24 @@ class Finder:
                             return
                         if self.more_peers is not None:
                             self.more_peers(sha1)  # every peer asked said no: look further, again and again
-                        with trio.move_on_after(WIDEN_SECONDS):
+                        waiting = trio.CancelScope(deadline=trio.current_time() + WIDEN_SECONDS)
+                        with waiting:  # (a reask cancels it: the peer is asked again at once)
                             await self.peers.wait_peers_changed()  # peers that connect meanwhile are asked too
                             quiet_since = None
 
-                nursery.start_soon(ask_in_batches)
-                await first.wait()
-                if answered < len(asked):
-                    with trio.move_on_after(FIND_GRACE):
-                        await batch_done.wait()
-                nursery.cancel_scope.cancel()
+                finding = self._finding.setdefault(sha1, [])
+                finding.append(reask)
+                try:
+                    nursery.start_soon(ask_in_batches)
+                    await first.wait()
+                    if answered < len(asked):
+                        with trio.move_on_after(FIND_GRACE):
+                            await batch_done.wait()
+                    nursery.cancel_scope.cancel()
+                finally:
+                    finding.remove(reask)
+                    if not finding:
+                        self._finding.pop(sha1, None)
         found = prefer_direct(found)
         if found:
             now = time.monotonic()
@@ -137,6 +161,12 @@ class Finder:
                 self._cache = {k: v for k, v in self._cache.items() if now - v[0] < FIND_CACHE_SECONDS}
             self._cache[sha1] = (now, found)
         return found
+
+    def heard_of(self, sha1: str, session: PeerSession) -> None:
+        """``session`` sent a Have of ``sha1`` while we fetch nothing of it: if it said no to a find
+        still under way here, it has begun fetching since, and is asked again."""
+        for reask in list(self._finding.get(sha1, ())):
+            reask(session.peer_id)
 
     def _nobody_else(self, sha1: str, quiet_since: float, now: float) -> bool:
         """Whether to stop looking before the timeout (FIND_QUIET)."""

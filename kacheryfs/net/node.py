@@ -76,6 +76,7 @@ class Node(HostedNode):
                              read_partial_into=self._read_partial_into)
         self.finder = Finder(self, self, in_a_channel=bool(channel_keys), timeout=find_timeout,
                              more_peers=self._more_peers, searching=self._still_searching)
+        self.swarm.heard_of = self.finder.heard_of
         self.relay_client = RelayClient(self.host)
         self.punch = PunchClient(lambda: self.host.listen_local, self._punched, self.host.start_soon)
         self.host.claim_inbound = self.punch.claim_inbound
@@ -136,7 +137,7 @@ class Node(HostedNode):
     async def _dht_providers(self, sha1: str) -> None:
         try:
             for host, port in await self.dht_discovery.find_object(sha1):
-                self.dialer.maybe_dial_address(host, port)
+                self.dialer.maybe_dial_address(host, port, widening=True)  # past the cap, like widen()
         finally:
             self._dht_lookups.discard(sha1)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -64,6 +65,7 @@ class Swarm:
         # are told (a Have), so leechers find each other however their finds crossed.
         self._asked: OrderedDict[str, dict] = OrderedDict()
         self._flush_now = trio.Event()
+        self.heard_of: Callable[[str, PeerSession], None] | None = None  # (sha1, peer): Haves of objects not fetched here
         routes.register(Have, self._have, inline=True)  # cheap, and keeps one peer's Haves in order
 
     # --- downloads
@@ -143,7 +145,11 @@ class Swarm:
 
     async def _have(self, session: PeerSession, msg: Have) -> None:
         entry = self.entries.get(msg.sha1)
-        if entry is None or not session.channel_ids & entry.channel_ids:
+        if entry is None:
+            if self.heard_of is not None and session.channel_ids:
+                self.heard_of(msg.sha1, session)  # a find under way here may ask it again
+            return
+        if not session.channel_ids & entry.channel_ids:
             return
         chunks = msg.chunks
         if chunks is not None and chunks.end() > len(entry.download.manifest.chunk_sha1s):
