@@ -47,7 +47,7 @@ class SimConfig:
     refresh_seconds: float = 2.0
     find_cache_seconds: float = 5.0
     request_timeout: float = 10.0  # the scheduler's
-    transport_timeout: float = 20.0  # the request's own (transfer.REQUEST_TIMEOUT)
+    transport_timeout: float = 120.0  # the request's own (transfer.CHUNK_REQUEST_TIMEOUT)
     scheduler: dict = field(default_factory=dict)  # extra ChunkScheduler keyword arguments
     seed: int = 0
     kill: tuple[int, float] | None = None  # (leecher index, time): it stops serving and fetching

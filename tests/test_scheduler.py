@@ -161,6 +161,8 @@ def test_expired_halves_window_once_per_call():
     s = ChunkScheduler(100, range(100), initial_window=8)
     s.add_peer("a")
     assert s.next_requests("a", 0.0) == list(range(8))
+    assert s.expired(30.0) == []  # its only source: the requests stay in its queue
+    s.add_peer("b")  # another holder: late requests go to it
     assert s.expired(9.9) == []
     out = s.expired(10.0)
     assert out == [("a", c) for c in range(8)]
@@ -385,3 +387,12 @@ def test_a_stalled_holder_is_still_raced_at_the_end():
     end = sim.run()
     assert sim.verified == Counter({c: 1 for c in range(40)}) and end < 10
     assert sim.sched.stats.duplicates + sim.sched.stats.moves > 0
+
+
+def test_a_request_only_one_partial_peer_can_answer_does_not_expire():
+    s = ChunkScheduler(4, range(4), initial_window=4)
+    s.add_peer("p", have=[0, 1])
+    s.add_peer("q", have=[1])
+    assert sorted(s.next_requests("p", 0.0)) == [0, 1]
+    assert s.expired(10.0) == [("p", 1)]  # q holds chunk 1 too; only p holds chunk 0
+    assert s.in_flight["p"] == [0]

@@ -265,7 +265,7 @@ async def test_requests_given_up_on_are_cancelled_at_a_busy_seeder(cluster, monk
     ones: at N = 50 (48 MB at 2 MB/s) each of the last chunks went out 82 times and nobody got it."""
     import kacheryfs.net.transfer as transfer
 
-    monkeypatch.setattr(transfer, "REQUEST_TIMEOUT", 1.5)  # the first requests' replies come later
+    monkeypatch.setattr(transfer, "CHUNK_REQUEST_TIMEOUT", 1.5)  # the first requests' replies come later
     seeder = await cluster.node("seeder", chans("x"))
     seeder.serve_rate_limit = 8 * MB  # 0.52 s a 4-chunk request: the 3rd of 6 is already too late
     data = random_bytes(24 * CHUNK_SIZE, seed=27)

@@ -64,3 +64,15 @@ def test_the_seeder_declines_a_third_copy_only_while_others_wait_and_everyone_fi
     # (simulated: 1.8 against 2.2 copies from the seeder, 2.1 against 2.3 uploads' time, on average)
     assert sum(r.seeder_share for r in declining) < 0.9 * sum(r.seeder_share for r in serving)
     assert sum(r.completion for r in declining) <= sum(r.completion for r in serving) + 0.05 * 6
+
+
+def test_a_slow_seeder_facing_a_long_queue_is_waited_for_not_asked_again():
+    """A seeder at 0.5 MB/s facing 24 leechers is minutes behind. A request for a chunk only the
+    seeder holds is left in its queue (ChunkScheduler.expired, transfer.CHUNK_REQUEST_TIMEOUT):
+    given up after 10-20 s and sent again, it went to the back of the queue each time, the seeder
+    uploaded chunks for requests already abandoned, and the crowd never finished."""
+    r = simulate(leechers=24, chunks=24, seeder_rate=0.5e6, seed=1)
+    assert r.completion < 1.2, r.completion
+    assert r.seeder_share < 1.2, r.seeder_share
+    too_soon = simulate(leechers=30, chunks=24, seeder_rate=1e6, seed=1, transport_timeout=20.0)
+    assert too_soon.completion > 1.3  # the old 20 s transport timeout, for contrast

@@ -35,7 +35,13 @@ from .scheduler import ENDGAME_CHUNKS, ChunkScheduler
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 20.0
+REQUEST_TIMEOUT = 20.0  # a manifest's or small object's request: the next provider is tried after it
+# A download's chunk request. Long on purpose: the scheduler gives a request up after 10 s when
+# another peer holds the chunk (ChunkScheduler.expired), but a chunk only one peer holds can only
+# wait in that peer's queue: a capped seeder facing 49 leechers is minutes behind, and a request
+# given up and sent again goes to the back (tests/swarm_sim.py, 49 leechers, 32 chunks, seeder at
+# 0.5 MB/s: never finished with 20 s, 1.006 uploads with 120 s). A peer that is gone closes its session.
+CHUNK_REQUEST_TIMEOUT = 120.0
 LATE_REPLY_SECONDS = 2.0  # a cancelled request's reply is still taken if it arrives this soon
 MAX_SMALL_OBJECT = 64 << 20
 PROVIDER_REFRESH_SECONDS = 2.0
@@ -76,10 +82,11 @@ def _channels_of(providers: list[Provider]) -> frozenset[str]:
 
 
 async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost,
-                         req: int | None = None) -> bytes:
+                         req: int | None = None, timeout: float | None = None) -> bytes:
     session = provider.session
     req = session.next_req() if req is None else req
-    reply = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=length), REQUEST_TIMEOUT)
+    timeout = REQUEST_TIMEOUT if timeout is None else timeout
+    reply = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=length), timeout)
     if not isinstance(reply, ChunkData):
         raise RequestFailed("unexpected reply")
     node.note_fetched(len(reply.payload))
@@ -413,7 +420,8 @@ class Download:
             with trio.CancelScope() as scope:
                 for index in run:
                     self._requests[(peer, index)] = scope
-                data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node, req)
+                data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node, req,
+                                            CHUNK_REQUEST_TIMEOUT)
             if scope.cancelled_caught:
                 try:
                     await provider.session.send(Cancel(req=req))
