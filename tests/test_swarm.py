@@ -230,18 +230,24 @@ async def test_capped_seeder_uploads_fresh_chunks_first_and_drops_cancelled_requ
     assert not seeder.server._uploading and len(seeder.server.upload_queue) == 0
 
 
+async def seeder_and_asker(cluster, seed: int):
+    """A seeder holding a 2-chunk object and a node connected to it: (seeder, asker, object, its
+    bytes, the asker's session to the seeder, the seeder's session to the asker)."""
+    seeder = await cluster.node("seeder", chans("x"))
+    data = random_bytes(2 * CHUNK_SIZE, seed=seed)
+    obj = seeder.store.put_bytes(data)
+    asker = await cluster.node("asker", chans("x"))
+    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
+    await wait_for(lambda: asker.node_id in seeder.sessions)
+    return seeder, asker, obj, data, session, seeder.sessions[asker.node_id]
+
+
 async def test_reply_waiting_to_be_sent_is_dropped_by_a_cancel(cluster):
     """A chunk already read but queued behind other replies on the session is not sent once the
     requester cancels it (it moved the request to a faster peer)."""
     from kacheryfs.protocol.messages import Cancel, ChunkRequest
 
-    seeder = await cluster.node("seeder", chans("x"))
-    data = random_bytes(2 * CHUNK_SIZE, seed=26)
-    obj = seeder.store.put_bytes(data)
-    asker = await cluster.node("asker", chans("x"))
-    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
-    await wait_for(lambda: asker.node_id in seeder.sessions)
-    toward_asker = seeder.sessions[asker.node_id]
+    seeder, asker, obj, data, session, toward_asker = await seeder_and_asker(cluster, seed=26)
     async with toward_asker._send_lock:  # the seeder is busy sending something else to the asker
         req = session.next_req()
         await session.send(ChunkRequest(req=req, sha1=obj.sha1, offset=0, length=CHUNK_SIZE))
@@ -289,13 +295,7 @@ async def test_reply_sent_after_its_request_was_given_up_is_still_taken(cluster)
     a request the provider dropped gets none."""
     from kacheryfs.protocol.messages import Cancel, ChunkData, ChunkRequest
 
-    seeder = await cluster.node("seeder", chans("x"))
-    data = random_bytes(2 * CHUNK_SIZE, seed=28)
-    obj = seeder.store.put_bytes(data)
-    asker = await cluster.node("asker", chans("x"))
-    session = await asker.connect(*addr_of(seeder), expected_peer=seeder.node_id)
-    await wait_for(lambda: asker.node_id in seeder.sessions)
-    toward_asker = seeder.sessions[asker.node_id]
+    seeder, asker, obj, data, session, toward_asker = await seeder_and_asker(cluster, seed=28)
     req = session.next_req()
     async with toward_asker._send_lock:  # the reply is read and waits to be sent
         try:
