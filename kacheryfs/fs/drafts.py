@@ -179,7 +179,7 @@ class Drafts:
     async def commit(self, ino: int, draft: Draft) -> StoredObject | None:
         async with draft.lock:
             if draft.error is not None:
-                await _drop_failed(draft)
+                await _drop_temp(draft)
                 raise draft.error
             if not draft.dirty:
                 return None
@@ -187,7 +187,7 @@ class Drafts:
             try:
                 await self.settle(draft)
             except KacheryError:
-                await _drop_failed(draft)
+                await _drop_temp(draft)
                 raise
             pipeline = draft.pipeline
             draft.writer = draft.pipeline = None  # reads meanwhile come from the base: commit closes the temp file
@@ -221,12 +221,9 @@ class Drafts:
             # release errors cannot reach the writer (close() has returned): log them.
             log.error("could not commit inode %d after last close: %s", ino, exc)
         finally:
-            writer, pipeline = draft.writer, draft.pipeline
-            draft.writer = draft.pipeline = None
             if self._by_ino.get(ino) is draft:
                 del self._by_ino[ino]  # before any wait: a listing meanwhile must not show it
-            if writer is not None:
-                await _discard(writer, pipeline)
+            await _drop_temp(draft)
 
     def read_now(self, draft: Draft, offset: int, size: int) -> bytes:
         if draft.writer is not None:
@@ -266,9 +263,10 @@ class DraftHandle(Handle):
         await self.drafts.release(self.ino, self.draft)
 
 
-async def _drop_failed(draft: Draft) -> None:
-    """A draft whose writes failed can never commit: free its temp file now, before close()
-    returns, rather than at the kernel's later RELEASE (on a full disk the space is wanted back)."""
+async def _drop_temp(draft: Draft) -> None:
+    """Detach the draft's temp file and drop it once no lane writes to it. Also used as soon as a
+    draft's writes failed (it can never commit): the temp file goes before close() returns, not at
+    the kernel's later RELEASE (on a full disk the space is wanted back)."""
     writer, pipeline = draft.writer, draft.pipeline
     draft.writer = draft.pipeline = None
     if writer is not None:

@@ -82,10 +82,9 @@ def _channels_of(providers: list[Provider]) -> frozenset[str]:
 
 
 async def _request_range(provider: Provider, sha1: str, offset: int, length: int, node: TransferHost,
-                         req: int | None = None, timeout: float | None = None) -> bytes:
+                         req: int | None = None, timeout: float = REQUEST_TIMEOUT) -> bytes:
     session = provider.session
     req = session.next_req() if req is None else req
-    timeout = REQUEST_TIMEOUT if timeout is None else timeout
     reply = await session.request(ChunkRequest(req=req, sha1=sha1, offset=offset, length=length), timeout)
     if not isinstance(reply, ChunkData):
         raise RequestFailed("unexpected reply")

@@ -48,14 +48,11 @@ def pwrite_direct(fd: int, view: memoryview, offset: int) -> bool:
     """Write ``view`` (a multiple of DIRECT_ALIGN long, at an aligned ``offset``) through the O_DIRECT
     descriptor ``fd``. False if the filesystem refuses O_DIRECT writes (EINVAL on the first one):
     the caller then writes through the page cache. Other errors (ENOSPC, EIO) are raised."""
-    buf = _bounce_buffer(len(view))
-    with memoryview(buf) as whole:
-        bounce = whole[:len(view)]
-        try:
-            bounce[:] = view
-            return write_aligned(fd, bounce, offset)
-        finally:
-            bounce.release()
+    bounce = gather([view], len(view))
+    try:
+        return write_aligned(fd, bounce, offset)
+    finally:
+        bounce.release()
 
 
 def gather(views: list, size: int) -> memoryview:

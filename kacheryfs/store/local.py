@@ -155,7 +155,7 @@ class ObjectWriter:
         return written
 
     def claim(self, offset: int, length: int) -> bool:
-        """Book a block that will be written with ``write_block``; True if it extends the running
+        """Book a block that will be written with ``write_pieces``; True if it extends the running
         hash (then both hash lanes must be fed it). Call in the order the blocks were written."""
         self.size = max(self.size, offset + length)
         if self._hasher is not None and offset == self._hash_end:
