@@ -139,20 +139,28 @@ class LyingNode(Node):
 
 
 async def test_lying_peer_is_dropped_reader_gets_correct_bytes(cluster, caplog):
+    """The liar flips one byte per reply, so the chunks before it in a multi-chunk reply verify
+    and win over the honest peer's requests for them. Repeated with fresh readers: whether those
+    wins cut an honest request short depends on timing (a request cancelled for one of its chunks
+    once left its other chunks "in flight" with nothing asking for them, and the download never
+    ended: one reader in two to ten)."""
     caplog.set_level(logging.WARNING)
     data = random_bytes(96 * CHUNK_SIZE + 5, seed=3)
     honest = await cluster.node("honest", chans("x"))
     liar = await cluster.node("liar", chans("x"), node_cls=LyingNode)
-    reader = await cluster.node("reader", chans("x"))
     obj = honest.store.put_bytes(data)
     assert liar.store.put_bytes(data) == obj
-    await reader.connect(*addr_of(honest))
-    await reader.connect(*addr_of(liar))
-    await NetworkFetcher(reader).fetch(obj.sha1)
-    assert reader.store.read_bytes(obj.sha1) == data
-    assert any("corrupt chunk" in r.message and liar.node_id[:12] in r.message for r in caplog.records)
-    # dropped at its first bad chunk: it serves at most the window already requested from it
-    assert liar.counters.served_bytes[reader.node_id] <= 34 * CHUNK_SIZE  # its window, and the manifest
+    for attempt in range(8):
+        caplog.clear()
+        reader = await cluster.node(f"reader{attempt}", chans("x"))
+        await reader.connect(*addr_of(honest))
+        await reader.connect(*addr_of(liar))
+        with trio.fail_after(30):
+            await NetworkFetcher(reader).fetch(obj.sha1)
+        assert reader.store.read_bytes(obj.sha1) == data
+        assert any("corrupt chunk" in r.message and liar.node_id[:12] in r.message for r in caplog.records)
+        # dropped at its first bad chunk: it serves at most the window already requested from it
+        assert liar.counters.served_bytes[reader.node_id] <= 34 * CHUNK_SIZE  # its window, and the manifest
 
 
 async def test_only_liars_means_failure_and_nothing_stored(cluster):

@@ -268,6 +268,7 @@ op = st.one_of(
     st.tuples(st.just("ok"), st.sampled_from(PEERS), st.integers(0, 63)),
     st.tuples(st.just("ok"), st.sampled_from(PEERS), st.integers(0, 63)),
     st.tuples(st.just("fail"), st.sampled_from(PEERS), st.integers(0, 63)),
+    st.tuples(st.just("ended"), st.sampled_from(PEERS), st.integers(0, 63)),
     st.tuples(st.just("tick"), st.floats(0, 2)),
     st.tuples(st.just("prio"), st.lists(st.integers(0, 40), max_size=4)),
 )
@@ -325,6 +326,10 @@ def test_random_event_orders_keep_invariants(num_chunks, needed_mask, window, op
                     verified.add(chunk)
             else:
                 s.on_chunk_failed(peer, chunk, now)
+        elif kind == "ended":
+            peer, k = args
+            mine = sorted(s.in_flight.get(peer, []))
+            s.on_request_ended(peer, mine[k % len(mine)] if mine else k % num_chunks)
         elif kind == "tick":
             now += args[0]
             for peer, chunk in s.expired(now):
@@ -396,3 +401,20 @@ def test_a_request_only_one_partial_peer_can_answer_does_not_expire():
     assert sorted(s.next_requests("p", 0.0)) == [0, 1]
     assert s.expired(10.0) == [("p", 1)]  # q holds chunk 1 too; only p holds chunk 0
     assert s.in_flight["p"] == [0]
+
+
+def test_a_request_ended_without_its_chunk_gives_it_back():
+    """A cancelled multi-chunk request whose other chunks did not come: they are queued again, for
+    the same peer too (it is not at fault), even though no other peer holds them."""
+    s = ChunkScheduler(8, range(8), initial_window=4)
+    s.add_peer("p")
+    assert s.next_requests("p", 0.0) == [0, 1, 2, 3]
+    s.on_chunk_ok("q", 0, MiB, 0.1)  # chunk 0 came from elsewhere (a peer since gone)
+    s.on_request_ended("p", 1)
+    s.on_request_ended("p", 2)
+    assert s.in_flight["p"] == [3]
+    assert s.expired(1000.0) == []  # p is their only holder: they would never expire
+    assert s.stats.peers["p"].failures == 0
+    assert s.next_requests("p", 0.2)[:2] == [1, 2]  # lowest first, then chunk 4
+    s.on_request_ended("p", 5)  # not in flight there: nothing happens
+    assert 5 in s.queued

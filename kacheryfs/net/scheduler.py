@@ -439,6 +439,14 @@ class ChunkScheduler:
         self._failed_at.setdefault(chunk, set()).add(peer)
         self._release(chunk, peer)
 
+    def on_request_ended(self, peer: str, chunk: int) -> None:
+        """The request for ``chunk`` at ``peer`` ended without it (cancelled here; no reply came):
+        re-queue it, with no penalty to the peer. Harmless if it is no longer in flight there."""
+        state = self._peers.get(peer)
+        if state is None or state.in_flight.pop(chunk, None) is None:
+            return
+        self._release(chunk, peer)
+
     def on_chunk_declined(self, peer: str, chunk: int, now: float) -> None:
         """The peer said it is busy with this chunk (it sent it to enough others): re-queue it for
         the other peers holding it first; the peer's window stays (it is not slow or broken), and

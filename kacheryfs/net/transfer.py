@@ -236,7 +236,9 @@ class Download:
         self.settled = trio.Event()  # run() has ended: result or error is final
         self.pipeline = ChunkPipeline(partial)  # verifies and writes chunks, off the trio thread
         self._limiter = trio.CapacityLimiter(2)  # threads reading for lazy readers
-        self._requests: dict[tuple[str, int], trio.CancelScope] = {}  # (peer, chunk) -> its request
+        # (peer, chunk) -> the request asking that peer for it (one request carries a run of chunks)
+        self._requests: dict[tuple[str, int], trio.CancelScope] = {}
+        self._run_of: dict[trio.CancelScope, list[int]] = {}  # a request -> its chunks
         self._refreshing = False
         self.started = time.monotonic()
         # What a benchmark needs to see where the time goes (monotonic, comparable across processes):
@@ -331,8 +333,9 @@ class Download:
     def _leave(self, peer: str) -> None:
         """Out of the active set: its requests go back to the queue and are cancelled at it."""
         self._joined.pop(peer, None)
-        for chunk in self.scheduler.remove_peer(peer):
-            self._cancel(peer, chunk)
+        self.scheduler.remove_peer(peer)
+        for asked, chunk in [key for key in self._requests if key[0] == peer]:
+            self._cancel(asked, chunk)
 
     def _sync_joined(self) -> bool:
         """Forget active peers the scheduler dropped (banned, gone); True if there were any."""
@@ -406,19 +409,27 @@ class Download:
         self.node.store.integrity.mark_verified(obj.sha1, obj.size)
         return obj
 
-    async def _get_run(self, peer: str, run: list[int]) -> None:
+    def _start_run(self, nursery: trio.Nursery, peer: str, run: list[int]) -> None:
+        """Issue the request for ``run``. It is registered here, not when its task first runs: a
+        request for the same chunks ending meanwhile must not take this one's entries for its own."""
+        scope = trio.CancelScope()
+        for index in run:
+            self._requests[(peer, index)] = scope
+        self._run_of[scope] = run
+        nursery.start_soon(self._get_run, peer, run, scope)
+
+    async def _get_run(self, peer: str, run: list[int], scope: trio.CancelScope) -> None:
         """Consecutive chunks in one request (fewer messages and hops per byte); each chunk of the
-        reply is verified on its own. The scheduler may move the request to a faster peer
-        (``_cancel``): then the peer is told to drop it."""
+        reply is verified on its own. Once none of its chunks is wanted from this peer any more
+        (each came from elsewhere, moved to a faster peer, or the peer left the set: ``_cancel``),
+        the peer is told to drop it."""
         start = self.manifest.chunk_range(run[0])[0]
         end = self.manifest.chunk_range(run[-1])[1]
         pending = list(run)
         provider = self.by_peer[peer]
         req = provider.session.next_req()
         try:
-            with trio.CancelScope() as scope:
-                for index in run:
-                    self._requests[(peer, index)] = scope
+            with scope:
                 data = await _request_range(provider, self.manifest.sha1, start, end - start, self.node, req,
                                             CHUNK_REQUEST_TIMEOUT)
             if scope.cancelled_caught:
@@ -490,14 +501,22 @@ class Download:
                 with contextlib.suppress(PeerGone):
                     await provider.session.send(Cancel(req=req))
         finally:
+            # Chunks still this request's that did not come go back to the queue: "in flight" at
+            # this peer with nothing asking for them, they would hold the download forever when no
+            # other peer holds them (such requests never expire).
             for index in run:
                 if self._requests.get((peer, index)) is scope:
                     del self._requests[(peer, index)]
+                    self.scheduler.on_request_ended(peer, index)
+            del self._run_of[scope]
             self._wake()
 
     def _cancel(self, peer: str, chunk: int) -> None:
-        scope = self._requests.get((peer, chunk))
-        if scope is not None:
+        """``chunk`` is no longer wanted from ``peer`` (the scheduler has already released it).
+        Its request is cancelled once none of its chunks is: a run that lost one chunk to an
+        endgame duplicate still brings the others, rather than losing them all to a re-request."""
+        scope = self._requests.pop((peer, chunk), None)
+        if scope is not None and not any(self._requests.get((peer, c)) is scope for c in self._run_of[scope]):
             scope.cancel()
 
     async def _write_chunk(self, index: int, data, queued=None) -> None:
@@ -605,7 +624,7 @@ class Download:
                     for peer in scheduler.peers:
                         self._follow_upgrade(peer)
                         for run in _runs(scheduler.next_requests(peer, now), CHUNKS_PER_REQUEST):
-                            nursery.start_soon(self._get_run, peer, run)
+                            self._start_run(nursery, peer, run)
                     for peer, index in scheduler.take_cancelled():
                         self._cancel(peer, index)
                     if self._local_failure is not None:
