@@ -686,6 +686,8 @@ def bench_one_to_one(work: Path, versions: list[Version], uri: str, size: int, p
             watch = BitmapWatch(b.storage, sha1, nchunks)
             if method == "kfs_cp":
                 args = ["cp", str(b.mnt / "sha1" / sha1), str(dest)]
+            elif method == "kfs_link":  # dest: a hard link to the store's copy (each byte written once)
+                args = cli + ["load", uri, "--dest", str(dest), "--link"]
             else:
                 args = cli + ["load", uri, "--dest", str(dest)]
             result = timed_transfer(args, size, dest, env=b.env, watch=watch)
@@ -933,6 +935,7 @@ def format_tables(res: dict, args) -> str:
     multi = len(labels) > 1
     names = {"kfs_cp": "kacheryfs: `cp B_MOUNT/sha1/<hash> dest`",
              "kfs_load": "kacheryfs: `kacheryfs load URI --dest dest`",
+             "kfs_link": "kacheryfs: `kacheryfs load URI --dest dest --link`",
              "scp": f"scp ({res['machine'].get('ssh_cipher', '?')})",
              "http": f"curl from {res['machine'].get('http_server', '?')}"}
     keys = [k for k in one if k.split("@")[0] in names]
@@ -1010,6 +1013,9 @@ def evaluate_goals(res: dict, args) -> list[dict]:
         for method, base, gkey, label in (("kfs_load", "scp", "load_vs_scp", "kacheryfs load / scp"),
                                           ("kfs_load", "scp", "load_vs_scp_stretch", "kacheryfs load / scp (stretch)"),
                                           ("kfs_load", "http", "load_vs_http", "kacheryfs load / plain HTTP"),
+                                          ("kfs_link", "scp", "load_vs_scp", "kacheryfs load --link / scp"),
+                                          ("kfs_link", "scp", "load_vs_scp_stretch", "kacheryfs load --link / scp (stretch)"),
+                                          ("kfs_link", "http", "load_vs_http", "kacheryfs load --link / plain HTTP"),
                                           ("kfs_cp", "scp", "cp_vs_scp", "cp from mount / scp")):
             if method + suffix not in one or base not in one:
                 continue
@@ -1064,7 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--swarm-mib", type=int, default=600, help="swarm object size (default 600)")
     p.add_argument("--rate-mb", type=float, default=50.0, help="each seeder's cap R in MB/s (default 50)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of part 1, interleaved; medians shown (default 3)")
-    p.add_argument("--methods", default="kfs_cp,scp,kfs_load,http", help="part 1's methods, in this order")
+    p.add_argument("--methods", default="kfs_cp,scp,kfs_load,kfs_link,http", help="part 1's methods, in this order")
     p.add_argument("--ttfb-nodes", type=int, default=6, help="fresh mounts for first reads (default 6)")
     p.add_argument("--ttfb-further", type=int, default=3, help="further random reads per node (default 3)")
     p.add_argument("--settle", type=float, default=3.0, help="pause after sync before each transfer (s)")

@@ -255,12 +255,18 @@ def _copy_verified(uri: str, storage_dir, config_dir, out) -> None:
 @click.argument("uri")
 @click.option("--dest", type=click.Path(), default=None,
               help="Write the file here (for a directory, sha1dir://..., a new directory).")
+@click.option("--link", is_flag=True,
+              help="Make --dest a hard link to the store's copy instead of a copy of its own: on disk once, "
+                   "written once, read-only (do not change it). Copied where dest is on another filesystem.")
 @storage_option
 @config_option
-def load(uri, dest, storage_dir, config_dir):
+def load(uri, dest, link, storage_dir, config_dir):
     """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path.
     A stored directory (sha1dir://<hash>[/subdir]) is written to --dest as a directory."""
     from .api.objects import dir_entry, load_dir
+
+    if link and dest is None:
+        raise click.UsageError("--link needs --dest")
 
     if is_dir_uri(uri) and dest is not None and isinstance(dir_entry(uri, storage_dir, config_dir, None), Directory):
         click.echo(load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
@@ -268,8 +274,14 @@ def load(uri, dest, storage_dir, config_dir):
     if dest is None:
         click.echo(str(_local_path(uri, storage_dir, config_dir)[0]))
         return
-    from .api.dest import load_into
+    from .api.dest import link_into, load_into
 
+    if link:
+        if not link_into(uri, dest, _config(storage_dir, config_dir)):
+            click.echo(f"note: {dest} is on another filesystem than the store (or one without hard links): "
+                       "copied, not linked", err=True)
+        click.echo(dest)
+        return
     click.echo(load_into(uri, dest, _config(storage_dir, config_dir)))
 
 

@@ -118,6 +118,50 @@ def test_load_dest_is_filled_by_the_daemon_and_stays_the_users_own(stack, tmp_pa
         os.close(fd)
 
 
+@pytest.mark.timeout(180)
+def test_load_link_makes_dest_the_stores_one_read_only_copy(stack, tmp_path):
+    """``--link``: fetched or held, dest is a hard link to the store's copy (on disk once) and
+    replaces what dest was; on another filesystem it is a copy, with a note saying so."""
+    _mount, daemon = stack
+    data = random_bytes(5 * CHUNK_SIZE + 777, seed=75)
+    sha1 = hashlib.sha1(data).hexdigest()
+    a = daemon("a", "daemon", "--channel", "x", *LOCAL)
+    a.wait_log("listening on")
+    uri = store_on(a, tmp_path, data, "src.bin")
+    b = daemon("b", "daemon", "--channel", "x", *LOCAL)
+    b.wait_log("listening on")
+    wait_until_connected(b, a)
+
+    fetched = tmp_path / "fetched.bin"
+    fetched.write_bytes(b"an older file of that name")
+    out = cli(b, "load", uri, "--dest", str(fetched), "--link")
+    assert out.returncode == 0 and out.stdout.strip() == str(fetched), out.stderr
+    path = Path(cli(b, "load", uri).stdout.strip())  # the store's copy (held now)
+    assert os.stat(fetched).st_ino == os.stat(path).st_ino and os.stat(path).st_nlink == 2
+    assert fetched.read_bytes() == data and os.stat(fetched).st_mode & 0o777 == 0o444
+    assert not list(tmp_path.glob(".fetched.bin.kacheryfs-*"))  # no temporary name left
+
+    held = tmp_path / "held.bin"  # held here now: linked without asking the daemon
+    out = cli(b, "load", uri, "--dest", str(held), "--link")
+    assert out.returncode == 0 and os.stat(held).st_ino == os.stat(path).st_ino, out.stderr
+
+    out = cli(b, "load", uri, "--link")
+    assert out.returncode != 0 and "--link needs --dest" in out.stderr
+    out = cli(b, "load", uri, "--dest", str(tmp_path), "--link")
+    assert out.returncode != 0 and "directory" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(path).st_dev:
+        other_fs = shm / f"kacheryfs-test-{os.getpid()}.bin"
+        try:
+            out = cli(b, "load", uri, "--dest", str(other_fs), "--link")
+            assert out.returncode == 0 and "copied, not linked" in out.stderr, out.stderr
+            assert other_fs.read_bytes() == data and os.stat(other_fs).st_ino != os.stat(path).st_ino
+        finally:
+            other_fs.unlink(missing_ok=True)
+    assert sha1_of(path) == sha1
+
+
 @pytest.mark.timeout(240)
 def test_daemon_killed_between_verify_and_install_resumes_with_the_right_bytes(stack, tmp_path):
     """kill -9 of the fetching daemon while chunks are verified and written but the object is not

@@ -14,10 +14,20 @@ it), each byte written once where possible.
 
 Bad destinations (the store's own copy, a directory, a file open read-only...) are refused before
 anything is truncated (BadDestination); a failure removes a half-written file.
+
+``link_into`` (``--link``) is the other choice: dest becomes a hard link to the store's copy (as
+git-annex's locked files), so each byte is on disk once (half the space, and a load writes every
+byte once: on a filesystem without reflinks a copy cannot do that). The file is the store's own,
+read-only (0444): changing it (after a ``chmod``) would change the object the store serves. The
+store checks each chunk it serves or reads on its first read in a run (store/integrity.py), so
+such a change is found, the object quarantined and never served; but a change made after a
+chunk's check in this run would be served to a peer, which checks the chunk's SHA-1 and drops us.
+Where the store's filesystem is not dest's (or has no hard links) the file is copied instead.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -25,6 +35,7 @@ from ..config import Config
 from ..errors import BadDestination, KacheryError, NoDaemon, ObjectNotFound
 from ..running import running_daemons
 from ..store import LocalStore, clone, parse_uri
+from ..store.local import fsync_dir
 
 
 def daemon_mountpoint(config: Config) -> Path | None:
@@ -106,6 +117,66 @@ def _load_into(uri: str, dest: Path, config: Config, progress: bool | None) -> N
     finally:
         if fd >= 0:
             os.close(fd)
+        local.close()
+
+
+# a hard link cannot be made there: another filesystem, or one without hard links
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK}
+
+
+def link_into(uri: str, dest: str | os.PathLike, config: Config, progress: bool | None = None) -> bool:
+    """Make ``dest`` a hard link to the store's copy of ``uri`` (fetched by the running daemon if
+    it is not held here), replacing what ``dest`` was. True if linked; False if it could not be
+    (another filesystem...), and the file was copied to ``dest`` (``load_into``) instead."""
+    dest = Path(dest)
+    try:
+        linked = _link_into(uri, dest, config, progress)
+    except OSError as exc:
+        raise KacheryError(f"could not write {dest}: {exc.strerror or exc}") from None
+    if not linked:
+        load_into(uri, dest, config, progress)
+    return linked
+
+
+def _link_into(uri: str, dest: Path, config: Config, progress: bool | None) -> bool:
+    from ..progress import ByteProgress
+    from .client import daemon_load
+    from .objects import resolve_file_uri
+
+    parsed = parse_uri(resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir,
+                                        progress=progress))
+    local = LocalStore(config.storage_dir)
+    try:
+        if dest.resolve().is_relative_to(local.root.resolve()):
+            raise BadDestination(f"{dest} is inside the store {local.root}")
+        if dest.is_dir():
+            raise BadDestination(f"{dest} is a directory")
+        path = local.object_path(parsed.sha1)
+        if os.stat(dest.parent).st_dev != os.stat(local.root).st_dev:
+            return False  # (before fetching: a copy is made as the chunks arrive)
+        record = local.use(parsed.sha1)
+        if record is None:
+            try:
+                with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
+                    path = Path(daemon_load(config.config_dir, str(parsed), bar))
+            except NoDaemon:
+                raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
+                                     "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+        else:  # held here: its chunks may have rotted since they were stored
+            local.integrity.verify(parsed.sha1, 0, max(record.size, 1), record=record)
+        # a new name beside dest, then renamed over it: dest is the old file or the link, never missing
+        temp = dest.with_name(f".{dest.name}.kacheryfs-{os.getpid()}")
+        temp.unlink(missing_ok=True)
+        try:
+            os.link(path, temp)
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return False
+            raise
+        os.replace(temp, dest)
+        fsync_dir(dest.parent)  # the name is durable too (the object was fsynced when installed)
+        return True
+    finally:
         local.close()
 
 

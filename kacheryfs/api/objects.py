@@ -165,7 +165,7 @@ def resolve_file_uri(uri: str, *, storage_dir=None, config_dir=None, progress: b
 
 
 def load_file(uri: str, *, dest: str | os.PathLike | None = None, storage_dir=None, config_dir=None,
-              progress: bool | None = None) -> str:
+              progress: bool | None = None, link: bool = False) -> str:
     """A local path holding the bytes of ``uri`` (read-only; do not modify it). While it comes from
     the network a progress bar shows (on a terminal or in Jupyter; ``progress=False``: never).
     ``uri`` may also name a file in a stored directory: ``sha1dir://<hash>/path/in/dir``.
@@ -173,13 +173,18 @@ def load_file(uri: str, *, dest: str | os.PathLike | None = None, storage_dir=No
     With ``dest``: the bytes are written to that file (created, or emptied) instead, and ``dest``
     is returned: a file of the caller's own, which they may change. Written once where possible
     (fetched: the daemon fills it as the chunks arrive; held: a reflink or an in-kernel copy), as
-    ``kacheryfs load --dest`` (api/dest.py; BadDestination for the store's own copy and the like)."""
+    ``kacheryfs load --dest`` (api/dest.py; BadDestination for the store's own copy and the like).
+    With ``link=True`` as well, ``dest`` is instead a hard link to the store's read-only copy (on
+    disk once; do not change it), or a copy where it is on another filesystem (``--link``)."""
     from ..progress import ByteProgress
     from .client import daemon_load
 
     if dest is not None:
-        from .dest import load_into
+        from .dest import link_into, load_into
 
+        if link:
+            link_into(uri, dest, _config(storage_dir, config_dir), progress)
+            return str(dest)
         return load_into(uri, dest, _config(storage_dir, config_dir), progress)
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     store = _store(storage_dir, config_dir)

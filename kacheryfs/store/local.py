@@ -87,7 +87,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -427,7 +427,7 @@ class LocalStore:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(temp_path, 0o444)  # objects are immutable
                 os.rename(temp_path, dest)
-                _fsync_dir(dest.parent)
+                fsync_dir(dest.parent)
             manifest_sha1 = None
             if digest.size > digest.chunk_size:
                 manifest = Manifest.from_digest(digest)
