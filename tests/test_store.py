@@ -145,8 +145,8 @@ def test_an_object_being_installed_is_not_adopted_meanwhile(store, monkeypatch):
     data = random_bytes(2 * CHUNK_SIZE + 3, seed=11)
     sha1 = hashlib.sha1(data).hexdigest()
     seen = []
-    real = local._fsync_dir
-    monkeypatch.setattr(local, "_fsync_dir", lambda path: (seen.append(store.info(sha1)), real(path)))
+    real = local.fsync_dir
+    monkeypatch.setattr(local, "fsync_dir", lambda path: (seen.append(store.info(sha1)), real(path)))
     with store.writer(pinned=False) as w:
         w.write(data)
         obj = w.commit()
