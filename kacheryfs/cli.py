@@ -212,7 +212,7 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool, str
     it was here already (its bytes are then checked as they are read: they may have rotted since
     they were stored), rather than just fetched and verified by the daemon; and its sha1:// URI
     (a sha1dir:// file URI is looked up in its directory)."""
-    from .api.client import daemon_load
+    from .api.client import fetch_into_store
 
     config = _config(storage_dir, config_dir)
     if is_dir_uri(uri):  # (api.objects only then: a plain load stays a cheap command)
@@ -226,11 +226,7 @@ def _local_path(uri: str, storage_dir, config_dir=None) -> tuple[Path, bool, str
     try:  # closing writes the use of a cached copy (its place in the eviction order)
         if local.use(parsed.sha1) is not None:
             return local.object_path(parsed.sha1), True, file_uri
-        with ByteProgress(parsed.name or parsed.sha1[:12]) as progress:
-            return Path(daemon_load(config.config_dir, str(parsed), progress)), False, file_uri
-    except NoDaemon:
-        raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
-                             "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+        return Path(fetch_into_store(config.config_dir, parsed, local.root)), False, file_uri
     finally:
         local.close()
 

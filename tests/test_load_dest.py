@@ -34,21 +34,27 @@ def store_on(node, tmp_path: Path, data: bytes, name: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def sha1_of(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-@pytest.mark.timeout(180)
-def test_load_dest_is_filled_by_the_daemon_and_stays_the_users_own(stack, tmp_path):
+def holder_and_reader(stack, tmp_path: Path, data: bytes):
+    """Daemon A holding ``data`` and daemon B connected to it, one channel: (a, b, the URI)."""
     _mount, daemon = stack
-    data = random_bytes(9 * CHUNK_SIZE + 12345, seed=71)
-    sha1 = hashlib.sha1(data).hexdigest()
     a = daemon("a", "daemon", "--channel", "x", *LOCAL)
     a.wait_log("listening on")
     uri = store_on(a, tmp_path, data, "src.bin")
     b = daemon("b", "daemon", "--channel", "x", *LOCAL)
     b.wait_log("listening on")
     wait_until_connected(b, a)
+    return a, b, uri
+
+
+def sha1_of(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(180)
+def test_load_dest_is_filled_by_the_daemon_and_stays_the_users_own(stack, tmp_path):
+    data = random_bytes(9 * CHUNK_SIZE + 12345, seed=71)
+    sha1 = hashlib.sha1(data).hexdigest()
+    a, b, uri = holder_and_reader(stack, tmp_path, data)
 
     # The local API: B's daemon says it filled the file itself (an older daemon would not).
     dest = tmp_path / "dest.bin"
@@ -122,15 +128,9 @@ def test_load_dest_is_filled_by_the_daemon_and_stays_the_users_own(stack, tmp_pa
 def test_load_link_makes_dest_the_stores_one_read_only_copy(stack, tmp_path):
     """``--link``: fetched or held, dest is a hard link to the store's copy (on disk once) and
     replaces what dest was; on another filesystem it is a copy, with a note saying so."""
-    _mount, daemon = stack
     data = random_bytes(5 * CHUNK_SIZE + 777, seed=75)
     sha1 = hashlib.sha1(data).hexdigest()
-    a = daemon("a", "daemon", "--channel", "x", *LOCAL)
-    a.wait_log("listening on")
-    uri = store_on(a, tmp_path, data, "src.bin")
-    b = daemon("b", "daemon", "--channel", "x", *LOCAL)
-    b.wait_log("listening on")
-    wait_until_connected(b, a)
+    a, b, uri = holder_and_reader(stack, tmp_path, data)
 
     fetched = tmp_path / "fetched.bin"
     fetched.write_bytes(b"an older file of that name")

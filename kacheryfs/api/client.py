@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import KacheryError, NoDaemon
+from ..errors import KacheryError, NoDaemon, ObjectNotFound
 from . import messages
 
 
@@ -70,3 +70,21 @@ def daemon_load(config_dir: Path, uri: str, on_progress=None) -> str:
         if reply.get("ok"):
             return reply["path"]
     raise KacheryError("the daemon closed the connection without answering")
+
+
+def not_held(sha1: str, store_root) -> ObjectNotFound:
+    """What a client says when an object is not held here and no daemon runs to fetch it."""
+    return ObjectNotFound(f"{sha1} is not in the local store {store_root}, and no kacheryfs daemon is "
+                          "running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)")
+
+
+def fetch_into_store(config_dir: Path, parsed, store_root, progress: bool | None = None) -> str:
+    """The daemon fetches the object of ``parsed`` (a parsed sha1:// URI) into its store, with a
+    progress bar (``progress``: as ByteProgress); returns its local path."""
+    from ..progress import ByteProgress
+
+    try:
+        with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
+            return daemon_load(config_dir, str(parsed), bar)
+    except NoDaemon:
+        raise not_held(parsed.sha1, store_root) from None

@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 
 from ..config import Config
-from ..errors import BadDestination, KacheryError, NoDaemon, ObjectNotFound
+from ..errors import BadDestination, KacheryError, NoDaemon
 from ..running import running_daemons
 from ..store import LocalStore, clone, parse_uri
 from ..store.local import fsync_dir
@@ -63,7 +63,7 @@ def load_into(uri: str, dest: str | os.PathLike, config: Config, progress: bool 
 
 def _load_into(uri: str, dest: Path, config: Config, progress: bool | None) -> None:
     from ..progress import ByteProgress
-    from .client import daemon_load, daemon_load_into
+    from .client import daemon_load, daemon_load_into, not_held
     from .objects import resolve_file_uri
 
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir,
@@ -102,8 +102,7 @@ def _load_into(uri: str, dest: Path, config: Config, progress: bool | None) -> N
                             return
                         # an older daemon: copy what it fetched (its bytes verified on arrival)
             except NoDaemon:
-                raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
-                                     "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+                raise not_held(parsed.sha1, local.root) from None
         if path is None:  # held here: its chunks may have rotted since they were stored
             local.integrity.verify(parsed.sha1, 0, max(record.size, 1), record=record)
             path = local.object_path(parsed.sha1)
@@ -139,8 +138,7 @@ def link_into(uri: str, dest: str | os.PathLike, config: Config, progress: bool 
 
 
 def _link_into(uri: str, dest: Path, config: Config, progress: bool | None) -> bool:
-    from ..progress import ByteProgress
-    from .client import daemon_load
+    from .client import fetch_into_store
     from .objects import resolve_file_uri
 
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=config.storage_dir, config_dir=config.config_dir,
@@ -156,12 +154,7 @@ def _link_into(uri: str, dest: Path, config: Config, progress: bool | None) -> b
             return False  # (before fetching: a copy is made as the chunks arrive)
         record = local.use(parsed.sha1)
         if record is None:
-            try:
-                with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
-                    path = Path(daemon_load(config.config_dir, str(parsed), bar))
-            except NoDaemon:
-                raise ObjectNotFound(f"{parsed.sha1} is not in the local store {local.root}, and no kacheryfs "
-                                     "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+            path = Path(fetch_into_store(config.config_dir, parsed, local.root, progress))
         else:  # held here: its chunks may have rotted since they were stored
             local.integrity.verify(parsed.sha1, 0, max(record.size, 1), record=record)
         # a new name beside dest, then renamed over it: dest is the old file or the link, never missing

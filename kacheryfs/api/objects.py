@@ -13,8 +13,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import (
-    CorruptObject, InvalidURI, IsADirectory, KacheryError, NoDaemon, NotADirectory, NotADirectoryManifest,
-    ObjectNotFound,
+    CorruptObject, InvalidURI, IsADirectory, KacheryError, NotADirectory, NotADirectoryManifest,
 )
 from ..running import located_config
 from ..store import (
@@ -176,8 +175,7 @@ def load_file(uri: str, *, dest: str | os.PathLike | None = None, storage_dir=No
     ``kacheryfs load --dest`` (api/dest.py; BadDestination for the store's own copy and the like).
     With ``link=True`` as well, ``dest`` is instead a hard link to the store's read-only copy (on
     disk once; do not change it), or a copy where it is on another filesystem (``--link``)."""
-    from ..progress import ByteProgress
-    from .client import daemon_load
+    from .client import fetch_into_store
 
     if dest is not None:
         from .dest import link_into, load_into
@@ -189,13 +187,8 @@ def load_file(uri: str, *, dest: str | os.PathLike | None = None, storage_dir=No
     parsed = parse_uri(resolve_file_uri(uri, storage_dir=storage_dir, config_dir=config_dir, progress=progress))
     store = _store(storage_dir, config_dir)
     if store.info(parsed.sha1) is None:
-        config_dir = _config(storage_dir, config_dir).config_dir
-        try:  # fetch from channel peers through the running daemon
-            with ByteProgress(parsed.name or parsed.sha1[:12], progress) as bar:
-                return daemon_load(config_dir, str(parsed), bar)
-        except NoDaemon:
-            raise ObjectNotFound(f"{parsed.sha1} is not in the local store {store.root}, and no kacheryfs "
-                                 "daemon is running to fetch it (start `kacheryfs mount` or `kacheryfs daemon`)") from None
+        # fetched from channel peers through the running daemon
+        return fetch_into_store(_config(storage_dir, config_dir).config_dir, parsed, store.root, progress)
     store.touch(parsed.sha1)
     store.flush_touches()  # a script may exit without closing the store
     return str(store.object_path(parsed.sha1))
