@@ -6,7 +6,9 @@ for the store's rot checks, ``pwrite`` it (and into any ``sinks``, the files of 
 mark it in the bitmap and start its writeback (store/partial.py ``store_chunks``). One more task
 feeds the whole-file SHA-1 in order: every run of written chunks that extends the hashed prefix goes
 to a thread in one hop, from the buffers the chunks arrived in (chunks far ahead of the prefix are
-not kept: they are read back from the page cache when the prefix reaches them).
+not kept: they are read back from the page cache when the prefix reaches them). A last task flushes
+the partial file every FLUSH_BYTES written (store/flush_behind.py): the fsync before install then
+waits for the tail only, not for a whole GiB's flush after the last chunk arrived.
 
 Why this shape (measured, docs/benchmarks.md "Bulk throughput"): hashlib, libsodium and pwrite
 release the GIL, so two lanes use both cores; batching makes the ~0.1 ms cost of a hop per several
@@ -28,6 +30,7 @@ import trio
 
 from ..errors import KacheryError, StoreFailed, from_os_error
 from ..store.direct import aligned_length, open_direct, pwrite_direct
+from ..store.flush_behind import FlushBehind
 from ..store.local import start_writeback
 from ..store.partial import PartialObject
 
@@ -136,6 +139,11 @@ class Sink:
         return False  # another lane may be using it)
 
 
+def _flush_failed(exc: OSError | KacheryError) -> None:
+    """A flush behind failed (EIO, a closed partial): nothing to do now; the writes that follow
+    and the fsync before install meet the same error and report it."""
+
+
 class ChunkPipeline:
     def __init__(self, partial: PartialObject, lanes: int = LANES, batch: int = BATCH):
         self.partial = partial
@@ -149,6 +157,7 @@ class ChunkPipeline:
         self._hash_wake = trio.Event()
         self.hashed = trio.Event()  # the whole file is hashed
         self._batches: set[trio.Event] = set()  # set when a batch being written is done
+        self._flush_behind = FlushBehind(partial.sync_data)
 
     async def run(self) -> None:
         """The lanes and the hash stage, until cancelled (or the whole file is hashed and the
@@ -157,6 +166,7 @@ class ChunkPipeline:
             for _ in range(self.lanes):
                 nursery.start_soon(self._lane)
             nursery.start_soon(self._hash_stage)
+            nursery.start_soon(self._flush_behind.run, _flush_failed)
 
     async def store(self, index: int, data) -> bool:
         """Verify and write one chunk (queued for the lanes); True if it was written now, False if
@@ -246,6 +256,8 @@ class ChunkPipeline:
                 self._hash_wake.set()
             hashed = self.partial.hashed_chunks()
             for slot, (fresh, error) in zip(batch, results):
+                if fresh:
+                    self._flush_behind.wrote(len(slot.data))
                 slot.fresh, slot.error = fresh, error
                 if fresh and slot.index < hashed + HASH_AHEAD:
                     self._for_hash[slot.index] = slot.data

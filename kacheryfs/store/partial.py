@@ -100,6 +100,7 @@ class PartialObject:
         self._hasher = hashlib.sha1()
         self._hashed_chunks = 0
         self._sums: list[bytes | None] = [None] * self.num_chunks  # xxh3 of each verified chunk
+        self._flush_error: OSError | None = None  # a failed flush behind (sync_data), for finish()
 
     # --- opening and resuming
 
@@ -239,6 +240,19 @@ class PartialObject:
             except KacheryError as exc:
                 results.append(exc)
         return results
+
+    def sync_data(self) -> None:
+        """Make the chunks written so far durable (fdatasync; blocking), so the fsync before
+        install waits only for the rest (store/flush_behind.py). Their bitmap bits are not synced:
+        a bit lost in a crash costs a chunk fetched again, never a wrong byte."""
+        with self._io():
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                # Kept for finish(): the kernel reports a writeback error once per descriptor, so the
+                # fsync before install would not see it again and bad bytes could be installed.
+                self._flush_error = exc
+                raise
 
     def store_chunk(self, i: int, data) -> bool:
         """Verify chunk ``i`` against the manifest and write it (no whole-file hashing); False if it
@@ -383,6 +397,8 @@ class PartialObject:
         try:
             with self._io():  # not under _lock: readers on the trio thread must not wait for the disk
                 os.fsync(self._fd)
+            if self._flush_error is not None:
+                raise self._flush_error
         except OSError as exc:
             self.abort()
             raise from_os_error(exc, f"installing {self.sha1}") from None
