@@ -6,7 +6,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from .progress import ByteProgress
 from .store import (
     CHUNK_SIZE, ContentHasher, Directory, LocalStore, Manifest, format_dir_uri, format_uri, is_dir_uri, parse_uri,
 )
-
 
 
 def _config(storage_dir=None, config_dir=None) -> Config:
@@ -259,23 +257,26 @@ def _copy_verified(uri: str, storage_dir, config_dir, out) -> None:
 def load(uri, dest, link, storage_dir, config_dir):
     """Load a file by URI (from channel peers if need be): writes it to --dest, or prints its local path.
     A stored directory (sha1dir://<hash>[/subdir]) is written to --dest as a directory."""
+    from .api.dest import can_link, link_into, load_into
     from .api.objects import dir_entry, load_dir
 
     if link and dest is None:
         raise click.UsageError("--link needs --dest")
 
+    not_linked = (f"note: {dest} is on another filesystem than the store (or one without hard links): "
+                  "copied, not linked")
     if is_dir_uri(uri) and dest is not None and isinstance(dir_entry(uri, storage_dir, config_dir, None), Directory):
-        click.echo(load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir))
+        out = load_dir(uri, dest, storage_dir=storage_dir, config_dir=config_dir, link=link)
+        if link and not can_link(Path(out), _config(storage_dir, config_dir).storage_dir):
+            click.echo(not_linked, err=True)
+        click.echo(out)
         return
     if dest is None:
         click.echo(str(_local_path(uri, storage_dir, config_dir)[0]))
         return
-    from .api.dest import link_into, load_into
-
     if link:
         if not link_into(uri, dest, _config(storage_dir, config_dir)):
-            click.echo(f"note: {dest} is on another filesystem than the store (or one without hard links): "
-                       "copied, not linked", err=True)
+            click.echo(not_linked, err=True)
         click.echo(dest)
         return
     click.echo(load_into(uri, dest, _config(storage_dir, config_dir)))

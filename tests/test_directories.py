@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,9 +85,28 @@ def test_cp_r_into_the_mount_then_peers_browse_load_and_read_it(stack, tmp_path)
     c = daemon("c", "daemon", "--channel", "lab", *LOCAL)
     c.wait_log("listening on")
     wait_until_connected(c, a)
-    out = tmp_path / "out"
+    linked = tmp_path / "linked"  # --link: every file fetched, then a hard link to C's store's copy
+    result = run(c.env, "load", uri, "--dest", str(linked), "--link")
+    assert result.stdout.decode().strip() == str(linked) and result.stderr == b""
+    assert same_tree(proj, linked)
+    files = [p for p in linked.rglob("*") if p.is_file()]
+    assert len(files) >= 3
+    for path in files:
+        rel = path.relative_to(linked).as_posix()
+        held = Path(run(c.env, "load", f"{uri}/{rel}").stdout.decode().strip())  # the store's copy
+        assert os.stat(path).st_ino == os.stat(held).st_ino and os.stat(path).st_mode & 0o777 == 0o444
+    out = tmp_path / "out"  # held now: a copy of the user's own
     run(c.env, "load", uri, "--dest", str(out))
     assert same_tree(proj, out)
+    assert all(p.stat().st_nlink == 1 for p in out.rglob("*") if p.is_file())
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        other_fs = shm / f"kacheryfs-test-dir-{os.getpid()}"
+        try:
+            result = run(c.env, "load", uri, "--dest", str(other_fs), "--link")
+            assert b"copied, not linked" in result.stderr and same_tree(proj, other_fs)
+        finally:
+            shutil.rmtree(other_fs, ignore_errors=True)
     run(c.env, "load", f"{uri}/sub", "--dest", str(tmp_path / "out_sub"))
     assert same_tree(proj / "sub", tmp_path / "out_sub")
     assert run(c.env, "cat", f"{uri}/sub/deeper/c.json").stdout == b'{"c": 3}'

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from kacheryfs.errors import StoreFailed
-from kacheryfs.store.flush_behind import FlushBehind
 from kacheryfs.store import flush_behind as flush_behind_module
+from kacheryfs.store.flush_behind import FlushBehind
 
 from .conftest import random_bytes
 

@@ -149,28 +149,43 @@ def _link_into(uri: str, dest: Path, config: Config, progress: bool | None) -> b
             raise BadDestination(f"{dest} is inside the store {local.root}")
         if dest.is_dir():
             raise BadDestination(f"{dest} is a directory")
-        path = local.object_path(parsed.sha1)
-        if os.stat(dest.parent).st_dev != os.stat(local.root).st_dev:
+        if not can_link(dest.parent, local.root):
             return False  # (before fetching: a copy is made as the chunks arrive)
         record = local.use(parsed.sha1)
         if record is None:
-            path = Path(fetch_into_store(config.config_dir, parsed, local.root, progress))
-        else:  # held here: its chunks may have rotted since they were stored
-            local.integrity.verify(parsed.sha1, 0, max(record.size, 1), record=record)
-        # a new name beside dest, then renamed over it: dest is the old file or the link, never missing
-        temp = dest.with_name(f".{dest.name}.kacheryfs-{os.getpid()}")
-        temp.unlink(missing_ok=True)
-        try:
-            os.link(path, temp)
-        except OSError as exc:
-            if exc.errno in _NO_LINK:
-                return False
-            raise
-        os.replace(temp, dest)
+            fetch_into_store(config.config_dir, parsed, local.root, progress)
+        if not link_object(local, parsed.sha1, dest, check=record is not None):
+            return False
         fsync_dir(dest.parent)  # the name is durable too (the object was fsynced when installed)
         return True
     finally:
         local.close()
+
+
+def can_link(directory: str | os.PathLike, store_root: str | os.PathLike) -> bool:
+    """Whether files in ``directory`` can be hard links to the store's copies (same filesystem)."""
+    return os.stat(directory).st_dev == os.stat(store_root).st_dev
+
+
+def link_object(local: LocalStore, sha1: str, dest: Path, check: bool) -> bool:
+    """Make ``dest`` (replaced if it exists) a hard link to the store's copy of ``sha1``, which is
+    held; ``check``: verify it against bit rot first (a copy just fetched was verified as it came).
+    False where no hard link can be made (another filesystem...): nothing was changed. The caller
+    fsyncs ``dest``'s directory."""
+    if check:
+        record = local.require(sha1)
+        local.integrity.verify(sha1, 0, max(record.size, 1), record=record)
+    # a new name beside dest, then renamed over it: dest is the old file or the link, never missing
+    temp = dest.with_name(f".{dest.name}.kacheryfs-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(local.object_path(sha1), temp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    os.replace(temp, dest)
+    return True
 
 
 def _own_mount_of(dest: Path, config: Config) -> Path | None:

@@ -19,6 +19,7 @@ from ..running import located_config
 from ..store import (
     MAX_MANIFEST_BYTES, Directory, FileEntry, LocalStore, format_dir_uri, is_dir_uri, parse_dir_uri, parse_uri,
 )
+from ..store.local import fsync_dir
 
 COPY_BLOCK = 8 << 20  # load_dir copies this much at a time
 _stores: dict[Path, LocalStore] = {}
@@ -111,9 +112,14 @@ def read_dir(uri: str, *, recursive: bool = True, storage_dir=None, config_dir=N
 
 
 def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=None,
-             progress: bool | None = None) -> str:
+             progress: bool | None = None, link: bool = False) -> str:
     """Copy a stored directory (or a subdirectory: ``sha1dir://<hash>/sub``) to ``dest``, which must
-    not exist yet; files not held here come from channel peers. Returns ``dest``."""
+    not exist yet; files not held here come from channel peers. Returns ``dest``.
+
+    ``link=True``: each file is a hard link to the store's read-only copy instead (on disk once, as
+    ``load_file(..., link=True)``); where ``dest`` is on another filesystem they are copied."""
+    from .dest import can_link, link_object
+
     entry = dir_entry(uri, storage_dir, config_dir, progress)
     if not isinstance(entry, Directory):
         raise NotADirectory(f"{uri} is a file (load it with load_file)")
@@ -125,18 +131,27 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
     except OSError as exc:
         raise KacheryError(f"could not create {dest}: {exc.strerror}") from None
     store = _store(storage_dir, config_dir)
+    link = link and can_link(dest, store.root)
+    made = [dest]  # directories whose names to make durable (links are names only)
     for rel, item in entry.walk():
         target = dest / rel
         try:
             if isinstance(item, Directory):
                 target.mkdir(exist_ok=True)
+                made.append(target)
                 continue
+            held = store.use(item.sha1) is not None
             load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir, progress=progress)
+            if link and link_object(store, item.sha1, target, check=held):
+                continue
             with open(target, "wb") as out:  # each chunk checked as it is copied: a stored copy may have rotted
                 for offset in range(0, item.size, COPY_BLOCK):
                     out.write(store.integrity.read_range(item.sha1, offset, COPY_BLOCK))
         except OSError as exc:
             raise KacheryError(f"could not write {target}: {exc.strerror}") from None
+    if link:
+        for directory in made:
+            fsync_dir(directory)
     return str(dest)
 
 

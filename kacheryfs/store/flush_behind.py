@@ -16,7 +16,7 @@ One fdatasync at a time, in a worker thread: the writers never wait for it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
