@@ -6,7 +6,7 @@ arrived: 0.85-1.5 s per GiB here. On these machines the guest's writes land in t
 fast, and the host writes them to its disk only when the guest flushes (virtio FLUSH);
 ``sync_file_range`` starts the guest's writeback but flushes nothing. Flushing every ``every`` bytes
 lets the disk work while the network still delivers (docs/benchmarks.md, "Flush behind": `load
---link` 1 GiB 217 -> 267 MB/s, median of 4 interleaved rounds).
+--link` 1 GiB 217 -> 267 MB/s, medians of 7 interleaved rounds).
 
 Not used for ``store/`` writes: there it measured no gain (the write lanes' O_DIRECT writes wait
 behind each flush at the device, which cost what the shorter commit saved).
