@@ -2,15 +2,19 @@
 fdatasync at a time off the trio thread, so the final fsync waits only for the tail. Then the same
 in the writer that uses it: a download's receiving pipeline."""
 
+import hashlib
 import os
 import threading
 
 import pytest
 import trio
 
-from kacheryfs.errors import StoreFailed
+from kacheryfs.errors import KacheryError, StoreFailed
+from kacheryfs.net.pipeline import ChunkPipeline
+from kacheryfs.store import CHUNK_SIZE, Manifest, hash_bytes
 from kacheryfs.store import flush_behind as flush_behind_module
 from kacheryfs.store.flush_behind import FlushBehind
+from kacheryfs.store.partial import PartialObject
 
 from .conftest import random_bytes
 
@@ -117,16 +121,9 @@ async def test_a_failed_flush_is_reported_once_and_it_stops(error):
 
 # ---- in the download pipeline ----------------------------------------------------------------
 
-async def test_a_download_is_flushed_while_its_chunks_arrive(store, monkeypatch):
-    from kacheryfs.net.pipeline import ChunkPipeline
-    from kacheryfs.store import CHUNK_SIZE, Manifest, hash_bytes
-    from kacheryfs.store.partial import PartialObject
-
-    monkeypatch.setattr(flush_behind_module, "FLUSH_BYTES", 2 * CHUNK_SIZE)
-    flushes = []
-    real = PartialObject.sync_data
-    monkeypatch.setattr(PartialObject, "sync_data", lambda self: (flushes.append(self.present_bytes()), real(self)))
-    data = random_bytes(12 * CHUNK_SIZE + 17, seed=8)
+async def download_through_pipeline(store, data: bytes) -> PartialObject:
+    """Every chunk of ``data`` through a ChunkPipeline into a partial file, in order; the partial
+    (complete, hashed, not installed yet) is returned."""
     manifest = Manifest.from_digest(hash_bytes(data))
     partial = PartialObject.open(store, manifest)
     pipeline = ChunkPipeline(partial)
@@ -138,20 +135,24 @@ async def test_a_download_is_flushed_while_its_chunks_arrive(store, monkeypatch)
                 assert await pipeline.store(i, data[start:end])
             await pipeline.hashed.wait()
             nursery.cancel_scope.cancel()
+    return partial
+
+
+async def test_a_download_is_flushed_while_its_chunks_arrive(store, monkeypatch):
+    monkeypatch.setattr(flush_behind_module, "FLUSH_BYTES", 2 * CHUNK_SIZE)
+    flushes = []  # bytes present at each flush
+    real = PartialObject.sync_data
+    monkeypatch.setattr(PartialObject, "sync_data", lambda self: (flushes.append(self.present_bytes()), real(self)))
+    data = random_bytes(12 * CHUNK_SIZE + 17, seed=8)
+    partial = await download_through_pipeline(store, data)
     obj = await trio.to_thread.run_sync(partial.finish)
     assert store.read_bytes(obj.sha1) == data
-    assert len(flushes) >= 2 and min(flushes) < len(data)
+    assert len(flushes) >= 2 and min(flushes) < len(data)  # in steps, while the chunks came
 
 
 async def test_a_failed_flush_behind_fails_the_install_though_the_last_fsync_passes(store, monkeypatch):
     """The kernel reports a writeback error once per descriptor: if a flush behind saw it, the
     fsync before install may pass, and the download must fail anyway (nothing installed)."""
-    from kacheryfs.errors import KacheryError
-    from kacheryfs.net.pipeline import ChunkPipeline
-    from kacheryfs.store import CHUNK_SIZE, Manifest, hash_bytes
-    from kacheryfs.store import partial as partial_mod
-    from kacheryfs.store.partial import PartialObject
-
     monkeypatch.setattr(flush_behind_module, "FLUSH_BYTES", 2 * CHUNK_SIZE)
     real_fdatasync = os.fdatasync
 
@@ -159,19 +160,9 @@ async def test_a_failed_flush_behind_fails_the_install_though_the_last_fsync_pas
         real_fdatasync(fd)
         raise OSError(5, "Input/output error")  # as a lost writeback reports it, once
 
-    monkeypatch.setattr(partial_mod.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     data = random_bytes(6 * CHUNK_SIZE + 1, seed=9)
-    manifest = Manifest.from_digest(hash_bytes(data))
-    partial = PartialObject.open(store, manifest)
-    pipeline = ChunkPipeline(partial)
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pipeline.run)
-            for i in range(partial.num_chunks):
-                start, end = manifest.chunk_range(i)
-                await pipeline.store(i, data[start:end])
-            await pipeline.hashed.wait()
-            nursery.cancel_scope.cancel()
+    partial = await download_through_pipeline(store, data)
     with pytest.raises(KacheryError):
         await trio.to_thread.run_sync(partial.finish)
-    assert not store.has(manifest.sha1)
+    assert not store.has(hashlib.sha1(data).hexdigest())
