@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kacheryfs.net.upload_queue import SMALL, UploadQueue
+from kacheryfs.net.upload_queue import SMALL, CappedLink, UploadQueue
 
 
 def drain(q: UploadQueue) -> list:
@@ -153,3 +153,31 @@ def test_a_requester_is_declined_at_most_once_per_chunk(asks):
             declined.add((requester, chunk))
         else:
             q.uploaded(chunk)
+
+
+def test_a_capped_link_sends_back_to_back_and_reads_overlap_the_tail():
+    link = CappedLink(rate=1000.0, lead=0.01)  # 1000 bytes/s: 100 bytes take 0.1 s
+    start, end = link.book(now=5.0, nbytes=100)
+    assert (start, end) == (5.0, 5.1)  # an idle link sends at once
+    assert link.pass_turn_at(start, end) == pytest.approx(5.09)  # the next read overlaps the tail
+    # the next reply was read at 5.093, before the first had gone: it follows it, not its read
+    start2, end2 = link.book(now=5.093, nbytes=50)
+    assert start2 == pytest.approx(5.1) and end2 == pytest.approx(5.15)
+    # a rate is kept over many replies whatever each read costs, as long as it fits in the lead
+    now, sent = link.pass_turn_at(start2, end2), 0
+    for _ in range(100):
+        start, end = link.book(now=now + 0.004, nbytes=100)  # a 4 ms read after the turn passed
+        now = link.pass_turn_at(start, end)
+        sent += 100
+    assert end == pytest.approx(5.15 + sent / 1000.0)
+    # after a pause the link is idle again: no credit for the time it was not used
+    start, end = link.book(now=end + 3.0, nbytes=10)
+    assert start == pytest.approx(5.15 + sent / 1000.0 + 3.0)
+
+
+def test_a_capped_link_never_passes_the_turn_before_mid_slot():
+    link = CappedLink(rate=1000.0, lead=0.05)
+    start, end = link.book(now=0.0, nbytes=20)  # a 20 ms slot, shorter than twice the lead
+    assert link.pass_turn_at(start, end) == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        CappedLink(rate=0)

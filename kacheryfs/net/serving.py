@@ -35,7 +35,7 @@ from ..protocol.messages import Cancel, ChunkData, ChunkRequest, ErrorResponse, 
 from ..store import LocalStore, ObjectRecord
 from .interfaces import Routes
 from .session import PeerSession
-from .upload_queue import SMALL, UploadQueue
+from .upload_queue import SMALL, CappedLink, UploadQueue
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Server:
         self.store = store
         self.counters = counters
         self.read_into = read_into  # blocking; runs in a worker thread
+        self._link: CappedLink | None = None
         self.rate_limit = rate_limit  # bytes/s, for benchmarks that need equal, capped seeders
         self.swarm = swarm  # net.swarm.Swarm: objects being downloaded here, or None
         self.read_partial_into = read_partial_into or (lambda partial, offset, view: partial.read_into(offset, view))
@@ -205,14 +206,25 @@ class Server:
         log.debug("sent %d bytes of %s to %s", nbytes, msg.sha1[:12], session.peer_id[:12])
         return None
 
+    @property
+    def rate_limit(self) -> float | None:
+        return self._link.rate if self._link is not None else None
+
+    @rate_limit.setter
+    def rate_limit(self, value: float | None) -> None:
+        self._link = CappedLink(value) if value else None
+
     async def _capped_read(self, session: PeerSession, msg: ChunkRequest) -> list:
-        """Wait for this request's turn, read, and hold the turn for as long as sending what was read
-        takes at the capped rate (what is sent is charged, not what was asked: a manifest is asked
-        for as a whole chunk's worth; a refusal costs nothing). Returns the capped_uploads record,
-        the data (as _frame_for gives it) last."""
+        """Wait for this request's turn, read, and send what was read at the capped rate, back to back
+        with the replies before it (``CappedLink``: what is sent is charged, not what was asked: a
+        manifest is asked for as a whole chunk's worth; a refusal costs nothing). The turn passes
+        just before this reply has gone, so the next read overlaps its tail. Returns the
+        capped_uploads record, the data (as _frame_for gives it) last."""
         arrived = time.monotonic()
+        link = self._link
         key = SMALL if msg.sha1 in self._one_read else (msg.sha1, msg.offset)
         await self._take_turn(key)
+        end = None
         try:
             began = time.monotonic()
             if self.upload_queue.decline(key, session.peer_id):
@@ -220,16 +232,21 @@ class Server:
             else:
                 data = await trio.to_thread.run_sync(self._frame_for, session, msg, limiter=self._limiter)
             sent = 0 if data is None or isinstance(data, KacheryError) else len(data.payload)
-            if sent:
-                await trio.sleep(sent / self.rate_limit)
+            if sent and link is not None:
+                now = trio.current_time()
+                start, end = link.book(now, sent)
+                began = time.monotonic() + (start - now)  # the slot's start (records: time.monotonic)
                 if msg.offset == 0 and sent < msg.length:  # the whole object in one request
                     self._one_read[msg.sha1] = None
                     while len(self._one_read) > ONE_READ_OBJECTS:
                         self._one_read.popitem(last=False)
                 if key is not SMALL:
                     self.upload_queue.uploaded(key)
+                await trio.sleep_until(link.pass_turn_at(start, end))
         finally:
             self._pass_turn()
+        if end is not None:
+            await trio.sleep_until(end)  # the rest of this reply's slot: the next one reads meanwhile
         upload = [arrived, began, time.monotonic(), session.peer_id, msg.sha1, msg.offset, msg.length, sent, data]
         self.capped_uploads.append(upload[:-1])
         return upload
