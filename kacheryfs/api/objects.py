@@ -140,7 +140,7 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
                 target.mkdir(exist_ok=True)
                 made.append(target)
                 continue
-            held = store.use(item.sha1) is not None
+            held = link and store.use(item.sha1) is not None  # (a held copy is checked before it is linked)
             load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir, progress=progress)
             if link and link_object(store, item.sha1, target, check=held):
                 continue

@@ -140,8 +140,9 @@ class Sink:
 
 
 def _flush_failed(exc: OSError | KacheryError) -> None:
-    """A flush behind failed (EIO, a closed partial): nothing to do now; the writes that follow
-    and the fsync before install meet the same error and report it."""
+    """A flush behind failed (EIO, or the partial was closed under it): nothing to do here. The
+    partial keeps the error and its install fails on it (``PartialObject.sync_data``): the fsync
+    before install might not see it again (a writeback error is reported once per descriptor)."""
 
 
 class ChunkPipeline:
