@@ -34,7 +34,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import BadDestination, KacheryError, NoDaemon
 from ..running import running_daemons
-from ..store import LocalStore, clone, parse_uri
+from ..store import LocalStore, ObjectRecord, clone, parse_uri
 from ..store.local import fsync_dir
 
 
@@ -154,7 +154,7 @@ def _link_into(uri: str, dest: Path, config: Config, progress: bool | None) -> b
         record = local.use(parsed.sha1)
         if record is None:
             fetch_into_store(config.config_dir, parsed, local.root, progress)
-        if not link_object(local, parsed.sha1, dest, check=record is not None):
+        if not link_object(local, parsed.sha1, dest, record):
             return False
         fsync_dir(dest.parent)  # the name is durable too (the object was fsynced when installed)
         return True
@@ -167,13 +167,12 @@ def can_link(directory: str | os.PathLike, store_root: str | os.PathLike) -> boo
     return os.stat(directory).st_dev == os.stat(store_root).st_dev
 
 
-def link_object(local: LocalStore, sha1: str, dest: Path, check: bool) -> bool:
+def link_object(local: LocalStore, sha1: str, dest: Path, record: ObjectRecord | None) -> bool:
     """Make ``dest`` (replaced if it exists) a hard link to the store's copy of ``sha1``, which is
-    held; ``check``: verify it against bit rot first (a copy just fetched was verified as it came).
-    False where no hard link can be made (another filesystem...): nothing was changed. The caller
-    fsyncs ``dest``'s directory."""
-    if check:
-        record = local.require(sha1)
+    held. ``record``: the copy's index record if it was held before this load, to check against
+    bit rot first; None for a copy just fetched (verified as it came). False where no hard link can
+    be made (another filesystem...): nothing was changed. The caller fsyncs ``dest``'s directory."""
+    if record is not None:
         local.integrity.verify(sha1, 0, max(record.size, 1), record=record)
     # a new name beside dest, then renamed over it: dest is the old file or the link, never missing
     temp = dest.with_name(f".{dest.name}.kacheryfs-{os.getpid()}")

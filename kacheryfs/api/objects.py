@@ -140,9 +140,9 @@ def load_dir(uri: str, dest: str | os.PathLike, *, storage_dir=None, config_dir=
                 target.mkdir(exist_ok=True)
                 made.append(target)
                 continue
-            held = link and store.use(item.sha1) is not None  # (a held copy is checked before it is linked)
+            held = store.use(item.sha1) if link else None  # a copy held before is checked before it is linked
             load_file(item.uri(target.name), storage_dir=storage_dir, config_dir=config_dir, progress=progress)
-            if link and link_object(store, item.sha1, target, check=held):
+            if link and link_object(store, item.sha1, target, held):
                 continue
             with open(target, "wb") as out:  # each chunk checked as it is copied: a stored copy may have rotted
                 for offset in range(0, item.size, COPY_BLOCK):

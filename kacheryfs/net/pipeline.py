@@ -139,12 +139,6 @@ class Sink:
         return False  # another lane may be using it)
 
 
-def _flush_failed(exc: OSError | KacheryError) -> None:
-    """A flush behind failed (EIO, or the partial was closed under it): nothing to do here. The
-    partial keeps the error and its install fails on it (``PartialObject.sync_data``): the fsync
-    before install might not see it again (a writeback error is reported once per descriptor)."""
-
-
 class ChunkPipeline:
     def __init__(self, partial: PartialObject, lanes: int = LANES, batch: int = BATCH):
         self.partial = partial
@@ -167,7 +161,9 @@ class ChunkPipeline:
             for _ in range(self.lanes):
                 nursery.start_soon(self._lane)
             nursery.start_soon(self._hash_stage)
-            nursery.start_soon(self._flush_behind.run, _flush_failed)
+            # A failed flush needs no handler here: the partial keeps its error and fails the
+            # install on it (PartialObject.sync_data; the last fsync might not see it again).
+            nursery.start_soon(self._flush_behind.run)
 
     async def store(self, index: int, data) -> bool:
         """Verify and write one chunk (queued for the lanes); True if it was written now, False if

@@ -102,9 +102,6 @@ class UploadQueue:
             self._uploads.popitem(last=False)
 
 
-__all__ = ["UploadQueue", "SMALL"]
-
-
 class CappedLink:
     """When each reply of a node serving at ``rate`` bytes/s has gone (pure: times are given).
 
@@ -132,3 +129,6 @@ class CappedLink:
     def pass_turn_at(self, start: float, end: float) -> float:
         """When the next request may be read: ``lead`` before ``end``, never before mid-slot."""
         return max(end - self.lead, (start + end) / 2)
+
+
+__all__ = ["UploadQueue", "CappedLink", "SMALL"]

@@ -48,7 +48,9 @@ class FlushBehind:
         self._stopped = True
         self._wanted.set()
 
-    async def run(self, on_error: Callable[[OSError | KacheryError], None]) -> None:
+    async def run(self, on_error: Callable[[OSError | KacheryError], None] | None = None) -> None:
+        """Flush until ``stop()``, or until a flush fails: ``on_error`` is told (if given; a
+        ``sync`` that keeps its own errors for the commit needs none) and no more flushes run."""
         while True:
             await self._wanted.wait()
             if self._stopped:
@@ -58,6 +60,7 @@ class FlushBehind:
             try:
                 await trio.to_thread.run_sync(self._sync)
             except (OSError, KacheryError) as exc:  # EIO, ENOSPC, closed under us: the writer reports it
-                on_error(exc)
+                if on_error is not None:
+                    on_error(exc)
                 return
             self.flushes += 1
