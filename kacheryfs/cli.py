@@ -63,8 +63,8 @@ def network_options(fn):
         click.option("--channel-secret-file", "secret_files", multiple=True, metavar="[NAME=]FILE",
                      help="Makes a channel private: members must know the secret in FILE."),
         click.option("--listen", default=None, metavar="HOST:PORT|none",
-                     help=f"Where to accept peers (default {DEFAULT_LISTEN}, any free port if that one is "
-                          "taken; PORT 0: any free port); 'none' accepts no inbound connections."),
+                     help=f"Where to accept peers (default $KACHERYFS_LISTEN, else {DEFAULT_LISTEN}, any free port "
+                          "if that one is taken; PORT 0: any free port); 'none' accepts no inbound connections."),
         click.option("--bootstrap", "bootstraps", multiple=True, metavar="HOST:PORT",
                      help="A rendezvous node to find channel peers through (repeatable)."),
         click.option("--find-timeout", default=DEFAULT_FIND_TIMEOUT, show_default=True, type=float,

@@ -102,6 +102,9 @@ class Config:
         """Flags win over environment variables, which win over defaults."""
         env = os.environ if environ is None else environ
         storage = storage_dir or env.get("KACHERY_STORAGE_DIR") or DEFAULT_STORAGE_DIR
+        listen_label = "--listen"
+        if listen is None and env.get("KACHERYFS_LISTEN"):
+            listen, listen_label = env["KACHERYFS_LISTEN"], "KACHERYFS_LISTEN"
         config = config_dir or env.get("KACHERY_P2P_CONFIG_DIR") or DEFAULT_CONFIG_DIR
         # KACHERY_P2P_API_PORT was kachery-p2p's local HTTP port, which web tools talked to: here it is
         # the HTTP gateway's loopback port when --http is not given (checked only where a daemon starts,
@@ -111,7 +114,7 @@ class Config:
             config_dir=_expand(config, env),
             channels=tuple(dict.fromkeys(channels)),
             channel_secret_files=_pair_secret_files(tuple(channels), tuple(channel_secret_files)),
-            listen=_listen(listen),
+            listen=_listen(listen, listen_label),
             listen_fallback=listen is None,
             bootstraps=tuple(_checked_address(b, "--bootstrap", zero_port=False) for b in bootstraps),
             find_timeout=find_timeout,
@@ -214,12 +217,12 @@ def _checked_address(text: str, what: str, zero_port: bool = True) -> str:
     return str(text).strip()
 
 
-def _listen(text: str | None) -> str | None:
+def _listen(text: str | None, label: str = "--listen") -> str | None:
     if text is None:
         return DEFAULT_LISTEN
     if text.strip().lower() == "none":
         return None
-    return _checked_address(text, "--listen")
+    return _checked_address(text, label)
 
 
 def parse_size(text: str | int) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,12 +10,15 @@ import trio
 
 from kacheryfs.store import LocalStore
 
-from .mounting import KACHERYFS, Mount, cli_env
+from .mounting import KACHERYFS, LOOPBACK_ONLY, Mount, cli_env
 
 
 def pytest_configure(config):
     if shutil.which("fusermount3") is None:
         raise pytest.UsageError("fusermount3 is missing: run bash scripts/setup.sh")
+    # Nodes started by tests listen on 127.0.0.1 only (a free port), in this process and in the
+    # commands it runs; tests in network namespaces they create listen where they say (cli_env).
+    os.environ.setdefault(LOOPBACK_ONLY[0], LOOPBACK_ONLY[1])
 
 
 @pytest.fixture

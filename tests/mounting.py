@@ -32,8 +32,18 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def cli_env(storage: Path, config: Path) -> dict[str, str]:
+LOOPBACK_ONLY = ("KACHERYFS_LISTEN", "127.0.0.1:0")  # a test's nodes outside its own namespaces
+
+
+def cli_env(storage: Path, config: Path, netns: bool = False) -> dict[str, str]:
+    """The environment of a test's kacheryfs commands. Outside a namespace the test made (``netns``),
+    nodes listen on 127.0.0.1 only, on a free port, unless a flag says otherwise; inside one, on the
+    default address (all of the namespace's interfaces)."""
     env = dict(os.environ)
+    if netns:
+        env.pop(LOOPBACK_ONLY[0], None)
+    else:
+        env.setdefault(*LOOPBACK_ONLY)
     env["KACHERY_STORAGE_DIR"] = str(storage)
     env["KACHERY_P2P_CONFIG_DIR"] = str(config)
     # same-machine discovery stays inside the test: nodes of one test share <test tmp>/discovery
@@ -55,7 +65,7 @@ class Mount:
 
     @property
     def env(self) -> dict[str, str]:
-        return cli_env(self.storage, self.config)
+        return cli_env(self.storage, self.config, netns=bool(self.prefix))
 
     def start(self, *args: str, timeout: float = 20.0) -> "Mount":
         """Mount; ``args`` are extra flags (channels, --listen, --bootstrap...)."""
@@ -135,7 +145,7 @@ class Daemon:
         self.args = args
         self.command = [program]
         self.log_path = root / "daemon.log"
-        self.env = cli_env(root / "storage", root / "config")
+        self.env = cli_env(root / "storage", root / "config", netns=bool(self.prefix))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":

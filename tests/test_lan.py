@@ -61,7 +61,7 @@ def test_nodes_on_a_lan_find_each_other_without_a_server(two_namespaces, tmp_pat
     ns_a, ns_b = two_namespaces
     envs = {}
     for name in ("a", "b"):
-        env = cli_env(tmp_path / name / "storage", tmp_path / name / "config")
+        env = cli_env(tmp_path / name / "storage", tmp_path / name / "config", netns=True)
         env["KACHERYFS_DISCOVERY_DIR"] = str(tmp_path / name / "discovery")  # not shared: LAN only
         env["KACHERYFS_LAN_DISCOVERY"] = "1"
         envs[name] = env

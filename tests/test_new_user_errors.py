@@ -34,6 +34,11 @@ def test_listen_and_bootstrap_addresses_are_checked_not_wrapped():
     explicit = Config.from_env(listen="127.0.0.1:7000", environ={})
     assert explicit.listen == "127.0.0.1:7000" and not explicit.listen_fallback
     assert Config.from_env(listen="NONE", environ={}).listen is None
+    from_env = Config.from_env(environ={"KACHERYFS_LISTEN": "127.0.0.1:0"})  # what the tests use
+    assert from_env.listen == "127.0.0.1:0" and not from_env.listen_fallback
+    assert Config.from_env(listen="[::1]:7000", environ={"KACHERYFS_LISTEN": "127.0.0.1:0"}).listen == "[::1]:7000"
+    with pytest.raises(ConfigError, match="KACHERYFS_LISTEN"):
+        Config.from_env(environ={"KACHERYFS_LISTEN": "127.0.0.1:http"})
     assert Config.from_env(listen="[::1]:0", environ={}).listen == "[::1]:0"
     for bad in ("127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1", "127.0.0.1:http", ""):
         with pytest.raises(ConfigError, match="--listen"):
