@@ -304,3 +304,40 @@ async def test_concurrent_requests_for_one_object_fetch_it_once(cluster):
     assert reader.store.read_bytes(obj.sha1) == data
     manifest_size = seeder.store.info(obj.manifest_sha1).size
     assert seeder.counters.served_bytes[reader.node_id] <= len(data) + manifest_size + CHUNK_SIZE
+
+
+async def test_a_fetched_manifest_is_kept_beside_the_download_and_always_before_install(cluster, monkeypatch, caplog):
+    """The manifest a peer sent is stored while the first chunks come (not before them: its write
+    and fsyncs are off a first read's path); if that store fails, the install stores it, so an
+    object is never held here without its manifest (peers ask us for it)."""
+    from kacheryfs.net import transfer
+
+    data = random_bytes(6 * CHUNK_SIZE + 5, seed=31)
+    seeder = await cluster.node("s", chans("x"))
+    obj = seeder.store.put_bytes(data)
+    reader = await cluster.node("r", chans("x"))
+    await reader.connect(*addr_of(seeder))
+    fetcher = NetworkFetcher(reader)
+    # a lazy reader: the manifest is held while the download is still running
+    remote = await fetcher.open_remote(obj.sha1)
+    assert await remote.read(3 * CHUNK_SIZE, 10) == data[3 * CHUNK_SIZE:3 * CHUNK_SIZE + 10]
+    await wait_for(lambda: reader.store.info(obj.manifest_sha1) is not None)
+    assert reader.store.info(obj.sha1) is None  # not installed: only what was read (and read-ahead)
+    remote.close()
+
+    # the store of the manifest beside the download fails once: the install keeps it
+    other = seeder.store.put_bytes(random_bytes(4 * CHUNK_SIZE + 7, seed=32))
+    keep, failed = transfer._keep_copy, []
+
+    def keep_failing_once(store, sha1, raw, channel_ids):
+        if sha1 == other.manifest_sha1 and not failed:
+            failed.append(sha1)
+            raise OSError(28, "No space left on device")
+        return keep(store, sha1, raw, channel_ids)
+
+    monkeypatch.setattr(transfer, "_keep_copy", keep_failing_once)
+    with caplog.at_level(logging.WARNING, logger="kacheryfs.net.transfer"):
+        await fetcher.fetch(other.sha1)
+    assert failed == [other.manifest_sha1] and "could not store manifest" in caplog.text
+    assert reader.store.read_bytes(other.manifest_sha1) == seeder.store.read_bytes(other.manifest_sha1)
+    assert reader.store.info(other.sha1) is not None

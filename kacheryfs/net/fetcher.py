@@ -124,11 +124,11 @@ class NetworkFetcher:
             if running is not None:  # a failed one: start afresh, resuming its chunks
                 self._drop(sha1, running)
             timeline = {"asked": time.monotonic()}  # monotonic: comparable across processes (benchmarks)
-            providers, manifest = await locate_manifest(self.node, sha1, manifest_sha1, timeline)
+            providers, manifest, fetched = await locate_manifest(self.node, sha1, manifest_sha1, timeline)
             if manifest is None:
                 await fetch_small_into_store(self.node, providers, sha1)
                 return None
-            download = await Download.start(self.node, manifest, providers)
+            download = await Download.start(self.node, manifest, providers, fetched)
             download.timeline = {**timeline, **download.timeline}
             self.node.swarm.add(download)  # its verified chunks are served while it runs
             if self.node.swarm.enabled:

@@ -115,8 +115,10 @@ async def fetch_small(node: TransferHost, providers: list[Provider], sha1: str, 
 
 async def locate_manifest(node: TransferHost, sha1: str, manifest_sha1: str | None = None,
                           timeline: dict | None = None):
-    """(providers, manifest or None for a one-chunk object); raises ObjectNotFound / FetchFailed.
-    ``timeline`` gets the (monotonic) times the find and the manifest were done."""
+    """(providers, manifest or None for a one-chunk object, fetched): ``fetched`` is (manifest
+    sha1, bytes) of a manifest that came from a peer and is not stored yet (the Download keeps it,
+    beside its first chunks), else None. Raises ObjectNotFound / FetchFailed. ``timeline`` gets the
+    (monotonic) times the find and the manifest were done."""
     timeline = {} if timeline is None else timeline
     providers = await node.find(sha1)
     timeline["found"] = time.monotonic()
@@ -124,10 +126,10 @@ async def locate_manifest(node: TransferHost, sha1: str, manifest_sha1: str | No
         raise ObjectNotFound(f"{sha1} was not found on any peer of this node's channels")
     size = providers[0].size
     if size <= CHUNK_SIZE:
-        return providers, None
-    manifest = await _get_manifest(node, providers, sha1, size, manifest_sha1)
+        return providers, None, None
+    manifest, fetched = await _get_manifest(node, providers, sha1, size, manifest_sha1)
     timeline["manifest"] = time.monotonic()
-    return providers, manifest
+    return providers, manifest, fetched
 
 
 async def fetch_small_into_store(node: TransferHost, providers: list[Provider], sha1: str) -> StoredObject:
@@ -148,11 +150,13 @@ def _held_bytes(store: LocalStore, sha1: str) -> bytes | None:
     return store.read_bytes(sha1) if store.info(sha1) is not None else None
 
 
-async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int, manifest_sha1: str | None) -> Manifest:
+async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str, size: int,
+                        manifest_sha1: str | None) -> tuple[Manifest, tuple[str, bytes] | None]:
     candidates = [manifest_sha1] if manifest_sha1 else []
     candidates += [p.manifest_sha1 for p in providers if p.manifest_sha1 and p.manifest_sha1 not in candidates]
     for candidate in candidates:
         raw = await trio.to_thread.run_sync(_held_bytes, node.store, candidate)
+        held = raw is not None
         if raw is None:
             # The providers that named this manifest hold it: ask them first (no second lookup);
             # its size is unknown until it arrives, so ask for a whole chunk's worth.
@@ -181,8 +185,7 @@ async def _get_manifest(node: TransferHost, providers: list[Provider], sha1: str
         if manifest.sha1 != sha1 or manifest.size != size:
             log.warning("manifest %s does not describe %s", candidate[:12], sha1[:12])
             continue
-        await trio.to_thread.run_sync(_keep_copy, node.store, candidate, raw, _channels_of(providers))
-        return manifest
+        return manifest, None if held else (candidate, raw)
     raise FetchFailed(f"no usable manifest for {sha1}")
 
 
@@ -194,9 +197,13 @@ class Download:
     until the object is complete, then installs it in the store.
     """
 
-    def __init__(self, node: TransferHost, manifest: Manifest, partial: PartialObject, providers: list[Provider]):
+    def __init__(self, node: TransferHost, manifest: Manifest, partial: PartialObject, providers: list[Provider],
+                 fetched_manifest: tuple[str, bytes] | None = None):
         self.node = node
         self.manifest = manifest
+        # (sha1, bytes) of the manifest as it came from a peer, until the store keeps it: stored beside
+        # the first chunks (its write and two fsyncs off a first read's path), else by _install.
+        self._unkept_manifest = fetched_manifest
         self.manifest_sha1 = manifest.manifest_sha1  # hashed once: partial providers name it in finds
         self.partial = partial
         self.progress: list[Progress] = []  # callbacks of those waiting for the whole file
@@ -248,9 +255,10 @@ class Download:
         self.idle_seconds = 0.0  # time with chunks still needed and no request in flight
 
     @classmethod
-    async def start(cls, node: TransferHost, manifest: Manifest, providers: list[Provider]) -> "Download":
+    async def start(cls, node: TransferHost, manifest: Manifest, providers: list[Provider],
+                    fetched_manifest: tuple[str, bytes] | None = None) -> "Download":
         partial = await trio.to_thread.run_sync(PartialObject.open, node.store, manifest)
-        return cls(node, manifest, partial, providers)
+        return cls(node, manifest, partial, providers, fetched_manifest)
 
     def close(self) -> None:
         self.partial.close()
@@ -399,9 +407,24 @@ class Download:
             return self.partial.read(offset, size)
         return await trio.to_thread.run_sync(self.partial.read, offset, size, limiter=self._limiter)
 
+    async def _keep_manifest(self) -> None:
+        """Store the manifest that came from a peer, as cached copies are (re-served on the channels
+        it came through). If this fails, _install tries again and fails the download if it must."""
+        sha1, raw = self._unkept_manifest
+        try:
+            await trio.to_thread.run_sync(_keep_copy, self.node.store, sha1, raw, self.channel_ids)
+        except (OSError, KacheryError) as exc:
+            log.warning("could not store manifest %s yet: %s", sha1[:12], exc)
+            return
+        self._unkept_manifest = None
+
     def _install(self) -> StoredObject:
         """Note where it came from, check the whole file, move it into the store (blocking). Channels
-        first: an installed cached copy is servable at once, never briefly refused."""
+        first: an installed cached copy is servable at once, never briefly refused. An object is
+        never installed without its manifest held too (peers ask us for it)."""
+        if self._unkept_manifest is not None:
+            _keep_copy(self.node.store, *self._unkept_manifest, self.channel_ids)
+            self._unkept_manifest = None
         self.node.store.add_channels(self.manifest.sha1, self.channel_ids)
         obj = self.partial.finish()
         # Every chunk passed its SHA-1 and the whole file its own, from the bytes written: reads of
@@ -601,6 +624,8 @@ class Download:
             idle_since = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.pipeline.run)
+                if self._unkept_manifest is not None:
+                    nursery.start_soon(self._keep_manifest)
                 while not self.partial.is_complete():
                     now = trio.current_time()
                     if idle_since is not None:
