@@ -162,7 +162,9 @@ class Mount:
         self.log_path = log_path
         self.force_read_ahead_kb = force_read_ahead_kb
         self.proc: subprocess.Popen | None = None
-        self.env = dict(os.environ, KACHERY_STORAGE_DIR=str(storage), KACHERY_P2P_CONFIG_DIR=str(config))
+        # one node, no channel: it listens on loopback only (KACHERYFS_LISTEN; older versions ignore it)
+        self.env = dict(os.environ, KACHERY_STORAGE_DIR=str(storage), KACHERY_P2P_CONFIG_DIR=str(config),
+                        KACHERYFS_LISTEN="127.0.0.1:0")
 
     def start(self, timeout: float = 30.0) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
