@@ -68,6 +68,15 @@ def addr_of(node):
     return host, int(port)
 
 
+async def seeder_and_reader(cluster, data):
+    """A node storing ``data`` on channel x, and a reader connected to it with a fetcher."""
+    seeder = await cluster.node("s", chans("x"))
+    obj = seeder.store.put_bytes(data)
+    reader = await cluster.node("r", chans("x"))
+    await reader.connect(*addr_of(seeder))
+    return seeder, obj, reader, NetworkFetcher(reader)
+
+
 async def wait_for(predicate, timeout=10):
     with trio.fail_after(timeout):
         while not predicate():
@@ -286,11 +295,7 @@ async def test_several_capped_seeders_all_contribute(cluster):
 
 async def test_concurrent_requests_for_one_object_fetch_it_once(cluster):
     data = random_bytes(12 * CHUNK_SIZE + 1, seed=13)
-    seeder = await cluster.node("s", chans("x"))
-    obj = seeder.store.put_bytes(data)
-    reader = await cluster.node("r", chans("x"))
-    await reader.connect(*addr_of(seeder))
-    fetcher = NetworkFetcher(reader)
+    seeder, obj, reader, fetcher = await seeder_and_reader(cluster, data)
     async with trio.open_nursery() as n:
         for _ in range(5):
             n.start_soon(fetcher.fetch, obj.sha1)
@@ -313,11 +318,7 @@ async def test_a_fetched_manifest_is_kept_beside_the_download_and_always_before_
     from kacheryfs.net import transfer
 
     data = random_bytes(6 * CHUNK_SIZE + 5, seed=31)
-    seeder = await cluster.node("s", chans("x"))
-    obj = seeder.store.put_bytes(data)
-    reader = await cluster.node("r", chans("x"))
-    await reader.connect(*addr_of(seeder))
-    fetcher = NetworkFetcher(reader)
+    seeder, obj, reader, fetcher = await seeder_and_reader(cluster, data)
     # a lazy reader: the manifest is held while the download is still running
     remote = await fetcher.open_remote(obj.sha1)
     assert await remote.read(3 * CHUNK_SIZE, 10) == data[3 * CHUNK_SIZE:3 * CHUNK_SIZE + 10]
