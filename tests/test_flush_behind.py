@@ -2,6 +2,7 @@
 fdatasync at a time off the trio thread, so the final fsync waits only for the tail. Then the same
 in the writer that uses it: a download's receiving pipeline."""
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -44,6 +45,18 @@ class SlowSync:
             self.running -= 1
 
 
+@contextlib.asynccontextmanager
+async def running(sync: SlowSync, every: int):
+    """A FlushBehind over ``sync`` running in a nursery (a failure report fails the test), stopped
+    when the block ends; at most 10 s in all."""
+    flusher = FlushBehind(sync, every=every)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run, pytest.fail)
+            yield flusher
+            flusher.stop()
+
+
 async def until(condition, timeout: float = 5.0) -> None:
     """Wait (bounded) until ``condition()``: the flushes run in real worker threads."""
     with trio.fail_after(timeout):
@@ -53,56 +66,45 @@ async def until(condition, timeout: float = 5.0) -> None:
 
 async def test_one_flush_per_step_and_none_before():
     sync = SlowSync()
-    flusher = FlushBehind(sync, every=10)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run, pytest.fail)
-            flusher.wrote(9)
-            await trio.sleep(0.1)
-            assert sync.calls == 0  # under one step: nothing to flush yet
-            flusher.wrote(1)
-            await until(lambda: flusher.flushes == 1)
-            flusher.wrote(25)  # two and a half steps in one write: one flush covers them all
-            await until(lambda: flusher.flushes == 2)
-            await trio.sleep(0.1)
-            assert sync.calls == 2
-            flusher.stop()
+    async with running(sync, every=10) as flusher:
+        flusher.wrote(9)
+        await trio.sleep(0.1)
+        assert sync.calls == 0  # under one step: nothing to flush yet
+        flusher.wrote(1)
+        await until(lambda: flusher.flushes == 1)
+        flusher.wrote(25)  # two and a half steps in one write: one flush covers them all
+        await until(lambda: flusher.flushes == 2)
+        await trio.sleep(0.1)
+        assert sync.calls == 2
     assert sync.most_at_once == 1
 
 
 async def test_writes_during_a_flush_give_one_more_flush_not_a_queue():
     sync = SlowSync()
     sync.release.clear()
-    flusher = FlushBehind(sync, every=10)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run, pytest.fail)
+    async with running(sync, every=10) as flusher:
+        flusher.wrote(10)
+        await until(lambda: sync.running == 1)
+        for _ in range(5):  # 50 bytes while the first flush is under way
             flusher.wrote(10)
-            await until(lambda: sync.running == 1)
-            for _ in range(5):  # 50 bytes while the first flush is under way
-                flusher.wrote(10)
-            sync.release.set()
-            await until(lambda: flusher.flushes == 2)
-            await trio.sleep(0.1)
-            assert sync.calls == 2  # one flush for everything written during the first
-            flusher.stop()
+        sync.release.set()
+        await until(lambda: flusher.flushes == 2)
+        await trio.sleep(0.1)
+        assert sync.calls == 2  # one flush for everything written during the first
     assert sync.most_at_once == 1
 
 
 async def test_stop_ends_it_after_the_flush_under_way():
     sync = SlowSync()
     sync.release.clear()
-    flusher = FlushBehind(sync, every=1)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flusher.run, pytest.fail)
-            flusher.wrote(1)
-            while sync.running == 0:
-                await trio.sleep(0.01)
-            flusher.stop()
-            flusher.wrote(100)  # after stop: no more flushes
-            await trio.sleep(0.05)
-            sync.release.set()  # run() returns once the flush under way is done
+    async with running(sync, every=1) as flusher:
+        flusher.wrote(1)
+        while sync.running == 0:
+            await trio.sleep(0.01)
+        flusher.stop()
+        flusher.wrote(100)  # after stop: no more flushes
+        await trio.sleep(0.05)
+        sync.release.set()  # run() returns once the flush under way is done
     assert sync.calls == 1
 
 
